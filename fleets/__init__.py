@@ -1,0 +1,1 @@
+"""Example fleets and their agents (importable as ``fleets.agents.*`` from the repository root)."""

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The project's one test command: lint, format check, types, then the test suite.
+# Extra arguments go to pytest (for example: scripts/test.sh -k diff -x).
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+"$root/scripts/bootstrap.sh"
+bin="$root/.venv/bin"
+status=0
+echo "== ruff check" && "$bin/ruff" check . || status=1
+echo "== ruff format --check" && "$bin/ruff" format --check . || status=1
+echo "== mypy --strict" && "$bin/mypy" || status=1
+echo "== pytest"
+"$bin/python" -m pytest "$@" || status=1
+exit $status

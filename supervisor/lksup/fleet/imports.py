@@ -1,0 +1,128 @@
+"""``validate --check-imports``: import every agent's functions in subprocesses.
+
+Each agent is checked in its own fresh interpreter (``lksup.fleet.importcheck``) with the
+environment and working directory its job processes would get, so agents whose modules clash
+never interfere, and the CLI process never runs user code. Checks run concurrently and each is
+bounded by a timeout. Secret references in ``env`` are resolved for the check and their values
+are scrubbed from every message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from lksup.errors import SecretError
+from lksup.fleet.schema import Agent
+from lksup.fleet.secrets import Redactor, resolve
+
+#: Extra time beyond the agent's initialize_process_timeout that an import check may take.
+CHECK_TIMEOUT_MARGIN = 50.0
+_KINDS = {"entrypoint": "async", "prewarm": "sync", "request_fnc": "async"}
+
+
+@dataclass(frozen=True)
+class ImportProblem:
+    """One agent function that cannot be used; ``field`` is entrypoint/prewarm/request_fnc."""
+
+    agent: str
+    field: str
+    message: str
+
+
+def agent_environment(
+    agent: Agent, *, environ: Mapping[str, str], base_dir: Path, redactor: Redactor
+) -> dict[str, str]:
+    """The environment of an agent's job processes (secret values added to ``redactor``).
+
+    Raises:
+        SecretError: an ``env`` reference cannot be resolved.
+    """
+    env = dict(environ)
+    for key, value in agent.env.items():
+        try:
+            resolved = resolve(value, environ=environ, base_dir=base_dir)
+        except SecretError as exc:
+            raise SecretError(f"env.{key}: {exc}") from None
+        if not isinstance(value, str):
+            redactor.add(resolved)
+        env[key] = resolved
+    return env
+
+
+def working_dir(agent: Agent, base_dir: Path) -> Path:
+    """Where the agent's job processes run; relative paths are taken from the fleet's folder."""
+    if agent.working_dir is None:
+        return Path.cwd()
+    path = Path(agent.working_dir)
+    return path if path.is_absolute() else base_dir / path
+
+
+def check_agents(
+    agents: Mapping[str, Agent],
+    *,
+    base_dir: Path,
+    environ: Mapping[str, str] | None = None,
+    redactor: Redactor | None = None,
+) -> list[ImportProblem]:
+    """Import-check every agent concurrently; the problems found, in agent order."""
+    env = dict(os.environ if environ is None else environ)
+    scrub = redactor if redactor is not None else Redactor()
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(agents)))) as pool:
+        futures = [
+            pool.submit(_check_one, name, agent, base_dir, env, scrub)
+            for name, agent in agents.items()
+        ]
+        problems = [p for f in futures for p in f.result()]
+    return [ImportProblem(p.agent, p.field, scrub(p.message)) for p in problems]
+
+
+def _check_one(
+    name: str, agent: Agent, base_dir: Path, environ: dict[str, str], redactor: Redactor
+) -> list[ImportProblem]:
+    checks = [
+        {"field": field, "ref": getattr(agent, field), "kind": kind}
+        for field, kind in _KINDS.items()
+        if getattr(agent, field)
+    ]
+    try:
+        env = agent_environment(agent, environ=environ, base_dir=base_dir, redactor=redactor)
+    except SecretError as exc:
+        return [ImportProblem(name, "env", str(exc))]
+    cwd = working_dir(agent, base_dir)
+    if not cwd.is_dir():
+        return [ImportProblem(name, "working_dir", f"working_dir {str(cwd)!r} is not a directory")]
+    timeout = agent.initialize_process_timeout + CHECK_TIMEOUT_MARGIN
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "lksup.fleet.importcheck"],
+            input=json.dumps({"checks": checks}),
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=cwd,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return [
+            ImportProblem(
+                name, "entrypoint", f"importing the agent's modules took over {timeout:g}s"
+            )
+        ]
+    try:
+        results = json.loads(proc.stdout)["results"]
+    except (ValueError, KeyError):
+        tail = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+        return [ImportProblem(name, "entrypoint", f"import check crashed: {tail[0]}")]
+    return [
+        ImportProblem(name, r["field"], f"agent {name!r}: {r['field']}: {r['error']}")
+        for r in results
+        if not r["ok"]
+    ]

@@ -1,0 +1,103 @@
+"""Plans for people and for machines: a text rendering and a JSON document. Pure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lksup.fleet.schema import API_VERSION
+from lksup.reconcile.diff import Action, FieldChange, Plan
+
+_SYMBOL = {
+    Action.CREATE: "+",
+    Action.UPDATE_IN_PLACE: "~",
+    Action.REPLACE: "~",
+    Action.DRAIN_AND_REMOVE: "-",
+    Action.UNCHANGED: "=",
+}
+_COLOUR = {
+    Action.CREATE: "\x1b[32m",
+    Action.UPDATE_IN_PLACE: "\x1b[33m",
+    Action.REPLACE: "\x1b[33m",
+    Action.DRAIN_AND_REMOVE: "\x1b[31m",
+    Action.UNCHANGED: "\x1b[2m",
+}
+_RESET = "\x1b[0m"
+
+
+def format_value(value: Any) -> str:
+    """A compact, YAML-flavoured rendering of a display value."""
+    if value is None:
+        return "(unset)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, str):
+        return value if value and value.strip() == value else repr(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {format_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
+    return str(value)
+
+
+def summary(plan: Plan) -> str:
+    """``Plan: 1 to create, 2 to update in place, ...``."""
+    parts = [
+        f"{plan.count(Action.CREATE)} to create",
+        f"{plan.count(Action.UPDATE_IN_PLACE)} to update in place",
+        f"{plan.count(Action.REPLACE)} to replace",
+        f"{plan.count(Action.DRAIN_AND_REMOVE)} to drain and remove",
+        f"{plan.count(Action.UNCHANGED)} unchanged",
+    ]
+    text = "Plan: " + ", ".join(parts)
+    if plan.fleet:
+        text += f"; {len(plan.fleet)} fleet setting(s) changed"
+    return text + "."
+
+
+def _change_line(change: FieldChange) -> str:
+    return f"      {change.path}: {format_value(change.old)} -> {format_value(change.new)}"
+
+
+def to_text(plan: Plan, *, colour: bool = False, show_unchanged: bool = True) -> str:
+    """The plan as lines a person reads, one block per agent."""
+    lines = [summary(plan)]
+    if plan.fleet:
+        lines.append("")
+        lines.append("  fleet settings (applied in place)")
+        lines.extend(_change_line(c) for c in plan.fleet)
+    if plan.agents:
+        lines.append("")
+    for agent in plan.agents:
+        if agent.action is Action.UNCHANGED and not show_unchanged:
+            continue
+        head = f"{_SYMBOL[agent.action]} {agent.action.value:<17} {agent.name}"
+        if colour:
+            head = f"{_COLOUR[agent.action]}{head}{_RESET}"
+        lines.append(f"  {head}")
+        lines.extend(_change_line(c) for c in agent.changes)
+    return "\n".join(lines)
+
+
+def to_json(plan: Plan) -> dict[str, Any]:
+    """The plan as a JSON document (``kind: Plan``)."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Plan",
+        "changed": plan.has_changes,
+        "summary": {a.value: plan.count(a) for a in Action},
+        "fleet": [_change_json(c) for c in plan.fleet],
+        "agents": [
+            {
+                "name": a.name,
+                "action": a.action.value,
+                "changes": [_change_json(c) for c in a.changes],
+            }
+            for a in plan.agents
+        ],
+    }
+
+
+def _change_json(change: FieldChange) -> dict[str, Any]:
+    return {"path": change.path, "old": change.old, "new": change.new}
