@@ -25,7 +25,11 @@ def check(ref: str, kind: str) -> str | None:
     except BaseException as exc:
         frames = traceback.extract_tb(exc.__traceback__)
         where = next(
-            (f"{f.filename}:{f.lineno}" for f in reversed(frames) if "importlib" not in f.filename),
+            (
+                f"{_relative(f.filename)}:{f.lineno}"
+                for f in reversed(frames)
+                if "importlib" not in f.filename
+            ),
             None,
         )
         text = f"cannot import module {module_name!r}: {type(exc).__name__}: {exc}"
@@ -45,6 +49,14 @@ def check(ref: str, kind: str) -> str | None:
     if kind == "sync" and is_async:
         return f"{ref} must be a plain function (def), not async"
     return None
+
+
+def _relative(filename: str) -> str:
+    """A path relative to the working directory when it is inside it (stable messages)."""
+    cwd = os.getcwd()
+    if filename.startswith(cwd + os.sep):
+        return filename[len(cwd) + 1 :]
+    return filename
 
 
 def main() -> int:

@@ -151,8 +151,7 @@ def _read(path: str) -> str:
 def _map_pos(rendered: templating.Rendered | None, pos: Pos) -> tuple[int, int]:
     if rendered is None:
         return pos.line, pos.col
-    line, exact = rendered.source_line(pos.line)
-    return line, pos.col if exact else 1
+    return rendered.source_pos(pos.line, pos.col)
 
 
 class _Locate(typing.Protocol):
@@ -256,15 +255,15 @@ def _fields_at(loc: tuple[str | int, ...]) -> list[str]:
     """The field names (by alias) of the model found at ``loc`` inside a Fleet."""
     current: Any = Fleet
     for part in loc:
+        if typing.get_origin(_unwrap(current)) is dict:
+            current = typing.get_args(_unwrap(current))[1]
+            continue
         model = _model_of(current)
         if model is not None:
             info = next((f for n, f in model.model_fields.items() if part in (n, f.alias)), None)
             if info is None:
                 return []
             current = info.annotation
-            continue
-        if typing.get_origin(_unwrap(current)) is dict:
-            current = typing.get_args(_unwrap(current))[1]
             continue
         return []
     model = _model_of(current)
