@@ -91,7 +91,9 @@ def test_canonical_form_is_stable_and_means_the_same(text: str, signals: dict[st
 
 @given(st.text(max_size=30))
 def test_parser_never_crashes(text: str) -> None:
+    offset = 0
     try:
         loadexpr.parse(text)
     except loadexpr.LoadExprError as exc:
-        assert 0 <= exc.offset <= len(text)
+        offset = exc.offset
+    assert 0 <= offset <= len(text)

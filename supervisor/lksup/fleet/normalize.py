@@ -1,7 +1,7 @@
 """From a fleet as written to the normalized fleet lksup runs, plus cross-field findings.
 
-Normalization merges ``defaults`` under every agent (mappings key by key, everything else
-replaced), merges the fleet-wide ``livekit`` block under each agent's override, fills an
+Normalization merges ``defaults`` under every agent (the mappings ``request``, ``permissions``,
+``env`` and ``livekit`` key by key, everything else replaced), merges the fleet-wide ``livekit`` block under each agent's override, fills an
 agent's unset ``drain_timeout`` from the supervisor's, and canonicalizes (load expressions are
 already canonical after validation). The result is a ``Fleet`` whose ``defaults`` and top-level
 ``livekit`` are empty: rendering it and normalizing again gives the same fleet (idempotence).
@@ -54,6 +54,22 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return merged
 
 
+#: Option mappings merged key by key (one level: a key's value, e.g. a secret reference or
+#: the request policy's attributes, is replaced whole, never merged into).
+MERGED_OPTIONS = frozenset({"request", "permissions", "env", "livekit"})
+
+
+def merge_options(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Agent options over defaults: ``MERGED_OPTIONS`` key by key, anything else replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        if key in MERGED_OPTIONS and isinstance(merged.get(key), Mapping):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
 def normalize(fleet: Fleet) -> tuple[Fleet, list[Finding]]:
     """Normalize a validated fleet and report cross-field problems (errors and warnings)."""
     findings: list[Finding] = []
@@ -62,8 +78,8 @@ def normalize(fleet: Fleet) -> tuple[Fleet, list[Finding]]:
     agents: dict[str, Agent] = {}
     for name, agent in fleet.agents.items():
         own = agent.model_dump(exclude_unset=True, context=REVEAL)
-        merged = deep_merge(defaults, own)
-        merged["livekit"] = deep_merge(shared_livekit, merged.get("livekit", {}))
+        merged = merge_options(defaults, own)
+        merged["livekit"] = {**shared_livekit, **merged.get("livekit", {})}
         merged.setdefault("drain_timeout", fleet.supervisor.drain_timeout)
         effective = Agent.model_validate(merged)
         agents[name] = effective

@@ -506,7 +506,8 @@ class Fleet(_Model):
     """Settings of the supervisor process."""
 
     defaults: AgentOptions = Field(default_factory=AgentOptions)
-    """Options merged under every agent (mappings are merged key by key)."""
+    """Options merged under every agent; request, permissions, env and livekit are merged key
+    by key, every other option is replaced by the agent's own value."""
 
     agents: dict[AgentName, Agent] = Field(default_factory=dict)
     """The agents; each key is the agent_name registered with LiveKit."""

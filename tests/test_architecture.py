@@ -1,0 +1,99 @@
+"""Pure modules stay pure: no clocks, processes, sockets or event loops, directly or through
+other lksup modules (DESIGN.md §4). Layering: lower layers never import higher ones."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "supervisor" / "lksup"
+
+PURE = {
+    "lksup.errors",
+    "lksup.fleet.durations",
+    "lksup.fleet.loadexpr",
+    "lksup.fleet.schema",
+    "lksup.fleet.yamlsrc",
+    "lksup.fleet.normalize",
+    "lksup.fleet.templating",
+    "lksup.reconcile.diff",
+    "lksup.reconcile.render",
+}
+FORBIDDEN = {
+    "anyio",
+    "asyncio",
+    "trio",
+    "websockets",
+    "psutil",
+    "time",
+    "os",
+    "socket",
+    "subprocess",
+    "signal",
+    "threading",
+    "multiprocessing",
+    "httpx",
+    "h11",
+}
+#: Layers from the bottom up; a module may import its own layer and the ones below.
+LAYERS = [
+    {"lksup.errors"},
+    {"lksup.fleet", "lksup.protocol"},
+    {"lksup.reconcile"},
+    {"lksup.control", "lksup.transport", "lksup.pool", "lksup.monitors", "lksup.devserver"},
+    {"lksup.daemon"},
+    {"lksup.cli"},
+]
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+MODULES = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def _layer(module: str) -> int | None:
+    for index, layer in enumerate(LAYERS):
+        if any(module == top or module.startswith(top + ".") for top in layer):
+            return index
+    return None
+
+
+@pytest.mark.parametrize("module", sorted(PURE))
+def test_pure_modules_import_no_io(module: str) -> None:
+    imports = _imports(MODULES[module])
+    bad = {name for name in imports if name.split(".")[0] in FORBIDDEN}
+    assert not bad, f"{module} imports {sorted(bad)}"
+    internal = {name for name in imports if name in MODULES and name != "lksup"}
+    impure = {name for name in internal if name not in PURE and not name.endswith("fleet")}
+    assert not impure, f"{module} imports impure lksup modules {sorted(impure)}"
+
+
+def test_pure_modules_exist() -> None:
+    assert set(MODULES) >= PURE
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_layers_point_downwards(module: str) -> None:
+    own = _layer(module)
+    if own is None:
+        return
+    for name in _imports(MODULES[module]):
+        other = _layer(name)
+        assert other is None or other <= own, f"{module} (layer {own}) imports {name} ({other})"
