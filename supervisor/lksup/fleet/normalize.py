@@ -1,9 +1,10 @@
 """From a fleet as written to the normalized fleet lksup runs, plus cross-field findings.
 
-Normalization merges ``defaults`` under every agent (the mappings ``request``, ``permissions``,
-``env`` and ``livekit`` key by key, everything else replaced), merges the fleet-wide ``livekit`` block under each agent's override, fills an
-agent's unset ``drain_timeout`` from the supervisor's, and canonicalizes (load expressions are
-already canonical after validation). The result is a ``Fleet`` whose ``defaults`` and top-level
+Normalization merges ``defaults`` under every agent (the mappings ``request``,
+``permissions``, ``env`` and ``livekit`` key by key, everything else replaced), merges the
+fleet-wide ``livekit`` block under each agent's override, fills an agent's unset
+``drain_timeout`` from the supervisor's, and canonicalizes (load expressions are already
+canonical after validation). The result is a ``Fleet`` whose ``defaults`` and top-level
 ``livekit`` are empty: rendering it and normalizing again gives the same fleet (idempotence).
 
 Findings carry the *path* where the offending value was written (in the agent, in

@@ -8,11 +8,12 @@ parsed as YAML. The template sees two names:
 - ``values``: the merge of ``--values FILE`` documents and ``--set key=value`` pairs.
 
 Block tags (``{% ... %}``) on their own line leave no blank line behind (``trim_blocks``,
-``lstrip_blocks``, as Ansible does). Rendering is strict (``StrictUndefined``: a missing variable is an error, never an empty
-string) and sandboxed (templates cannot reach Python internals). Errors carry the template's
-line. YAML errors found after rendering are mapped back to template lines through
-``Rendered.source_pos``: lines that rendered unchanged (or one-for-one) map exactly; lines
-produced by a loop map to the most similar line of the template block that produced them.
+``lstrip_blocks``, as Ansible does). Rendering is strict (``StrictUndefined``: a missing
+variable is an error, never an empty string) and sandboxed (templates cannot reach Python
+internals). Errors carry the template's line. YAML errors found after rendering are mapped back
+to template lines through ``Rendered.source_pos``: lines that rendered unchanged (or one-for-
+one) map exactly; lines produced by a loop map to the most similar line of the template block
+that produced them.
 """
 
 from __future__ import annotations
