@@ -199,7 +199,7 @@ def test_diff_exit_codes_and_plan(tmp_path: Path) -> None:
         "Plan: 1 to create, 1 to update in place, 1 to replace, 0 to drain and remove, 0 unchanged.",
         "",
         "  ~ replace           sales",
-        "      entrypoint: fleets.agents.sales:entrypoint -> fleets.agents.survey:entrypoint",
+        "      entrypoint: fleets.agents.sales:entrypoint -> fleets.agents.survey:entrypoint  (needs replace)",
         "  ~ update-in-place   support",
         "      load_threshold: 0.6 -> 0.5",
         "  + create            survey",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from lksup.fleet.schema import API_VERSION
-from lksup.reconcile.diff import Action, FieldChange, Plan
+from lksup.reconcile.diff import REPLACE_FIELDS, Action, FieldChange, Plan
 
 _SYMBOL = {
     Action.CREATE: "+",
@@ -56,8 +56,11 @@ def summary(plan: Plan) -> str:
     return text + "."
 
 
-def _change_line(change: FieldChange) -> str:
-    return f"      {change.path}: {format_value(change.old)} -> {format_value(change.new)}"
+def _change_line(change: FieldChange, *, mark_replace: bool = False) -> str:
+    line = f"      {change.path}: {format_value(change.old)} -> {format_value(change.new)}"
+    if mark_replace and change.path.split(".")[0] in REPLACE_FIELDS:
+        line += "  (needs replace)"
+    return line
 
 
 def to_text(plan: Plan, *, colour: bool = False, show_unchanged: bool = True) -> str:
@@ -76,7 +79,8 @@ def to_text(plan: Plan, *, colour: bool = False, show_unchanged: bool = True) ->
         if colour:
             head = f"{_COLOUR[agent.action]}{head}{_RESET}"
         lines.append(f"  {head}")
-        lines.extend(_change_line(c) for c in agent.changes)
+        replace = agent.action is Action.REPLACE
+        lines.extend(_change_line(c, mark_replace=replace) for c in agent.changes)
     return "\n".join(lines)
 
 
