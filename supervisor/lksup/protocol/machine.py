@@ -137,6 +137,10 @@ class WorkerMachine:
         out, self._out = self._out, []
         return out
 
+    def data_to_send_pending(self) -> bool:
+        """Whether frames are queued (without taking them)."""
+        return bool(self._out)
+
     def events(self) -> list[Event]:
         """What happened since the last call."""
         events, self._events = self._events, []

@@ -1,0 +1,409 @@
+"""One agent's worker connection: the I/O shell that drives ``protocol.machine``.
+
+The session owns one ``WorkerMachine`` for the agent's whole life and opens a new WebSocket
+(with a fresh access token) whenever the machine asks for one. Inside a connection, a reader
+task feeds frames to the machine, a keepalive task pings the server, and the main loop sends
+what the machine queued, acts on its events and calls ``tick`` at its next deadline. Every
+machine call happens on the event loop without an ``await`` in between, so there are no races.
+
+What the agent decides lives behind ``Hooks``: ``decide`` answers an offer (bounded by
+``answer_timeout``: no answer in time, or an exception, declines), ``run_job`` runs an
+assigned job (it must call ``job_started`` and ``job_ended``), ``terminate`` asks a job to end.
+Job tasks live in the session's own task group, so jobs keep running across reconnects.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Protocol
+
+import anyio
+import anyio.abc
+from livekit import api as lkapi
+
+from lksup.protocol.events import (
+    Answer,
+    CloseConnection,
+    ConnectionClosed,
+    Decline,
+    Drained,
+    GaveUp,
+    Job,
+    JobAssigned,
+    OfferAnswered,
+    OfferReceived,
+    OpenConnection,
+    ProtocolViolation,
+    Registered,
+    ReservationExpired,
+    TerminationRequested,
+)
+from lksup.protocol.machine import Options, State, WorkerMachine
+from lksup.transport.websocket import (
+    ConnectionClosed as SocketClosed,
+)
+from lksup.transport.websocket import (
+    HandshakeError,
+    TransportError,
+    WebSocket,
+    websocket_url,
+)
+
+log = logging.getLogger("lksup.agent")
+
+TOKEN_TTL = timedelta(minutes=10)
+
+
+class Hooks(Protocol):
+    """The agent's side of the connection."""
+
+    async def decide(self, offer: OfferReceived) -> Answer:
+        """Answer a job offer (accept with an identity, or decline)."""
+        ...
+
+    async def run_job(self, assignment: JobAssigned, session: AgentSession) -> None:
+        """Run an assigned job; call ``session.job_started`` and ``session.job_ended``."""
+        ...
+
+    def terminate(self, job_id: str) -> None:
+        """The server asked for this job to end."""
+        ...
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Where and how to connect (the secret is only used to sign tokens)."""
+
+    url: str
+    api_key: str
+    api_secret: str
+
+    def __repr__(self) -> str:
+        return f"Credentials(url={self.url!r}, api_key={self.api_key!r}, api_secret=****)"
+
+    def token(self) -> str:
+        """A fresh worker token: the agent grant, a short expiry."""
+        return (
+            lkapi.AccessToken(self.api_key, self.api_secret)
+            .with_grants(lkapi.VideoGrants(agent=True))
+            .with_ttl(TOKEN_TTL)
+            .to_jwt()
+        )
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """I/O timings of a session."""
+
+    open_timeout: float = 10.0
+    answer_timeout: float = 2.5  # the server waits ~3 s in all for every worker it tries
+    ping_interval: float = 10.0
+    ping_timeout: float = 20.0
+
+
+class AgentSession:
+    """The connection of one agent (see the module docstring)."""
+
+    def __init__(
+        self,
+        options: Options,
+        credentials: Credentials,
+        hooks: Hooks,
+        *,
+        timeouts: Timeouts | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.options = options
+        self.credentials = credentials
+        self.hooks = hooks
+        self.timeouts = timeouts or Timeouts()
+        self.machine = WorkerMachine(options, rand=rand)
+        self._wake = anyio.Event()
+        self._registered = anyio.Event()
+        self._finished = anyio.Event()
+        self._socket: WebSocket | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self.reconnects = 0
+        self.violations = 0
+
+    # --- the agent's calls (all safe from any task on the event loop) ----------------------
+
+    @property
+    def name(self) -> str:
+        """The agent name."""
+        return self.options.agent_name
+
+    @property
+    def state(self) -> State:
+        """The machine's state."""
+        return self.machine.state
+
+    def set_load(self, load: float, *, full: bool) -> None:
+        """Report the agent's load and whether it is full."""
+        self.machine.set_load(load, full=full, now=anyio.current_time())
+        self._poke()
+
+    def job_started(self, job_id: str) -> None:
+        """The job's entrypoint is running."""
+        self.machine.job_started(job_id, anyio.current_time())
+        self._poke()
+
+    def job_ended(self, job_id: str, *, error: str | None = None) -> None:
+        """The job is over (``error`` set: it failed)."""
+        self.machine.job_ended(job_id, error=error, now=anyio.current_time())
+        self._poke()
+
+    def drain(self) -> None:
+        """Stop taking jobs; the session ends once the last job ends."""
+        self.machine.drain(anyio.current_time())
+        self._poke()
+
+    def undrain(self) -> None:
+        """Take jobs again."""
+        self.machine.undrain(anyio.current_time())
+        self._poke()
+
+    def simulate(self, room_name: str, participant_identity: str | None = None) -> None:
+        """Ask the server for a job on this connection."""
+        self.machine.simulate(room_name, participant_identity, anyio.current_time())
+        self._poke()
+
+    def stop(self) -> None:
+        """Close for good now (running jobs are the caller's to stop)."""
+        self.machine.stop(anyio.current_time())
+        self._poke()
+
+    async def wait_registered(self) -> str:
+        """Wait until the connection is registered; the worker id."""
+        while True:
+            await self._registered.wait()
+            if self.machine.worker_id is not None:
+                return self.machine.worker_id
+            await anyio.lowlevel.checkpoint()
+
+    async def wait_finished(self) -> State:
+        """Wait until the session ended (drained, stopped, or gave up)."""
+        await self._finished.wait()
+        return self.machine.state
+
+    def _poke(self) -> None:
+        self._wake.set()
+
+    # --- the driver -------------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run until drained, stopped or given up; running job tasks are awaited."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            self.machine.start(anyio.current_time())
+            task_status.started()
+            try:
+                await self._drive()
+            finally:
+                self._finished.set()
+                if self._socket is not None:
+                    await self._socket.aclose()
+
+    async def _drive(self) -> None:
+        while self.machine.state not in (State.CLOSED, State.FAILED):
+            opened = await self._handle_outputs()
+            if opened is not None:
+                await self._connected(opened)
+                continue
+            await self._wait()
+            self.machine.tick(anyio.current_time())
+        await self._handle_outputs()
+
+    async def _wait(self) -> None:
+        deadline = self.machine.next_deadline()
+        timeout = None if deadline is None else max(0.0, deadline - anyio.current_time())
+        if not self._wake.is_set():
+            with anyio.move_on_after(timeout):
+                await self._wake.wait()
+        self._wake = anyio.Event()
+
+    async def _connected(self, socket: WebSocket) -> None:
+        self._socket = socket
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._reader, socket)
+                tg.start_soon(self._keepalive, socket)
+                while True:
+                    await self._handle_outputs()
+                    if not self._still_connected():
+                        break
+                    await self._wait()
+                    self.machine.tick(anyio.current_time())
+                tg.cancel_scope.cancel()
+        finally:
+            self._socket = None
+            await socket.aclose()
+
+    def _still_connected(self) -> bool:
+        return self.machine.connected
+
+    async def _reader(self, socket: WebSocket) -> None:
+        try:
+            while True:
+                message = await socket.recv()
+                now = anyio.current_time()
+                if isinstance(message, str):
+                    self.machine.receive_text(message, now)
+                else:
+                    self.machine.receive(message, now)
+                self._poke()
+        except SocketClosed as exc:
+            self.machine.connection_lost(anyio.current_time(), str(exc))
+            self._poke()
+
+    async def _keepalive(self, socket: WebSocket) -> None:
+        while True:
+            await anyio.sleep(self.timeouts.ping_interval)
+            before = socket.pongs_received
+            await socket.ping()
+            await anyio.sleep(self.timeouts.ping_timeout)
+            if socket.pongs_received == before:
+                self.machine.connection_lost(anyio.current_time(), "no pong from the server")
+                self._poke()
+                return
+
+    async def _open(self) -> WebSocket | None:
+        url = websocket_url(self.credentials.url)
+        try:
+            token = self.credentials.token()
+            socket = await WebSocket.connect(
+                url,
+                headers={"Authorization": f"Bearer {token}"},
+                open_timeout=self.timeouts.open_timeout,
+            )
+        except TransportError as exc:
+            reason = str(exc)
+            if isinstance(exc, HandshakeError) and exc.status == 401:
+                reason = "HTTP 401: the server refused the API key or secret"
+            self.machine.connection_failed(anyio.current_time(), reason)
+            return None
+        self.machine.connection_opened(anyio.current_time())
+        return socket
+
+    async def _handle_outputs(self) -> WebSocket | None:
+        """Send queued frames, act on events and commands; a new socket if one was opened."""
+        opened: WebSocket | None = None
+        while True:
+            frames = self.machine.data_to_send()
+            if frames and self._socket is not None:
+                try:
+                    for frame in frames:
+                        await self._socket.send(frame)
+                except SocketClosed as exc:
+                    self.machine.connection_lost(anyio.current_time(), str(exc))
+            for event in self.machine.events():
+                self._on_event(event)
+            commands = self.machine.commands()
+            for command in commands:
+                if isinstance(command, OpenConnection):
+                    opened = await self._open()
+                    if opened is not None:
+                        self._socket = opened
+                elif isinstance(command, CloseConnection) and self._socket is not None:
+                    await self._socket.close(command.code, command.reason)
+            if not commands and not self.machine.data_to_send_pending():
+                return opened
+
+    def _on_event(self, event: object) -> None:
+        agent = self.options.agent_name
+        extra = {"agent": agent}
+        if isinstance(event, Registered):
+            log.info(
+                "agent %s registered as %s (server %s)",
+                agent,
+                event.worker_id,
+                event.server_version or "unknown",
+                extra=extra,
+            )
+            self._registered.set()
+        elif isinstance(event, ConnectionClosed):
+            self._registered = anyio.Event()
+            if event.retry_delay is not None:
+                self.reconnects += 1
+                log.warning(
+                    "agent %s connection lost: %s; reconnecting in %.1fs",
+                    agent,
+                    event.reason,
+                    event.retry_delay,
+                    extra=extra,
+                )
+        elif isinstance(event, GaveUp):
+            log.error(
+                "agent %s gave up after %d failed connection attempts: %s",
+                agent,
+                event.attempts,
+                event.reason,
+                extra=extra,
+            )
+        elif isinstance(event, ProtocolViolation):
+            self.violations += 1
+            log.warning("agent %s: %s", agent, event.description, extra=extra)
+        elif isinstance(event, OfferReceived):
+            assert self._tg is not None
+            self._tg.start_soon(self._decide, event)
+        elif isinstance(event, OfferAnswered):
+            log.debug("agent %s answered offer %s: %s", agent, event.job_id, event.answer)
+        elif isinstance(event, JobAssigned):
+            assert self._tg is not None
+            log.info(
+                "agent %s assigned job %s (room %s)",
+                agent,
+                event.job.id,
+                event.job.room_name,
+                extra={**extra, "job_id": event.job.id},
+            )
+            self._tg.start_soon(self._run_job, event)
+        elif isinstance(event, TerminationRequested):
+            self.hooks.terminate(event.job_id)
+        elif isinstance(event, ReservationExpired):
+            log.warning(
+                "agent %s: no assignment for accepted job %s in time",
+                agent,
+                event.job_id,
+                extra={**extra, "job_id": event.job_id},
+            )
+        elif isinstance(event, Drained):
+            log.info("agent %s drained", agent, extra=extra)
+
+    async def _decide(self, offer: OfferReceived) -> None:
+        answer: Answer = Decline(reason="no answer in time")
+        with anyio.move_on_after(self.timeouts.answer_timeout):
+            try:
+                answer = await self.hooks.decide(offer)
+            except Exception:
+                log.exception(
+                    "agent %s: request policy failed for job %s; declining",
+                    self.options.agent_name,
+                    offer.job.id,
+                    extra={"agent": self.options.agent_name, "job_id": offer.job.id},
+                )
+                answer = Decline(reason="request policy failed")
+        self.machine.answer(offer.job.id, answer, anyio.current_time())
+        self._poke()
+
+    async def _run_job(self, assignment: JobAssigned) -> None:
+        job: Job = assignment.job
+        try:
+            await self.hooks.run_job(assignment, self)
+        except Exception as exc:
+            log.exception(
+                "agent %s: job %s failed in its runner",
+                self.options.agent_name,
+                job.id,
+                extra={"agent": self.options.agent_name, "job_id": job.id},
+            )
+            self.job_ended(job.id, error=f"{type(exc).__name__}: {exc}")
+        else:
+            if job.id in self.machine.running_jobs:
+                self.job_ended(job.id, error=None)
