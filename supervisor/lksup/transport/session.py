@@ -103,6 +103,7 @@ class Timeouts:
     answer_timeout: float = 2.5  # the server waits ~3 s in all for every worker it tries
     ping_interval: float = 10.0
     ping_timeout: float = 20.0
+    close_timeout: float = 2.0
 
 
 class AgentSession:
@@ -211,14 +212,15 @@ class AgentSession:
                     await self._socket.aclose()
 
     async def _drive(self) -> None:
-        while self.machine.state not in (State.CLOSED, State.FAILED):
+        while True:
             opened = await self._handle_outputs()
             if opened is not None:
                 await self._connected(opened)
                 continue
+            if self.machine.state in (State.CLOSED, State.FAILED):
+                return
             await self._wait()
             self.machine.tick(anyio.current_time())
-        await self._handle_outputs()
 
     async def _wait(self) -> None:
         deadline = self.machine.next_deadline()
@@ -240,6 +242,9 @@ class AgentSession:
                         break
                     await self._wait()
                     self.machine.tick(anyio.current_time())
+                # let the reader see the server's answer to our close frame, briefly
+                with anyio.move_on_after(self.timeouts.close_timeout):
+                    await socket.wait_closed()
                 tg.cancel_scope.cancel()
         finally:
             self._socket = None
@@ -311,7 +316,7 @@ class AgentSession:
                     if opened is not None:
                         self._socket = opened
                 elif isinstance(command, CloseConnection) and self._socket is not None:
-                    await self._socket.close(command.code, command.reason)
+                    await self._socket.send_close(command.code, command.reason)
             if not commands and not self.machine.data_to_send_pending():
                 return opened
 

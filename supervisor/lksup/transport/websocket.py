@@ -74,6 +74,7 @@ class WebSocket:
         self._fragments: list[bytes] = []
         self._fragment_text = False
         self._pongs = 0
+        self._closed_event = anyio.Event()
 
     @property
     def pongs_received(self) -> int:
@@ -191,6 +192,7 @@ class WebSocket:
         """
         while not self._pending:
             if self._protocol.state is State.CLOSED:
+                self._closed_event.set()
                 raise self._closed()
             try:
                 data = await self._stream.receive(READ_SIZE)
@@ -239,18 +241,26 @@ class WebSocket:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 return
 
+    async def send_close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake; the task reading ``recv`` sees it complete."""
+        async with self._send_lock:
+            if self._protocol.state is State.OPEN:
+                self._protocol.send_close(code, reason)
+                with contextlib.suppress(
+                    anyio.BrokenResourceError, anyio.ClosedResourceError, OSError
+                ):
+                    await self._flush()
+
+    async def wait_closed(self) -> None:
+        """Wait until ``recv`` has seen the connection closed."""
+        await self._closed_event.wait()
+
     async def close(self, code: int = 1000, reason: str = "", *, timeout: float = 2.0) -> None:
-        """Start the closing handshake, wait briefly for the peer, then drop the TCP connection."""
+        """Close when no other task reads: handshake (bounded by ``timeout``), then drop TCP."""
         with anyio.move_on_after(timeout, shield=True):
-            async with self._send_lock:
-                if self._protocol.state is State.OPEN:
-                    self._protocol.send_close(code, reason)
-                    with contextlib.suppress(
-                        anyio.BrokenResourceError, anyio.ClosedResourceError, OSError
-                    ):
-                        await self._flush()
+            await self.send_close(code, reason)
             try:
-                while self._protocol.state is not State.CLOSED:
+                while True:
                     await self.recv()
             except ConnectionClosed:
                 pass

@@ -1,0 +1,253 @@
+"""The agent session against a scriptable server over real loopback sockets: every wait is a
+handshake (a message read under ``fail_after``), never a sleep."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+from livekit.protocol import agent as pb
+from livekit.protocol import models as pb_models
+
+from lksup.protocol.backoff import Backoff
+from lksup.protocol.events import Accept, Answer, Decline, JobAssigned, OfferReceived
+from lksup.protocol.machine import Options, State
+from lksup.transport.session import AgentSession, Credentials, Timeouts
+from tests.transport.fake_server import SECRET, FakeServer, fake_server
+
+pytestmark = pytest.mark.anyio
+
+FAST = Backoff(initial_delay=0.01, factor=2, max_delay=0.05, jitter=0)
+
+
+class Agent:
+    """A test agent: accepts (or as told), and runs each job until told to end it."""
+
+    def __init__(self) -> None:
+        self.answer: Answer | None = None
+        self.decide_forever = False
+        self.started: dict[str, anyio.Event] = {}
+        self.finish: dict[str, anyio.Event] = {}
+        self.terminated: list[str] = []
+
+    async def decide(self, offer: OfferReceived) -> Answer:
+        if self.decide_forever:
+            await anyio.sleep_forever()
+        return self.answer or Accept(identity=f"test-{offer.job.id}", name="Tester")
+
+    async def run_job(self, assignment: JobAssigned, session: AgentSession) -> None:
+        job_id = assignment.job.id
+        session.job_started(job_id)
+        self.started.setdefault(job_id, anyio.Event()).set()
+        await self.finish.setdefault(job_id, anyio.Event()).wait()
+        session.job_ended(job_id, error=None)
+
+    def terminate(self, job_id: str) -> None:
+        self.terminated.append(job_id)
+        self.finish.setdefault(job_id, anyio.Event()).set()
+
+
+@asynccontextmanager
+async def running(
+    server: FakeServer, agent: Agent, **options: object
+) -> AsyncIterator[AgentSession]:
+    session = AgentSession(
+        Options(agent_name="tester", version="0.1.0", backoff=FAST, **options),  # type: ignore[arg-type]
+        Credentials(server.url, "devkey", SECRET),
+        agent,
+        timeouts=Timeouts(open_timeout=2, answer_timeout=0.5),
+        rand=lambda: 0.0,
+    )
+    async with anyio.create_task_group() as tg:
+        await tg.start(session.run)
+        try:
+            yield session
+        finally:
+            session.stop()
+            for event in agent.finish.values():
+                event.set()
+
+
+def offer(job_id: str, room: str = "room-1") -> pb.ServerMessage:
+    message = pb.ServerMessage()
+    message.availability.job.CopyFrom(
+        pb.Job(id=job_id, type=pb.JT_ROOM, room=pb_models.Room(name=room, sid="RM_1"))
+    )
+    return message
+
+
+def assignment(job_id: str) -> pb.ServerMessage:
+    message = pb.ServerMessage()
+    message.assignment.job.CopyFrom(
+        pb.Job(id=job_id, type=pb.JT_ROOM, room=pb_models.Room(name="room-1"))
+    )
+    message.assignment.token = "job-token"
+    return message
+
+
+async def test_registers_answers_offers_and_reports_job_status() -> None:
+    agent = Agent()
+    async with fake_server() as server, running(server, agent) as session:
+        peer = await server.accept()
+        assert peer.token_claims["iss"] == "devkey"
+        assert peer.token_claims["video"]["agent"] is True  # type: ignore[index]
+        assert "exp" in peer.token_claims
+        register = await peer.register("AW_1")
+        assert register.agent_name == "tester"
+        assert register.version == "0.1.0"
+        assert register.HasField("allowed_permissions")
+        status = await peer.next("update_worker")
+        assert status.update_worker.status == pb.WS_AVAILABLE
+        assert await session.wait_registered() == "AW_1"
+
+        await peer.send(offer("AJ_1"))
+        answer = (await peer.next("availability")).availability
+        assert answer.available
+        assert answer.participant_identity == "test-AJ_1"
+        assert answer.participant_attributes["lk.agent.name"] == "tester"
+
+        await peer.send(assignment("AJ_1"))
+        running_update = await peer.next("update_job")
+        assert running_update.update_job.status == pb.JS_RUNNING
+        agent.finish.setdefault("AJ_1", anyio.Event()).set()
+        done = await peer.next("update_job")
+        assert (done.update_job.job_id, done.update_job.status) == ("AJ_1", pb.JS_SUCCESS)
+
+
+async def test_policy_that_hangs_is_declined_in_time() -> None:
+    agent = Agent()
+    agent.decide_forever = True
+    async with fake_server() as server, running(server, agent):
+        peer = await server.accept()
+        await peer.register()
+        await peer.send(offer("AJ_1"))
+        answer = await peer.next("availability", timeout=2.0)
+        assert not answer.availability.available
+        assert not answer.availability.terminate
+
+
+async def test_reject_terminates() -> None:
+    agent = Agent()
+    agent.answer = Decline(terminate=True)
+    async with fake_server() as server, running(server, agent):
+        peer = await server.accept()
+        await peer.register()
+        await peer.send(offer("AJ_1"))
+        answer = (await peer.next("availability")).availability
+        assert (answer.available, answer.terminate) == (False, True)
+
+
+async def test_jobs_survive_a_dropped_connection_and_are_reported_after_reregistering() -> None:
+    agent = Agent()
+    async with fake_server() as server, running(server, agent) as session:
+        peer = await server.accept()
+        await peer.register("AW_1")
+        await peer.send(offer("AJ_1"))
+        await peer.next("availability")
+        await peer.send(assignment("AJ_1"))
+        await peer.next("update_job")
+        peer.drop()  # no close frame: the client sees 1006
+        again = await server.accept()
+        await again.register("AW_2")
+        migrate = await again.next("migrate_job")
+        assert list(migrate.migrate_job.job_ids) == ["AJ_1"]
+        status = await again.next("update_worker")
+        assert status.update_worker.job_count == 1
+        assert await session.wait_registered() == "AW_2"
+        assert session.reconnects == 1
+        assert set(session.machine.running_jobs) == {"AJ_1"}
+
+
+async def test_server_that_never_registers_ends_in_failed_after_max_retry() -> None:
+    agent = Agent()
+    async with (
+        fake_server() as server,
+        running(server, agent, max_retry=3, register_timeout=0.2) as session,
+    ):
+        for _ in range(3):
+            peer = await server.accept()
+            await peer.next("register")  # and never answer
+        with anyio.fail_after(5):
+            assert await session.wait_finished() is State.FAILED
+        assert session.machine.attempts == 3
+        assert session.machine.last_error == "no register response in time"
+
+
+async def test_refused_credentials_give_up_with_a_clear_reason() -> None:
+    agent = Agent()
+    async with (
+        fake_server(reject_status=401) as server,
+        running(server, agent, max_retry=2) as session,
+    ):
+        with anyio.fail_after(5):
+            assert await session.wait_finished() is State.FAILED
+        assert session.machine.last_error == "HTTP 401: the server refused the API key or secret"
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [b"\xff\xff\xff\xff", "text frame", b"x" * (3 * 1024 * 1024)],
+    ids=["garbage", "text", "oversize"],
+)
+async def test_hostile_frames_lead_to_a_reconnect_or_are_ignored(hostile: bytes | str) -> None:
+    agent = Agent()
+    async with fake_server() as server, running(server, agent) as session:
+        peer = await server.accept()
+        await peer.register("AW_1")
+        await peer.connection.send(hostile)
+        if isinstance(hostile, str):
+            await peer.send(offer("AJ_1"))  # still usable
+            assert (await peer.next("availability")).availability.available
+            assert session.violations == 1
+        else:
+            again = await server.accept()
+            await again.register("AW_2")
+            assert await session.wait_registered() == "AW_2"
+
+
+async def test_drain_reports_full_and_closes_with_1001_when_the_last_job_ends() -> None:
+    agent = Agent()
+    async with fake_server() as server, running(server, agent) as session:
+        peer = await server.accept()
+        await peer.register()
+        await peer.send(offer("AJ_1"))
+        await peer.next("availability")
+        await peer.send(assignment("AJ_1"))
+        await agent.started.setdefault("AJ_1", anyio.Event()).wait()
+        session.drain()
+        while True:
+            status = (await peer.next("update_worker")).update_worker
+            if status.draining:
+                break
+        assert status.status == pb.WS_FULL
+        await peer.send(offer("AJ_2"))
+        assert not (await peer.next("availability")).availability.available
+        agent.finish["AJ_1"].set()
+        ended = await peer.next("update_job")  # (JS_RUNNING was skipped above)
+        assert ended.update_job.status == pb.JS_SUCCESS
+        with anyio.fail_after(5):
+            await peer.connection.wait_closed()
+        assert peer.connection.close_code == 1001
+        with anyio.fail_after(5):
+            assert await session.wait_finished() is State.CLOSED
+
+
+async def test_termination_reaches_the_agent_once() -> None:
+    agent = Agent()
+    async with fake_server() as server, running(server, agent):
+        peer = await server.accept()
+        await peer.register()
+        await peer.send(offer("AJ_1"))
+        await peer.next("availability")
+        await peer.send(assignment("AJ_1"))
+        await agent.started.setdefault("AJ_1", anyio.Event()).wait()
+        termination = pb.ServerMessage()
+        termination.termination.job_id = "AJ_1"
+        await peer.send(termination)
+        await peer.send(termination)
+        await peer.next("update_job")  # running
+        ended = await peer.next("update_job")
+        assert ended.update_job.status == pb.JS_SUCCESS
+        assert agent.terminated == ["AJ_1"]
