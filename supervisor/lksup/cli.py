@@ -10,6 +10,7 @@ Exit codes (shared by every command): 0 success / valid / no changes; 1 invalid 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -278,6 +279,89 @@ def diff(
     else:
         click.echo(plan_render.to_text(plan, colour=_colour()))
     raise SystemExit(EXIT_FAILED if plan.has_changes else EXIT_OK)
+
+
+@main.command()
+@click.argument("agent", required=False, metavar="[AGENT]")
+@click.option("--room", required=True, help="Room name (created when missing).")
+@click.option("--metadata", default="", help="Job metadata handed to the agent (create only).")
+@click.option("--list", "list_", is_flag=True, help="List the room's dispatches instead.")
+@click.option("--delete", "delete_id", metavar="ID", help="Delete this dispatch (ends its jobs).")
+@click.option("--url", envvar="LIVEKIT_URL", help="Server URL [env: LIVEKIT_URL].")
+@click.option("--api-key", envvar="LIVEKIT_API_KEY", help="API key [env: LIVEKIT_API_KEY].")
+@click.option(
+    "--api-secret",
+    envvar="LIVEKIT_API_SECRET",
+    help="API secret [env: LIVEKIT_API_SECRET; prefer the variable: flags show in ps].",
+)
+@_output_option(["text", "json"], "text")
+def dispatch(
+    agent: str | None,
+    room: str,
+    metadata: str,
+    list_: bool,
+    delete_id: str | None,
+    url: str | None,
+    api_key: str | None,
+    api_secret: str | None,
+    output: str,
+) -> None:
+    """Create, list or delete explicit agent dispatches (LiveKit's AgentDispatchService).
+
+    Works against any LiveKit server, including `lksup dev-server`. The job goes to a worker
+    registered under AGENT; there is no queue: with no such worker, nothing happens.
+
+    \b
+    Examples:
+      lksup dispatch customer-service --room support-42 --metadata '{"lang": "fr"}'
+      lksup dispatch --list --room support-42 -o json
+      lksup dispatch --delete AD_x8Jw2 --room support-42
+    """
+    from lksup.transport import dispatch as api  # lazily: offline commands stay fast
+
+    modes = sum([bool(agent), list_, delete_id is not None])
+    if modes != 1:
+        fail("give exactly one of AGENT, --list or --delete ID", EXIT_USAGE)
+    try:
+        settings = api.ApiSettings.resolve(url=url, api_key=api_key, api_secret=api_secret)
+        if list_:
+            found = asyncio.run(api.list_dispatches(settings, room=room))
+            _print_dispatches(found, output)
+            return
+        if delete_id is not None:
+            deleted = asyncio.run(api.delete_dispatch(settings, dispatch_id=delete_id, room=room))
+            _print_dispatches([deleted], output, verb="deleted")
+            return
+        assert agent is not None
+        created = asyncio.run(
+            api.create_dispatch(settings, agent_name=agent, room=room, metadata=metadata)
+        )
+        _print_dispatches([created], output, verb="created")
+    except api.DispatchError as exc:
+        fail(str(exc))
+
+
+def _print_dispatches(dispatches: list[Any], output: str, *, verb: str | None = None) -> None:
+    from lksup.transport.dispatch import dispatch_to_dict
+
+    if output == "json":
+        items = [dispatch_to_dict(d) for d in dispatches]
+        if verb is None:
+            _emit({"apiVersion": API_VERSION, "kind": "AgentDispatchList", "items": items})
+        else:
+            _emit({"apiVersion": API_VERSION, "kind": "AgentDispatch", **items[0]})
+        return
+    if verb is not None:
+        (item,) = dispatches
+        click.echo(f"dispatch {item.id} {verb}: agent {item.agent_name!r}, room {item.room!r}")
+        return
+    if not dispatches:
+        click.echo("no dispatches")
+        return
+    click.echo(f"{'ID':<20} {'AGENT':<24} {'ROOM':<24} JOBS")
+    for item in dispatches:
+        jobs = ", ".join(job.id for job in item.state.jobs) or "-"
+        click.echo(f"{item.id:<20} {item.agent_name or '(automatic)':<24} {item.room:<24} {jobs}")
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
