@@ -10,6 +10,16 @@ status=0
 echo "== ruff check" && "$bin/ruff" check . || status=1
 echo "== ruff format --check" && "$bin/ruff" format --check . || status=1
 echo "== mypy --strict" && "$bin/mypy" || status=1
+echo "== livekit-server (real server for the interop tests)"
+set +e
+"$root/scripts/livekit-server.sh" >/dev/null
+built=$?
+set -e
+if [ "$built" -eq 3 ] && [ -z "${CI:-}" ]; then
+  echo "Go is not installed: the interop tests against the real server will be skipped"
+elif [ "$built" -ne 0 ]; then
+  echo "building livekit-server failed (exit $built)"; status=1
+fi
 echo "== pytest"
 "$bin/python" -m pytest "$@" || status=1
 exit $status
