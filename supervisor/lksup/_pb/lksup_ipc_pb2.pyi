@@ -1,0 +1,167 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Initialize(_message.Message):
+    __slots__ = ("agent_name", "entrypoint", "prewarm", "request_fnc", "log_level", "shutdown_grace")
+    AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    ENTRYPOINT_FIELD_NUMBER: _ClassVar[int]
+    PREWARM_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FNC_FIELD_NUMBER: _ClassVar[int]
+    LOG_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    SHUTDOWN_GRACE_FIELD_NUMBER: _ClassVar[int]
+    agent_name: str
+    entrypoint: str
+    prewarm: str
+    request_fnc: str
+    log_level: str
+    shutdown_grace: float
+    def __init__(self, agent_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., prewarm: _Optional[str] = ..., request_fnc: _Optional[str] = ..., log_level: _Optional[str] = ..., shutdown_grace: _Optional[float] = ...) -> None: ...
+
+class OfferRequest(_message.Message):
+    __slots__ = ("job", "default_identity", "default_name", "default_metadata", "default_attributes")
+    class DefaultAttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_NAME_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_METADATA_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    job: bytes
+    default_identity: str
+    default_name: str
+    default_metadata: str
+    default_attributes: _containers.ScalarMap[str, str]
+    def __init__(self, job: _Optional[bytes] = ..., default_identity: _Optional[str] = ..., default_name: _Optional[str] = ..., default_metadata: _Optional[str] = ..., default_attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class StartJob(_message.Message):
+    __slots__ = ("job", "url", "token", "participant_identity", "participant_name")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANT_IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANT_NAME_FIELD_NUMBER: _ClassVar[int]
+    job: bytes
+    url: str
+    token: str
+    participant_identity: str
+    participant_name: str
+    def __init__(self, job: _Optional[bytes] = ..., url: _Optional[str] = ..., token: _Optional[str] = ..., participant_identity: _Optional[str] = ..., participant_name: _Optional[str] = ...) -> None: ...
+
+class Shutdown(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class Ping(_message.Message):
+    __slots__ = ("sent_at_ns",)
+    SENT_AT_NS_FIELD_NUMBER: _ClassVar[int]
+    sent_at_ns: int
+    def __init__(self, sent_at_ns: _Optional[int] = ...) -> None: ...
+
+class Ready(_message.Message):
+    __slots__ = ("pid", "error", "init_seconds")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    INIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    error: str
+    init_seconds: float
+    def __init__(self, pid: _Optional[int] = ..., error: _Optional[str] = ..., init_seconds: _Optional[float] = ...) -> None: ...
+
+class OfferAnswer(_message.Message):
+    __slots__ = ("accept", "terminate", "identity", "name", "metadata", "attributes", "error")
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ACCEPT_FIELD_NUMBER: _ClassVar[int]
+    TERMINATE_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    accept: bool
+    terminate: bool
+    identity: str
+    name: str
+    metadata: str
+    attributes: _containers.ScalarMap[str, str]
+    error: str
+    def __init__(self, accept: _Optional[bool] = ..., terminate: _Optional[bool] = ..., identity: _Optional[str] = ..., name: _Optional[str] = ..., metadata: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class JobStarted(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class JobEnded(_message.Message):
+    __slots__ = ("job_id", "error", "reason")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    error: str
+    reason: str
+    def __init__(self, job_id: _Optional[str] = ..., error: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class Pong(_message.Message):
+    __slots__ = ("sent_at_ns",)
+    SENT_AT_NS_FIELD_NUMBER: _ClassVar[int]
+    sent_at_ns: int
+    def __init__(self, sent_at_ns: _Optional[int] = ...) -> None: ...
+
+class LogRecord(_message.Message):
+    __slots__ = ("level", "logger", "message", "created", "exc_text")
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    LOGGER_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    EXC_TEXT_FIELD_NUMBER: _ClassVar[int]
+    level: int
+    logger: str
+    message: str
+    created: float
+    exc_text: str
+    def __init__(self, level: _Optional[int] = ..., logger: _Optional[str] = ..., message: _Optional[str] = ..., created: _Optional[float] = ..., exc_text: _Optional[str] = ...) -> None: ...
+
+class Envelope(_message.Message):
+    __slots__ = ("initialize", "offer_request", "start_job", "shutdown", "ping", "ready", "offer_answer", "job_started", "job_ended", "pong", "log")
+    INITIALIZE_FIELD_NUMBER: _ClassVar[int]
+    OFFER_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    START_JOB_FIELD_NUMBER: _ClassVar[int]
+    SHUTDOWN_FIELD_NUMBER: _ClassVar[int]
+    PING_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    OFFER_ANSWER_FIELD_NUMBER: _ClassVar[int]
+    JOB_STARTED_FIELD_NUMBER: _ClassVar[int]
+    JOB_ENDED_FIELD_NUMBER: _ClassVar[int]
+    PONG_FIELD_NUMBER: _ClassVar[int]
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    initialize: Initialize
+    offer_request: OfferRequest
+    start_job: StartJob
+    shutdown: Shutdown
+    ping: Ping
+    ready: Ready
+    offer_answer: OfferAnswer
+    job_started: JobStarted
+    job_ended: JobEnded
+    pong: Pong
+    log: LogRecord
+    def __init__(self, initialize: _Optional[_Union[Initialize, _Mapping]] = ..., offer_request: _Optional[_Union[OfferRequest, _Mapping]] = ..., start_job: _Optional[_Union[StartJob, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., ready: _Optional[_Union[Ready, _Mapping]] = ..., offer_answer: _Optional[_Union[OfferAnswer, _Mapping]] = ..., job_started: _Optional[_Union[JobStarted, _Mapping]] = ..., job_ended: _Optional[_Union[JobEnded, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., log: _Optional[_Union[LogRecord, _Mapping]] = ...) -> None: ...
