@@ -6,7 +6,15 @@
     +-- FleetError             a fleet file (or its template, values or secrets) is invalid;
     |                          carries every Diagnostic found, each with file:line:col
     +-- SecretError            a secret reference cannot be resolved (the message never
-                               contains a secret's value)
+    |                          contains a secret's value)
+    +-- TransportError         a WebSocket could not be opened or broke (retryable;
+    |   |                      lksup.transport.websocket)
+    |   +-- HandshakeError     the server refused the upgrade (HTTP status, e.g. 401)
+    |   +-- ConnectionClosed   the WebSocket closed (code; 1006 when the peer vanished)
+    +-- DispatchError          a dispatch API call failed (lksup.transport.dispatch)
+    +-- DevServerError         the dev server refused a request (lksup.devserver.model)
+        +-- NotFound           unknown room or dispatch (Twirp not_found)
+        +-- InvalidArgument    malformed request (Twirp invalid_argument)
 
 Rules: local misuse raises; remote misbehaviour (bad frames, protocol violations) is recorded
 as an event and recovered from; failures of one job or one agent are contained and reported,

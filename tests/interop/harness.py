@@ -117,6 +117,7 @@ _MASKED_KEYS = {
     "room",
     "name",
     "load",
+    "turnPassword",
 }
 
 
