@@ -49,13 +49,15 @@ class TraceEntry:
 
     ``kind`` is the oneof name (``register``, ``availability``, ...); ``message`` is the whole
     decoded ``WorkerMessage`` (received) or ``ServerMessage`` (sent); ``text`` tells whether it
-    travelled as a JSON text frame.
+    travelled as a JSON text frame; ``at`` is ``anyio.current_time()`` when it was received, or
+    just before it was written (benchmarks measure answer latency from it).
     """
 
     direction: Direction
     kind: str
     message: Message
     text: bool = False
+    at: float = 0.0
 
 
 @dataclass(frozen=True)

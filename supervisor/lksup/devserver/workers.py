@@ -213,7 +213,9 @@ class WorkerSession:
             raise _Drop(str(exc)) from None
         if self.trace is not None:
             kind = message.WhichOneof("message") or ""
-            self.trace.append(codec.TraceEntry("recv", kind, message, self._text))
+            self.trace.append(
+                codec.TraceEntry("recv", kind, message, self._text, anyio.current_time())
+            )
         return event
 
     async def _serve(self, tg: anyio.abc.TaskGroup) -> None:
@@ -308,7 +310,9 @@ class WorkerSession:
     async def _send(self, out: codec.Outgoing) -> None:
         payload = codec.encode(out, text=self._text)
         if self.trace is not None:
-            self.trace.append(codec.TraceEntry("send", out.kind, out.message, self._text))
+            self.trace.append(
+                codec.TraceEntry("send", out.kind, out.message, self._text, anyio.current_time())
+            )
         try:
             await self._channel.send(payload)
         except ChannelClosed:
