@@ -251,3 +251,44 @@ async def test_termination_reaches_the_agent_once() -> None:
         ended = await peer.next("update_job")
         assert ended.update_job.status == pb.JS_SUCCESS
         assert agent.terminated == ["AJ_1"]
+
+
+async def test_a_server_that_stops_answering_pings_is_left_and_reconnected() -> None:
+    agent = Agent()
+    async with fake_server() as server:
+        session = AgentSession(
+            Options(agent_name="tester", version="0.1.0", backoff=FAST),
+            Credentials(server.url, "devkey", SECRET),
+            agent,
+            timeouts=Timeouts(open_timeout=2, ping_interval=0.05, ping_timeout=0.2),
+            rand=lambda: 0.0,
+        )
+        async with anyio.create_task_group() as tg:
+            await tg.start(session.run)
+            peer = await server.accept()
+            await peer.register("AW_1")
+            await session.wait_registered()
+            peer.connection.transport.pause_reading()  # frozen: reads nothing, answers nothing
+            again = await server.accept()
+            await again.register("AW_2")
+            assert await session.wait_registered() == "AW_2"
+            assert session.reconnects == 1
+            peer.drop()  # the frozen server side would otherwise hold the teardown
+            session.stop()
+
+
+async def test_protocol_violations_are_logged_once_with_the_agent_name(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    agent = Agent()
+    async with fake_server() as server, running(server, agent) as session:
+        peer = await server.accept()
+        await peer.register("AW_1")
+        with caplog.at_level("WARNING", logger="lksup.agent"):
+            await peer.connection.send("not protobuf")
+            await peer.send(offer("AJ_1"))
+            await peer.next("availability")
+        warnings = [r.getMessage() for r in caplog.records if r.name == "lksup.agent"]
+        assert warnings == ["agent tester: text frame ignored (expected binary)"]
+        assert caplog.records[0].agent == "tester"  # type: ignore[attr-defined]
+        assert session.violations == 1

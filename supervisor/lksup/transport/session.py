@@ -242,9 +242,9 @@ class AgentSession:
                         break
                     await self._wait()
                     self.machine.tick(anyio.current_time())
-                # let the reader see the server's answer to our close frame, briefly
-                with anyio.move_on_after(self.timeouts.close_timeout):
-                    await socket.wait_closed()
+                if socket.closing:  # let the reader see the answer to our close frame, briefly
+                    with anyio.move_on_after(self.timeouts.close_timeout):
+                        await socket.wait_closed()
                 tg.cancel_scope.cancel()
         finally:
             self._socket = None

@@ -251,6 +251,11 @@ class WebSocket:
                 ):
                     await self._flush()
 
+    @property
+    def closing(self) -> bool:
+        """Whether our close frame went out and the peer's answer is awaited."""
+        return self._protocol.state is State.CLOSING
+
     async def wait_closed(self) -> None:
         """Wait until ``recv`` has seen the connection closed."""
         await self._closed_event.wait()
