@@ -42,7 +42,7 @@ class ServerUnderTest:
         return ApiSettings(self.url.replace("ws://", "http://"), self.api_key, self.api_secret)
 
 
-class TestAgent:
+class ScriptedAgent:
     """Answers offers with ``answer`` (accept by default) and runs jobs until told to end them."""
 
     def __init__(self) -> None:
@@ -162,7 +162,7 @@ def recording(trace: Trace) -> type[WebSocket]:
 @asynccontextmanager
 async def agent_session(
     server: ServerUnderTest,
-    agent: TestAgent,
+    agent: ScriptedAgent,
     *,
     name: str = "interop-agent",
     trace: Trace | None = None,
@@ -194,7 +194,7 @@ async def next_item(stream: anyio.abc.ObjectReceiveStream[Any], timeout: float =
 
 async def dispatch_until_offered(
     server: ServerUnderTest,
-    agent: TestAgent,
+    agent: ScriptedAgent,
     agent_name: str,
     *,
     attempts: int = 5,

@@ -11,8 +11,8 @@ import jwt
 from lksup.protocol.events import Accept, Decline, JobAssigned
 from lksup.transport.dispatch import delete_dispatch
 from tests.interop.harness import (
+    ScriptedAgent,
     ServerUnderTest,
-    TestAgent,
     Trace,
     agent_session,
     dispatch_until_offered,
@@ -25,7 +25,7 @@ async def job_runs_to_success(
 ) -> None:
     """register -> CreateDispatch -> offer -> accept -> assignment (token claims) -> RUNNING
     -> SUCCESS."""
-    agent = TestAgent()
+    agent = ScriptedAgent()
     async with agent_session(
         server, agent, name="scenario-success", trace=trace, monkeypatch=monkeypatch
     ) as session:
@@ -58,7 +58,7 @@ async def job_runs_to_success(
 
 async def decline_retries_elsewhere(server: ServerUnderTest, monkeypatch: Any) -> None:
     """available=false: the server tries the next worker of the same name."""
-    declining, accepting = TestAgent(), TestAgent()
+    declining, accepting = ScriptedAgent(), ScriptedAgent()
     declining.answer = lambda offer: Decline()
     async with (
         agent_session(server, declining, name="scenario-retry") as first,
@@ -79,7 +79,7 @@ async def decline_retries_elsewhere(server: ServerUnderTest, monkeypatch: Any) -
 
 async def terminate_is_final(server: ServerUnderTest, monkeypatch: Any) -> None:
     """terminate=true: no assignment, and no other worker is tried."""
-    agent = TestAgent()
+    agent = ScriptedAgent()
     agent.answer = lambda offer: Decline(terminate=True)
     async with agent_session(server, agent, name="scenario-terminate") as session:
         await session.wait_registered()
@@ -95,7 +95,7 @@ async def terminate_is_final(server: ServerUnderTest, monkeypatch: Any) -> None:
 
 async def delete_dispatch_terminates(server: ServerUnderTest, monkeypatch: Any) -> None:
     """DeleteDispatch sends a termination for the running job."""
-    agent = TestAgent()
+    agent = ScriptedAgent()
     async with agent_session(server, agent, name="scenario-delete") as session:
         await session.wait_registered()
         offer, room, dispatch_id = await dispatch_until_offered(server, agent, "scenario-delete")
@@ -111,7 +111,7 @@ async def reconnects_after_server_restart(server: ServerUnderTest, monkeypatch: 
     """The server goes away: the connection backs off and re-registers when it is back."""
     assert server.stop is not None
     assert server.restart is not None
-    agent = TestAgent()
+    agent = ScriptedAgent()
     async with agent_session(server, agent, name="scenario-restart") as session:
         first = await session.wait_registered()
         await server.stop()

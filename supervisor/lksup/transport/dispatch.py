@@ -78,6 +78,11 @@ async def _call(settings: ApiSettings, method: str, *args: Any) -> Any:
     try:
         return await getattr(client.agent_dispatch, method)(*args)
     except lkapi.TwirpError as exc:
+        if exc.status == 401 and exc.code in ("unknown", "unauthenticated", ""):
+            raise DispatchError(
+                f"the server refused the API key or secret, or they lack the room's admin "
+                f"grant (HTTP 401{': ' + exc.message if exc.message else ''})"
+            ) from None
         raise DispatchError(f"{exc.code}: {exc.message}") from None
     except aiohttp.ClientError as exc:
         raise DispatchError(f"cannot reach {settings.url}: {exc}") from None
