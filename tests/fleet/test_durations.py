@@ -38,3 +38,9 @@ def test_rejects(value: object) -> None:
 def test_format(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
     assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("9ms", 0.009), ("2.01h", 7236.0), ("0.1s", 0.1)])
+def test_decimal_durations_are_exact(text: str, seconds: float) -> None:
+    """Regression: 9ms was 0.009000000000000001, so render and diff saw a change."""
+    assert parse_duration(text) == seconds

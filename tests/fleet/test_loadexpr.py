@@ -97,3 +97,10 @@ def test_parser_never_crashes(text: str) -> None:
     except loadexpr.LoadExprError as exc:
         offset = exc.offset
     assert 0 <= offset <= len(text)
+
+
+def test_tiny_numbers_print_without_an_exponent() -> None:
+    """Regression: 0.00001 printed as 1e-05, which the grammar (no exponents) then refused."""
+    assert loadexpr.canonical("0.00001") == "0.00001"
+    assert loadexpr.canonical("cpu + 0.000000123") == "cpu + 0.000000123"
+    assert loadexpr.canonical(loadexpr.canonical("max(0.00001)")) == "max(0.00001)"

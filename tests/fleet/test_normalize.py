@@ -53,3 +53,17 @@ def test_request_policy_and_permissions_merge_key_by_key(tmp_path: Path) -> None
     assert agent.request.attributes == {"b": "2"}  # replaced whole, one level only
     assert agent.permissions.hidden is True
     assert agent.permissions.can_publish is False
+
+
+def test_null_drain_timeout_means_the_supervisors(tmp_path: Path) -> None:
+    """Regression: `drain_timeout: null` stayed None, so render was not idempotent."""
+    path = tmp_path / "f.yaml"
+    path.write_text(
+        "apiVersion: lksup/v1\nkind: Fleet\nmetadata: {name: m}\n"
+        "supervisor: {drain_timeout: 5m}\n"
+        "defaults: {drain_timeout: null}\n"
+        "agents:\n  a: {entrypoint: 'm:f', drain_timeout: null}\n  b: {entrypoint: 'm:f'}\n"
+    )
+    fleet = load_fleet(str(path), environ={}).fleet
+    assert fleet.agents["a"].drain_timeout == 300
+    assert fleet.agents["b"].drain_timeout == 300

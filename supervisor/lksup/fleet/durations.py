@@ -9,8 +9,16 @@ from __future__ import annotations
 
 import math
 import re
+from decimal import Decimal
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+# exact decimal arithmetic, so "9ms" == 0.009 and "2.01h" == 7236 (no binary rounding error)
+_UNITS = {
+    "ms": Decimal("0.001"),
+    "s": Decimal(1),
+    "m": Decimal(60),
+    "h": Decimal(3600),
+    "d": Decimal(86400),
+}
 _PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*")
 HINT = "use seconds (30) or a number with a unit: ms, s, m, h, d (500ms, 30s, 30m, 1h30m)"
 
@@ -42,16 +50,16 @@ def _parse_text(text: str) -> float:
         return float(stripped)
     except ValueError:
         pass
-    pos, total = 0, 0.0
+    pos, total = 0, Decimal(0)
     while pos < len(stripped):
         match = _PART.match(stripped, pos)
         if not match:
             raise ValueError(f"invalid duration {text!r}; {HINT}")
-        total += float(match.group(1)) * _UNITS[match.group(2)]
+        total += Decimal(match.group(1)) * _UNITS[match.group(2)]
         pos = match.end()
     if pos == 0:
         raise ValueError(f"invalid duration {text!r}; {HINT}")
-    return total
+    return float(total)
 
 
 def format_duration(seconds: float) -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from decimal import Decimal
 from dataclasses import dataclass
 
 SIGNALS = ("cpu", "memory", "jobs")
@@ -92,7 +93,10 @@ def _wrap_sum(expr: Expr) -> str:
 
 
 def _fmt(value: float) -> str:
-    return str(int(value)) if value == int(value) else repr(value)
+    """Plain decimal notation (the grammar has no exponents): 1e-05 -> 0.00001."""
+    if value == int(value):
+        return str(int(value))
+    return format(Decimal(repr(value)), "f")
 
 
 def parse(text: str) -> Expr:

@@ -81,7 +81,8 @@ def normalize(fleet: Fleet) -> tuple[Fleet, list[Finding]]:
         own = agent.model_dump(exclude_unset=True, context=REVEAL)
         merged = merge_options(defaults, own)
         merged["livekit"] = {**shared_livekit, **merged.get("livekit", {})}
-        merged.setdefault("drain_timeout", fleet.supervisor.drain_timeout)
+        if merged.get("drain_timeout") is None:  # unset, or written as null
+            merged["drain_timeout"] = fleet.supervisor.drain_timeout
         effective = Agent.model_validate(merged)
         agents[name] = effective
         findings.extend(_check_agent(fleet, name, effective))
