@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from decimal import Decimal
 from dataclasses import dataclass
+from decimal import Decimal
 
 SIGNALS = ("cpu", "memory", "jobs")
 FUNCTIONS = ("max", "min")
