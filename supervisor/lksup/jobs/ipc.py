@@ -1,0 +1,286 @@
+"""The messages between the supervisor and a job process, and their wire form (pure).
+
+This is the only module besides ``lksup._pb`` that touches the IPC protobuf schema
+(``proto/lksup_ipc.proto``): both sides exchange the frozen dataclasses below, and ``encode``
+/ ``decode`` turn them into frames and back. Field names and meanings are the schema's.
+
+Invariants:
+
+* ``decode(payload)`` of the payload of ``encode(msg)`` equals ``msg`` for every message
+  (strings that cannot be encoded as UTF-8, such as lone surrogates, are the exception: they
+  are sent with ``backslashreplace``, so that encoding never fails on text).
+* ``decode`` raises nothing but ``IpcError``, for bytes that are not an ``Envelope`` and for an
+  envelope that carries no message this version knows (an empty one, or one from a newer
+  schema). The framing is intact after an ``IpcError``: the reader may skip the frame.
+* ``job`` fields are bytes: a serialized ``livekit.Job`` passed through untouched (the child
+  parses it with ``livekit.protocol.agent.Job``; the parent has it as ``Job.wire``).
+
+Exit codes of the job process are part of the same contract and live here too (``ExitCode``),
+so the parent can read them without importing the child runtime.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from google.protobuf.message import DecodeError
+from google.protobuf.message import Message as _PbMessage
+
+from lksup._pb import lksup_ipc_pb2 as pb
+from lksup.jobs.framing import MAX_FRAME_SIZE, encode_frame
+
+__all__ = [
+    "ChildMessage",
+    "ExitCode",
+    "Initialize",
+    "IpcError",
+    "JobEnded",
+    "JobStarted",
+    "LogRecord",
+    "Message",
+    "OfferAnswer",
+    "OfferRequest",
+    "ParentMessage",
+    "Ping",
+    "Pong",
+    "Ready",
+    "Shutdown",
+    "StartJob",
+    "decode",
+    "encode",
+    "encode_payload",
+]
+
+
+class IpcError(ValueError):
+    """A frame's payload is not a message this version understands."""
+
+
+class ExitCode(enum.IntEnum):
+    """Exit status of ``python -m lksup.jobs.child``.
+
+    Sysexits-style values, so that none collides with the small codes user code tends to pass
+    to ``sys.exit``/``os._exit``.
+    """
+
+    OK = 0
+    """The job ended (successfully or not: see ``JobEnded``), the process was shut down while
+    idle, or the supervisor went away (EOF on the socket)."""
+    USAGE = 64
+    """Bad command line (missing or invalid ``--ipc-fd``)."""
+    PROTOCOL = 76
+    """The supervisor broke the protocol: the first frame is not an ``Initialize``, or a frame
+    is larger than the limit (the stream cannot be read any further)."""
+    INIT_FAILED = 78
+    """Importing the agent's module or running ``prewarm`` failed; ``Ready.error`` says why."""
+
+
+# ---- supervisor -> child -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Initialize:
+    """First frame: what the process is for. Answered by ``Ready``."""
+
+    agent_name: str
+    entrypoint: str
+    """``module:attribute`` of ``async def entrypoint(ctx: JobContext)``."""
+    prewarm: str = ""
+    """``module:attribute`` of ``def prewarm(proc: JobProcess)``; empty: none."""
+    request_fnc: str = ""
+    """``module:attribute`` of ``async def request(req: JobRequest)``; empty: none."""
+    log_level: str = "INFO"
+    shutdown_grace: float = 15.0
+    """Seconds the entrypoint gets to return after a shutdown request before it is cancelled."""
+
+
+@dataclass(frozen=True)
+class OfferRequest:
+    """Evaluate the request function for an offer; answered by ``OfferAnswer``."""
+
+    job: bytes
+    default_identity: str = ""
+    default_name: str = ""
+    default_metadata: str = ""
+    default_attributes: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class StartJob:
+    """Run the job this process was reserved for; answered by ``JobStarted`` then ``JobEnded``."""
+
+    job: bytes
+    url: str
+    token: str
+    participant_identity: str = ""
+    participant_name: str = ""
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """End the job (or stop an idle process)."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Ping:
+    """Health check; answered by a ``Pong`` with the same ``sent_at_ns`` from the event loop."""
+
+    sent_at_ns: int
+
+
+# ---- child -> supervisor -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The answer to ``Initialize``; a non-empty ``error`` means the process is about to exit."""
+
+    pid: int
+    error: str = ""
+    init_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class OfferAnswer:
+    """The request function's decision (``error``: it failed, which is a decline)."""
+
+    accept: bool
+    terminate: bool = False
+    identity: str = ""
+    name: str = ""
+    metadata: str = ""
+    attributes: Mapping[str, str] = field(default_factory=dict, hash=False)
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class JobStarted:
+    """The entrypoint has been called."""
+
+    job_id: str
+
+
+@dataclass(frozen=True)
+class JobEnded:
+    """The job is over (``error`` empty: success); the process exits next."""
+
+    job_id: str
+    error: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Pong:
+    """Answer to ``Ping``."""
+
+    sent_at_ns: int
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """One logging record of the child, already formatted."""
+
+    level: int
+    logger: str
+    message: str
+    created: float = 0.0
+    """Wall-clock seconds (display only)."""
+    exc_text: str = ""
+
+
+ParentMessage: TypeAlias = Initialize | OfferRequest | StartJob | Shutdown | Ping
+ChildMessage: TypeAlias = Ready | OfferAnswer | JobStarted | JobEnded | Pong | LogRecord
+Message: TypeAlias = ParentMessage | ChildMessage
+
+#: Each message type and the name of its field in ``Envelope.message``.
+_ONEOF: dict[type[Message], str] = {
+    Initialize: "initialize",
+    OfferRequest: "offer_request",
+    StartJob: "start_job",
+    Shutdown: "shutdown",
+    Ping: "ping",
+    Ready: "ready",
+    OfferAnswer: "offer_answer",
+    JobStarted: "job_started",
+    JobEnded: "job_ended",
+    Pong: "pong",
+    LogRecord: "log",
+}
+_BY_ONEOF: dict[str, type[Message]] = {name: cls for cls, name in _ONEOF.items()}
+
+
+def _fields(msg: Message) -> dict[str, Any]:
+    return {f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)}
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, Mapping):
+        return {_clean(k): _clean(v) for k, v in value.items()}
+    return value
+
+
+def _envelope(msg: Message, values: dict[str, Any]) -> pb.Envelope:
+    envelope = pb.Envelope()
+    getattr(envelope, _ONEOF[type(msg)]).CopyFrom(_pb_class(msg)(**values))
+    return envelope
+
+
+def _pb_class(msg: Message) -> type[_PbMessage]:
+    cls: type[_PbMessage] = getattr(pb, type(msg).__name__)
+    return cls
+
+
+def encode_payload(msg: Message) -> bytes:
+    """``msg`` as a serialized ``Envelope`` (no length prefix).
+
+    Raises:
+        ValueError: a number is outside its field's range (``pid``, ``level``: int32;
+            ``sent_at_ns``: int64).
+    """
+    values = _fields(msg)
+    try:
+        envelope = _envelope(msg, values)
+    except UnicodeEncodeError:
+        envelope = _envelope(msg, {name: _clean(value) for name, value in values.items()})
+    return envelope.SerializeToString()
+
+
+def encode(msg: Message, *, max_size: int = MAX_FRAME_SIZE) -> bytes:
+    """``msg`` as one frame, ready to write to the socket.
+
+    Raises:
+        FrameTooLarge: the message is larger than ``max_size`` once serialized.
+        ValueError: a number is outside its field's range (see ``encode_payload``).
+    """
+    return encode_frame(encode_payload(msg), max_size=max_size)
+
+
+def decode(payload: bytes) -> Message:
+    """The message in one frame's payload.
+
+    Raises:
+        IpcError: the payload is not an ``Envelope``, or it carries no known message.
+    """
+    envelope = pb.Envelope()
+    try:
+        envelope.ParseFromString(payload)
+    except DecodeError as exc:
+        raise IpcError(f"undecodable IPC frame: {exc}") from None
+    which = envelope.WhichOneof("message")
+    if which is None:
+        raise IpcError("IPC frame carries no known message (empty, or from a newer schema)")
+    cls = _BY_ONEOF[which]
+    inner = getattr(envelope, which)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(inner, f.name)
+        values[f.name] = dict(value) if isinstance(value, Mapping) else value
+    return cls(**values)

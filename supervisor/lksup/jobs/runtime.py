@@ -1,0 +1,264 @@
+"""The job process's event loop, after ``Ready``: act on the supervisor's messages.
+
+One anyio task group (asyncio backend: the LiveKit realtime SDK needs asyncio) holds the
+frame reader, the SIGTERM watcher, request-function tasks and the job's tasks. The reader
+answers ``Ping`` itself, so a ``Pong`` proves that the event loop is alive: user code that
+blocks the loop delays pongs, which is what the supervisor's health check is for.
+
+What each message does (anything else is logged and ignored; so is an undecodable frame,
+since the framing is still intact):
+
+* ``OfferRequest``: run the request function (or accept with the declarative defaults when the
+  agent has none) and send one ``OfferAnswer``; the process stays idle and may get the job.
+* ``StartJob``: run the job (``lksup.jobs.runner``); ``JobEnded`` then ends the process, which
+  serves one job only. A second ``StartJob`` is ignored.
+* ``Shutdown(reason)`` and SIGTERM (reason ``"SIGTERM"``): idle, exit at once; with a job, end
+  it gracefully.
+* ``Ping``: ``Pong`` with the same ``sent_at_ns``.
+
+End of the stream (the supervisor closed its end or died): exit at once when idle; with a job,
+cancel its entrypoint and give what is left ``EOF_CLEANUP_TIMEOUT`` seconds. A framing error
+(oversized frame) is handled the same way, with ``ExitCode.PROTOCOL``. Once the runtime is done
+an exit watchdog is armed, so a task that ignores cancellation cannot keep the process alive.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+
+import anyio
+import anyio.abc
+from anyio.abc import UNIXSocketStream
+from google.protobuf.message import DecodeError
+from livekit.protocol import agent
+
+from lksup.jobs.channel import Outbox, arm_exit_watchdog
+from lksup.jobs.context import JobAcceptArguments, JobContext, JobProcess, JobRequest
+from lksup.jobs.framing import FrameDecoder, FramingError
+from lksup.jobs.ipc import (
+    ExitCode,
+    Initialize,
+    IpcError,
+    JobEnded,
+    OfferAnswer,
+    OfferRequest,
+    Ping,
+    Pong,
+    Shutdown,
+    StartJob,
+    decode,
+)
+from lksup.jobs.loader import AgentFunctions, describe_exception
+from lksup.jobs.runner import JobRun
+
+__all__ = ["EOF_CLEANUP_TIMEOUT", "EXIT_TIMEOUT", "ChildRuntime"]
+
+logger = logging.getLogger("lksup.jobs")
+
+#: After EOF, how long a running job gets to cancel its entrypoint and run its callbacks.
+EOF_CLEANUP_TIMEOUT = 0.5
+#: Once the runtime is done, how long the process may take to exit before it is forced.
+EXIT_TIMEOUT = 2.0
+
+
+class ChildRuntime:
+    """Serves the supervisor's messages for one initialised job process."""
+
+    def __init__(
+        self,
+        *,
+        init: Initialize,
+        functions: AgentFunctions,
+        proc: JobProcess,
+        outbox: Outbox,
+    ) -> None:
+        self._init = init
+        self._functions = functions
+        self._proc = proc
+        self._outbox = outbox
+        self._job: JobRun | None = None
+        self._exit_code = ExitCode.OK
+        self._done: anyio.Event | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    async def serve(
+        self, sock: socket.socket, decoder: FrameDecoder, received: list[bytes]
+    ) -> ExitCode:
+        """Serve until the process should exit; returns its exit code.
+
+        Args:
+            sock: the IPC socket (this runtime takes ownership and closes it).
+            decoder: the decoder that read ``Initialize`` (it may hold part of a frame).
+            received: payloads already decoded after ``Initialize``, handled first.
+        """
+        self._done = anyio.Event()
+        stream = await UNIXSocketStream.from_socket(sock)
+        async with stream, anyio.create_task_group() as tg:
+            self._tg = tg
+            tg.start_soon(self._watch_sigterm, name="sigterm")
+            tg.start_soon(self._read, stream, decoder, received, name="ipc reader")
+            await self._done.wait()
+            arm_exit_watchdog(EXIT_TIMEOUT, self._exit_code)
+            tg.cancel_scope.cancel()
+        return self._exit_code
+
+    def _finish(self) -> None:
+        assert self._done is not None
+        self._done.set()
+
+    async def _watch_sigterm(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+            async for _ in signals:
+                logger.info("SIGTERM received.")
+                self._shutdown("SIGTERM")
+
+    async def _read(
+        self, stream: UNIXSocketStream, decoder: FrameDecoder, received: list[bytes]
+    ) -> None:
+        for payload in received:
+            self._dispatch(payload)
+        while True:
+            try:
+                data = await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._lost("supervisor went away")
+                return
+            try:
+                payloads = decoder.feed(data)
+            except FramingError as exc:
+                logger.error("IPC stream broken: %s.", exc)
+                self._exit_code = ExitCode.PROTOCOL
+                self._lost("IPC protocol error")
+                return
+            for payload in payloads:
+                self._dispatch(payload)
+
+    def _dispatch(self, payload: bytes) -> None:
+        try:
+            msg = decode(payload)
+        except IpcError as exc:
+            logger.warning("Ignoring an IPC frame: %s.", exc)
+            return
+        match msg:
+            case Ping(sent_at_ns=sent_at_ns):
+                self._outbox.send(Pong(sent_at_ns=sent_at_ns))
+            case OfferRequest():
+                assert self._tg is not None
+                self._tg.start_soon(self._offer, msg, name="request function")
+            case StartJob():
+                self._start_job(msg)
+            case Shutdown(reason=reason):
+                self._shutdown(reason or "shutdown requested")
+            case _:
+                logger.warning("Ignoring an unexpected %s message.", type(msg).__name__)
+
+    def _shutdown(self, reason: str) -> None:
+        if self._job is None:
+            logger.info("Shutting down while idle: %s.", reason)
+            self._finish()
+        else:
+            self._job.request_shutdown(reason)
+
+    def _lost(self, reason: str) -> None:
+        arm_exit_watchdog(EOF_CLEANUP_TIMEOUT + EXIT_TIMEOUT, self._exit_code)
+        if self._job is None:
+            self._finish()
+        else:
+            logger.warning("Ending job %s: %s.", self._job.job_id, reason)
+            self._job.abort(reason, cleanup_timeout=EOF_CLEANUP_TIMEOUT)
+
+    def _start_job(self, msg: StartJob) -> None:
+        if self._job is not None:
+            logger.warning("Ignoring StartJob: this process already runs job %s.", self._job.job_id)
+            return
+        try:
+            job = agent.Job.FromString(msg.job)
+        except DecodeError as exc:
+            self._outbox.send(JobEnded(job_id="", error=f"undecodable job: {exc}"))
+            self._finish()
+            return
+        ctx = JobContext(
+            proc=self._proc,
+            job=job,
+            url=msg.url,
+            token=msg.token,
+            participant_identity=msg.participant_identity,
+            participant_name=msg.participant_name,
+        )
+        self._job = JobRun(
+            ctx=ctx,
+            entrypoint=self._functions.entrypoint,
+            grace=self._init.shutdown_grace,
+            send=self._outbox.send,
+            on_ended=self._job_ended,
+        )
+        assert self._tg is not None
+        self._job.start(self._tg)
+
+    def _job_ended(self, ended: JobEnded) -> None:
+        self._outbox.send(ended)
+        self._finish()
+
+    def _answer(self, answer: OfferAnswer) -> None:
+        try:
+            self._outbox.send(answer)
+        except ValueError as exc:  # e.g. metadata too large to frame
+            self._outbox.send(OfferAnswer(accept=False, error=f"cannot send the answer: {exc}"))
+
+    async def _offer(self, msg: OfferRequest) -> None:
+        if self._job is not None:
+            self._answer(OfferAnswer(accept=False, error="this process is already running a job"))
+            return
+        try:
+            job = agent.Job.FromString(msg.job)
+        except DecodeError as exc:
+            self._answer(OfferAnswer(accept=False, error=f"undecodable job: {exc}"))
+            return
+
+        async def on_accept(arguments: JobAcceptArguments) -> None:
+            self._answer(
+                OfferAnswer(
+                    accept=True,
+                    identity=arguments.identity,
+                    name=arguments.name,
+                    metadata=arguments.metadata,
+                    attributes=dict(arguments.attributes),
+                )
+            )
+
+        async def on_reject(terminate: bool) -> None:
+            self._answer(OfferAnswer(accept=False, terminate=terminate))
+
+        request = JobRequest(
+            job=job,
+            on_accept=on_accept,
+            on_reject=on_reject,
+            defaults=JobAcceptArguments(
+                name=msg.default_name,
+                identity=msg.default_identity,
+                metadata=msg.default_metadata,
+                attributes=dict(msg.default_attributes),
+            ),
+        )
+        request_fnc = self._functions.request_fnc
+        if request_fnc is None:
+            await request.accept()
+            return
+        try:
+            await request_fnc(request)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except BaseException as exc:  # user code: SystemExit and friends are failures too
+            if request.answered:
+                logger.exception("Request function failed after answering job %s.", job.id)
+            else:
+                logger.exception("Request function failed; declining job %s.", job.id)
+                self._answer(
+                    OfferAnswer(accept=False, terminate=False, error=describe_exception(exc))
+                )
+            return
+        if not request.answered:
+            logger.warning("Request function did not answer job %s; declining it.", job.id)
+            await request.reject(terminate=False)
