@@ -26,6 +26,9 @@ PURE = {
     "lksup.protocol.codec",
     "lksup.devserver.model",
     "lksup.devserver.dispatch",
+    "lksup.jobs.framing",
+    "lksup.jobs.ipc",
+    "lksup._pb.lksup_ipc_pb2",
 }
 FORBIDDEN = {
     "anyio",
@@ -46,7 +49,7 @@ FORBIDDEN = {
 #: Layers from the bottom up; a module may import its own layer and the ones below.
 LAYERS = [
     {"lksup.errors"},
-    {"lksup.fleet", "lksup.protocol"},
+    {"lksup.fleet", "lksup.protocol", "lksup.jobs", "lksup._pb"},
     {"lksup.reconcile"},
     {"lksup.control", "lksup.transport", "lksup.pool", "lksup.monitors", "lksup.devserver"},
     {"lksup.daemon"},
@@ -104,3 +107,17 @@ def test_layers_point_downwards(module: str) -> None:
     for name in _imports(MODULES[module]):
         other = _layer(name)
         assert other is None or other <= own, f"{module} (layer {own}) imports {name} ({other})"
+
+
+#: The only parts of the child runtime the supervisor side may import.
+JOBS_SHARED = {"lksup.jobs", "lksup.jobs.framing", "lksup.jobs.ipc", "lksup.jobs.context"}
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if not m.startswith("lksup.jobs")))
+def test_supervisor_side_never_imports_the_child_runtime(module: str) -> None:
+    jobs_imports = {
+        name
+        for name in _imports(MODULES[module])
+        if name.startswith("lksup.jobs.") and name in MODULES
+    }
+    assert jobs_imports <= JOBS_SHARED, f"{module} imports {sorted(jobs_imports - JOBS_SHARED)}"

@@ -158,7 +158,7 @@ async def test_one_job_per_process_and_no_offers_while_busy(agent_dir: Path) -> 
         )
         await child.send(ipc.OfferRequest(job=job_wire(job_id="AJ_2")))
         assert await child.expect(ipc.OfferAnswer) == ipc.OfferAnswer(
-            accept=False, error="this process is already running a job"
+            accept=False, error="this process is already running a job", job_id="AJ_2"
         )
         await child.send(ipc.Shutdown(reason="done"))
         assert await child.expect(ipc.JobEnded) == ipc.JobEnded(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,7 @@ async def test_request_function_answers_then_the_same_process_runs_the_job(tmp_p
                 attributes={"team": "cs", "tier": "std"},
             ),
         }
+        expected = {room: dataclasses.replace(a, job_id="AJ_1") for room, a in expected.items()}
         for room, answer in expected.items():
             await child.send(offer(room))
             assert await child.expect(ipc.OfferAnswer) == answer, room
@@ -120,6 +122,7 @@ async def test_without_a_request_function_offers_get_the_defaults(tmp_path: Path
             name="Support",
             metadata="{}",
             attributes={"team": "cs", "tier": "std"},
+            job_id="AJ_1",
         )
         await child.send(ipc.OfferRequest(job=b"\xff\xff"))
         undecodable = await child.expect(ipc.OfferAnswer)

@@ -80,7 +80,7 @@ class Ready(_message.Message):
     def __init__(self, pid: _Optional[int] = ..., error: _Optional[str] = ..., init_seconds: _Optional[float] = ...) -> None: ...
 
 class OfferAnswer(_message.Message):
-    __slots__ = ("accept", "terminate", "identity", "name", "metadata", "attributes", "error")
+    __slots__ = ("accept", "terminate", "identity", "name", "metadata", "attributes", "error", "job_id")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +95,7 @@ class OfferAnswer(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
     accept: bool
     terminate: bool
     identity: str
@@ -102,7 +103,8 @@ class OfferAnswer(_message.Message):
     metadata: str
     attributes: _containers.ScalarMap[str, str]
     error: str
-    def __init__(self, accept: _Optional[bool] = ..., terminate: _Optional[bool] = ..., identity: _Optional[str] = ..., name: _Optional[str] = ..., metadata: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ..., error: _Optional[str] = ...) -> None: ...
+    job_id: str
+    def __init__(self, accept: _Optional[bool] = ..., terminate: _Optional[bool] = ..., identity: _Optional[str] = ..., name: _Optional[str] = ..., metadata: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ..., error: _Optional[str] = ..., job_id: _Optional[str] = ...) -> None: ...
 
 class JobStarted(_message.Message):
     __slots__ = ("job_id",)

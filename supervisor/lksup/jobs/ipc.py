@@ -157,6 +157,7 @@ class OfferAnswer:
     metadata: str = ""
     attributes: Mapping[str, str] = field(default_factory=dict, hash=False)
     error: str = ""
+    job_id: str = ""  # the offer this answers
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ an exit watchdog is armed, so a task that ignores cancellation cannot keep the p
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import socket
@@ -201,20 +202,23 @@ class ChildRuntime:
         self._outbox.send(ended)
         self._finish()
 
-    def _answer(self, answer: OfferAnswer) -> None:
+    def _answer(self, answer: OfferAnswer, job_id: str) -> None:
+        answer = dataclasses.replace(answer, job_id=job_id)
         try:
             self._outbox.send(answer)
         except ValueError as exc:  # e.g. metadata too large to frame
-            self._outbox.send(OfferAnswer(accept=False, error=f"cannot send the answer: {exc}"))
+            failed = OfferAnswer(accept=False, error=f"cannot send the answer: {exc}")
+            self._outbox.send(dataclasses.replace(failed, job_id=job_id))
 
     async def _offer(self, msg: OfferRequest) -> None:
-        if self._job is not None:
-            self._answer(OfferAnswer(accept=False, error="this process is already running a job"))
-            return
         try:
             job = agent.Job.FromString(msg.job)
         except DecodeError as exc:
-            self._answer(OfferAnswer(accept=False, error=f"undecodable job: {exc}"))
+            self._answer(OfferAnswer(accept=False, error=f"undecodable job: {exc}"), "")
+            return
+        if self._job is not None:
+            busy = OfferAnswer(accept=False, error="this process is already running a job")
+            self._answer(busy, job.id)
             return
 
         async def on_accept(arguments: JobAcceptArguments) -> None:
@@ -225,11 +229,12 @@ class ChildRuntime:
                     name=arguments.name,
                     metadata=arguments.metadata,
                     attributes=dict(arguments.attributes),
-                )
+                ),
+                job.id,
             )
 
         async def on_reject(terminate: bool) -> None:
-            self._answer(OfferAnswer(accept=False, terminate=terminate))
+            self._answer(OfferAnswer(accept=False, terminate=terminate), job.id)
 
         request = JobRequest(
             job=job,
@@ -256,7 +261,8 @@ class ChildRuntime:
             else:
                 logger.exception("Request function failed; declining job %s.", job.id)
                 self._answer(
-                    OfferAnswer(accept=False, terminate=False, error=describe_exception(exc))
+                    OfferAnswer(accept=False, terminate=False, error=describe_exception(exc)),
+                    job.id,
                 )
             return
         if not request.answered:
