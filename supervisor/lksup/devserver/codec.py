@@ -18,6 +18,7 @@ fields next to a known oneof are ignored, as in Go.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -227,41 +228,21 @@ ENABLED_CODECS = (
 )
 
 
+#: ``RoomInfo`` mirrors these ``livekit.Room`` fields one to one (same names).
+_ROOM_FIELDS = tuple(f.name for f in dataclasses.fields(model.RoomInfo))
+
+
 def room_to_proto(room: model.RoomInfo) -> models.Room:
     """``RoomInfo`` as a ``livekit.Room`` (with the real server's default codec list)."""
     return models.Room(
-        turn_password=room.turn_password,
         enabled_codecs=[models.Codec(mime=mime) for mime in ENABLED_CODECS],
-        sid=room.sid,
-        name=room.name,
-        empty_timeout=room.empty_timeout,
-        departure_timeout=room.departure_timeout,
-        max_participants=room.max_participants,
-        creation_time=room.creation_time,
-        creation_time_ms=room.creation_time_ms,
-        metadata=room.metadata,
-        num_participants=room.num_participants,
-        num_publishers=room.num_publishers,
-        active_recording=room.active_recording,
+        **{name: getattr(room, name) for name in _ROOM_FIELDS},
     )
 
 
 def room_from_proto(room: models.Room) -> model.RoomInfo:
     """The kept fields of a ``livekit.Room`` (codecs and version are dropped)."""
-    return model.RoomInfo(
-        turn_password=room.turn_password,
-        sid=room.sid,
-        name=room.name,
-        empty_timeout=room.empty_timeout,
-        departure_timeout=room.departure_timeout,
-        max_participants=room.max_participants,
-        creation_time=room.creation_time,
-        creation_time_ms=room.creation_time_ms,
-        metadata=room.metadata,
-        num_participants=room.num_participants,
-        num_publishers=room.num_publishers,
-        active_recording=room.active_recording,
-    )
+    return model.RoomInfo(**{name: getattr(room, name) for name in _ROOM_FIELDS})
 
 
 def job_to_proto(job: model.Job) -> agent.Job:
