@@ -84,6 +84,13 @@ async def _wait_ready(server: RealServer, timeout: float) -> None:
                 await anyio.sleep(0.05)  # readiness probe interval, not synchronisation
 
 
+async def kill(server: RealServer) -> None:
+    """SIGKILL: the server vanishes without closing anything (workers see 1006)."""
+    if server.process.returncode is None:
+        server.process.send_signal(signal.SIGKILL)
+    await server.process.wait()
+
+
 async def stop(server: RealServer) -> None:
     process = server.process
     # a first SIGTERM right after start-up can be lost: repeat it, then kill

@@ -25,9 +25,10 @@ async def real_server(tmp_path: Path) -> AsyncIterator[ServerUnderTest]:
         holder["server"] = await context.__aenter__()
         holder["context"] = context
 
-    async def stop() -> None:
+    async def stop() -> None:  # killed, not stopped: the scenario is a crashed server
         context = holder.pop("context", None)
         if context is not None:
+            await real.kill(holder["server"])
             await context.__aexit__(None, None, None)
 
     await start()
