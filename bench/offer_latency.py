@@ -53,6 +53,9 @@ class AcceptAll:
     def terminate(self, job_id: str) -> None:
         del job_id
 
+    def release(self, job_id: str) -> None:
+        del job_id
+
 
 def latencies(server: DevServer, agent_name: str) -> list[float]:
     sent: dict[str, float] = {}

@@ -55,6 +55,7 @@ class ScriptedAgent:
         self._assignments_in = send_a
         self.finish: dict[str, anyio.Event] = {}
         self.terminated: list[str] = []
+        self.released: list[str] = []
         self.error: dict[str, str] = {}
 
     async def decide(self, offer: OfferReceived) -> Answer:
@@ -71,6 +72,9 @@ class ScriptedAgent:
     def terminate(self, job_id: str) -> None:
         self.terminated.append(job_id)
         self.finish.setdefault(job_id, anyio.Event()).set()
+
+    def release(self, job_id: str) -> None:
+        self.released.append(job_id)
 
     def end(self, job_id: str, error: str | None = None) -> None:
         if error is not None:

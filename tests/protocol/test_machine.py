@@ -280,7 +280,10 @@ def test_lost_connection_reconnects_and_reports_running_jobs() -> None:
     machine.data_to_send()
     machine.connection_lost(10.0, "1006 abnormal closure")
     assert state(machine) is State.BACKOFF
-    assert machine.events() == [ConnectionClosed("1006 abnormal closure", 1.0)]
+    assert machine.events() == [
+        ReservationExpired("AJ_2"),  # its assignment can no longer arrive
+        ConnectionClosed("1006 abnormal closure", 1.0),
+    ]
     assert machine.reservations == frozenset()
     assert set(machine.running_jobs) == {"AJ_1"}
     assert machine.next_deadline() == 11.0

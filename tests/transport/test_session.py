@@ -31,6 +31,7 @@ class Agent:
         self.started: dict[str, anyio.Event] = {}
         self.finish: dict[str, anyio.Event] = {}
         self.terminated: list[str] = []
+        self.released: list[str] = []
 
     async def decide(self, offer: OfferReceived) -> Answer:
         if self.decide_forever:
@@ -47,6 +48,9 @@ class Agent:
     def terminate(self, job_id: str) -> None:
         self.terminated.append(job_id)
         self.finish.setdefault(job_id, anyio.Event()).set()
+
+    def release(self, job_id: str) -> None:
+        self.released.append(job_id)
 
 
 @asynccontextmanager
@@ -292,3 +296,20 @@ async def test_protocol_violations_are_logged_once_with_the_agent_name(
         assert warnings == ["agent tester: text frame ignored (expected binary)"]
         assert caplog.records[0].agent == "tester"  # type: ignore[attr-defined]
         assert session.violations == 1
+
+
+async def test_an_accept_the_machine_turns_into_a_decline_releases_the_reservation() -> None:
+    agent = Agent()
+    async with fake_server() as server, running(server, agent, max_jobs=1) as session:
+        peer = await server.accept()
+        await peer.register()
+        await peer.send(offer("AJ_1"))
+        assert (await peer.next("availability")).availability.available
+        await peer.send(offer("AJ_2"))  # at capacity: declined by the machine itself
+        assert not (await peer.next("availability")).availability.available
+        assert agent.released == []
+        peer.drop()  # the reservation for AJ_1 dies with the connection
+        again = await server.accept()
+        await again.register()
+        await session.wait_registered()
+        assert agent.released == ["AJ_1"]

@@ -105,6 +105,7 @@ def decode_job(job: pb.Job) -> Job:
         dispatch_id=job.dispatch_id,
         participant_identity=participant,
         attributes=dict(job.attributes),
+        agent_identity=job.state.participant_identity,
         wire=job.SerializeToString(),
     )
 

@@ -65,6 +65,7 @@ class Job:
     dispatch_id: str = ""
     participant_identity: str | None = None
     attributes: Mapping[str, str] = field(default_factory=dict)
+    agent_identity: str = ""  # the agent participant's identity once assigned (job.state)
     wire: bytes = b""
 
 

@@ -253,8 +253,9 @@ class WorkerMachine:
     def _drop_connection_state(self) -> None:
         self.worker_id = None
         self._offers.clear()
-        for job_id in list(self._reservations):
+        for job_id in list(self._reservations):  # their assignments can no longer arrive
             del self._reservations[job_id]
+            self._events.append(ReservationExpired(job_id))
         self._register_deadline = None
         self._status_deadline = None
         self._sent_status = None

@@ -26,6 +26,7 @@ import anyio.abc
 from livekit import api as lkapi
 
 from lksup.protocol.events import (
+    Accept,
     Answer,
     CloseConnection,
     ConnectionClosed,
@@ -71,6 +72,13 @@ class Hooks(Protocol):
 
     def terminate(self, job_id: str) -> None:
         """The server asked for this job to end."""
+        ...
+
+    def release(self, job_id: str) -> None:
+        """An offer ``decide`` accepted will not be assigned: free what was reserved for it.
+
+        It was declined after all, no assignment came in time, or the connection was lost.
+        """
         ...
 
 
@@ -372,12 +380,14 @@ class AgentSession:
         elif isinstance(event, TerminationRequested):
             self.hooks.terminate(event.job_id)
         elif isinstance(event, ReservationExpired):
-            log.warning(
-                "agent %s: no assignment for accepted job %s in time",
-                agent,
-                event.job_id,
-                extra={**extra, "job_id": event.job_id},
-            )
+            self.hooks.release(event.job_id)
+            if self.machine.connected:
+                log.warning(
+                    "agent %s: no assignment for accepted job %s in time",
+                    agent,
+                    event.job_id,
+                    extra={**extra, "job_id": event.job_id},
+                )
         elif isinstance(event, Drained):
             log.info("agent %s drained", agent, extra=extra)
 
@@ -394,7 +404,9 @@ class AgentSession:
                     extra={"agent": self.options.agent_name, "job_id": offer.job.id},
                 )
                 answer = Decline(reason="request policy failed")
-        self.machine.answer(offer.job.id, answer, anyio.current_time())
+        sent = self.machine.answer(offer.job.id, answer, anyio.current_time())
+        if isinstance(answer, Accept) and not isinstance(sent, Accept):
+            self.hooks.release(offer.job.id)
         self._poke()
 
     async def _run_job(self, assignment: JobAssigned) -> None:

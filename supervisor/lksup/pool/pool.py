@@ -1,0 +1,337 @@
+"""The warm pool of one agent, and its answers to the worker connection (``Hooks``).
+
+The pool keeps ``num_idle_processes`` job processes READY (module imported, prewarm run), so
+an offer can be answered and a job started without waiting for Python to start. Offers are
+decided here: the declarative request policy first (room glob, identity and name templates,
+evaluated in the supervisor without touching user code), then, when the agent has a
+``request_fnc``, the warm process that will take the job is asked. An accepted offer keeps
+that process reserved for the job until the assignment arrives or the reservation is
+released. One process serves one job, then exits; the pool refills itself.
+
+Failures stay inside the pool: a job that crashes fails that job only; a process that cannot
+start (import or prewarm error, timeout) puts the agent in ``backoff`` (exponential with
+jitter, capped, reset once a process starts again or after ``stable_period`` without
+failures) with the reason kept for status. A fleet-wide ``CapacityLimiter`` bounds concurrent
+initialisations across agents.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import anyio
+import anyio.abc
+
+from lksup.jobs import ipc
+from lksup.pool.process import InitFailed, JobOutcome, ProcessSpec, ProcessState, WorkerProcess
+from lksup.protocol.backoff import Backoff
+from lksup.protocol.events import Accept, Answer, Decline, JobAssigned, OfferReceived
+from lksup.transport.session import AgentSession
+
+log = logging.getLogger("lksup.pool")
+
+#: Init failures this close together count as consecutive for the backoff.
+STABLE_PERIOD = 60.0
+
+
+def auto_idle_processes() -> int:
+    """The SDK's ``num_idle_processes`` production default: min(CPU count, 4)."""
+    return min(os.cpu_count() or 1, 4)
+
+
+@dataclass(frozen=True)
+class RequestPolicy:
+    """The declarative request policy (see ``lksup.fleet.schema.RequestPolicy``)."""
+
+    room: str = "*"
+    identity: str = "agent-{job_id}"
+    name: str = ""
+    metadata: str = ""
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+    def matches(self, room: str) -> bool:
+        """Whether offers for ``room`` may be taken."""
+        return fnmatch.fnmatchcase(room, self.room)
+
+    def fill(self, template: str, *, job_id: str, agent_name: str, room: str) -> str:
+        """A template with {job_id}, {agent_name} and {room} filled in."""
+        return template.format(job_id=job_id, agent_name=agent_name, room=room)
+
+
+@dataclass
+class PoolStats:
+    """Counters for status and metrics."""
+
+    spawned: int = 0
+    init_failures: int = 0
+    jobs_started: int = 0
+    jobs_succeeded: int = 0
+    jobs_failed: int = 0
+    start_latencies: list[float] = field(default_factory=list)
+
+
+class AgentPool:
+    """Warm processes and the offer/job hooks of one agent."""
+
+    def __init__(
+        self,
+        spec: ProcessSpec,
+        *,
+        num_idle: int,
+        policy: RequestPolicy | None = None,
+        init_limiter: anyio.CapacityLimiter | None = None,
+        backoff: Backoff | None = None,
+        rand: Callable[[], float] = random.random,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.target_idle = num_idle
+        self.policy = policy or RequestPolicy()
+        self.limiter = init_limiter or anyio.CapacityLimiter(auto_idle_processes())
+        self.backoff = backoff or Backoff(initial_delay=1.0, factor=2.0, max_delay=60.0)
+        self._rand = rand
+        self._on_change = on_change
+        self.stats = PoolStats()
+        self.idle: list[WorkerProcess] = []
+        self.starting = 0
+        self.reserved: dict[str, WorkerProcess] = {}
+        self.running: dict[str, WorkerProcess] = {}
+        self.consecutive_failures = 0
+        self.last_failure: str | None = None
+        self._last_failure_at = 0.0
+        self._backoff_until = 0.0
+        self._wake = anyio.Event()
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._closed = False
+
+    # --- status -------------------------------------------------------------------------------
+
+    @property
+    def in_backoff(self) -> bool:
+        """Whether starting processes is paused after failures."""
+        return self._backoff_until > anyio.current_time()
+
+    @property
+    def backoff_remaining(self) -> float:
+        """Seconds until the next start attempt (0 when not in backoff)."""
+        return max(0.0, self._backoff_until - anyio.current_time())
+
+    @property
+    def processes(self) -> list[WorkerProcess]:
+        """Every live process: idle, reserved and running."""
+        return [*self.idle, *self.reserved.values(), *self.running.values()]
+
+    def _changed(self) -> None:
+        self._wake.set()
+        if self._on_change is not None:
+            self._on_change()
+
+    # --- the refill loop ----------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Keep the warm pool filled until ``aclose``; processes live in this task group."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            task_status.started()
+            while not self._closed:
+                self._wake = anyio.Event()
+                missing = self.target_idle - len(self.idle) - self.starting
+                wait: float | None = None
+                if missing > 0 and self.in_backoff:
+                    wait = self.backoff_remaining
+                else:
+                    for _ in range(max(0, missing)):
+                        self.starting += 1
+                        tg.start_soon(self._spawn_idle)
+                with anyio.move_on_after(wait):
+                    await self._wake.wait()
+            tg.cancel_scope.cancel()
+
+    async def _spawn_idle(self) -> None:
+        process = await self._start_process()
+        if process is not None and not self._closed:
+            self.idle.append(process)
+            self._changed()
+
+    async def _start_process(self) -> WorkerProcess | None:
+        """Start one process (bounded by the fleet-wide limiter); None when it failed."""
+        assert self._tg is not None
+        try:
+            async with self.limiter:
+                process: WorkerProcess = await self._tg.start(WorkerProcess(self.spec).run)
+        except InitFailed as exc:
+            self._record_failure(str(exc))
+            return None
+        finally:
+            self.starting -= 1  # every caller counted this start in
+        self.stats.spawned += 1
+        self.consecutive_failures = 0
+        self._backoff_until = 0.0
+        self.last_failure = None
+        self._tg.start_soon(self._watch, process)
+        return process
+
+    def _record_failure(self, reason: str) -> None:
+        now = anyio.current_time()
+        if now - self._last_failure_at > STABLE_PERIOD:
+            self.consecutive_failures = 0
+        self.consecutive_failures += 1
+        self._last_failure_at = now
+        self.stats.init_failures += 1
+        self.last_failure = reason
+        delay = self.backoff.delay(self.consecutive_failures - 1, self._rand())
+        self._backoff_until = now + delay
+        log.error(
+            "Agent %s: a job process failed to start (%s); retrying in %.1fs.",
+            self.spec.agent_name,
+            reason,
+            delay,
+            extra={"agent": self.spec.agent_name},
+        )
+        self._changed()
+
+    async def _watch(self, process: WorkerProcess) -> None:
+        """Drop a process from the pool's sets when it exits on its own."""
+        await process.wait_exited()
+        if process in self.idle:
+            self.idle.remove(process)
+            log.warning(
+                "Agent %s: idle job process %s exited (%s).",
+                self.spec.agent_name,
+                process.pid,
+                process.exit_description,
+                extra={"agent": self.spec.agent_name, "pid": process.pid},
+            )
+        for table in (self.reserved, self.running):
+            for job_id, owner in list(table.items()):
+                if owner is process and table is self.reserved:
+                    del table[job_id]
+        self._changed()
+
+    async def aclose(self) -> None:
+        """Stop every process (idle and reserved ones at once; jobs get the stop sequence)."""
+        self._closed = True
+        self._changed()
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as tg:
+                for process in self.processes:
+                    tg.start_soon(process.stop, "supervisor stopping")
+
+    # --- offers -------------------------------------------------------------------------------
+
+    async def _acquire(self) -> WorkerProcess | None:
+        """A READY process for an offer: an idle one, or a new one (the caller bounds the wait)."""
+        while self.idle:
+            process = self.idle.pop(0)
+            if process.alive and process.state is ProcessState.READY:
+                self._changed()  # the refill loop replaces it
+                return process
+        if self.in_backoff:
+            return None
+        self.starting += 1
+        return await self._start_process()
+
+    async def decide(self, offer: OfferReceived) -> Answer:
+        """The agent's answer to an offer (``Hooks.decide``)."""
+        job = offer.job
+        if not self.policy.matches(job.room_name):
+            return Decline(reason=f"room {job.room_name!r} does not match {self.policy.room!r}")
+        if self._closed:
+            return Decline(reason="stopping")
+        process = await self._acquire()
+        if process is None:
+            return Decline(reason=self.last_failure or "no job process available")
+        process.state = ProcessState.RESERVED
+        self.reserved[job.id] = process
+        values = {"job_id": job.id, "agent_name": self.spec.agent_name, "room": job.room_name}
+        identity = self.policy.fill(self.policy.identity, **values)
+        name = self.policy.fill(self.policy.name, **values)
+        if not self.spec.request_fnc:
+            return Accept(identity, name, self.policy.metadata, dict(self.policy.attributes))
+        answer = await process.offer(
+            ipc.OfferRequest(
+                job=job.wire,
+                default_identity=identity,
+                default_name=name,
+                default_metadata=self.policy.metadata,
+                default_attributes=dict(self.policy.attributes),
+            ),
+            job.id,
+        )
+        if answer is None or not answer.accept:
+            self.release(job.id)
+            if answer is not None and answer.error:
+                return Decline(reason=f"request function failed: {answer.error}")
+            return Decline(terminate=bool(answer and answer.terminate), reason="request function")
+        chosen = answer.identity or identity
+        return Accept(chosen, answer.name, answer.metadata, dict(answer.attributes))
+
+    def release(self, job_id: str) -> None:
+        """An accepted offer will not be assigned: its process goes back to the idle set."""
+        process = self.reserved.pop(job_id, None)
+        if process is None:
+            return
+        if process.alive and not self._closed:
+            process.state = ProcessState.READY
+            self.idle.insert(0, process)
+        self._changed()
+
+    # --- jobs ---------------------------------------------------------------------------------
+
+    async def run_job(self, assignment: JobAssigned, session: AgentSession) -> None:
+        """Run an assigned job in its reserved process (``Hooks.run_job``)."""
+        job = assignment.job
+        process = self.reserved.pop(job.id, None)
+        if process is None or not process.alive:
+            process = await self._acquire()
+        if process is None:
+            reason = self.last_failure or "unavailable"
+            session.job_ended(job.id, error=f"no job process: {reason}")
+            self.stats.jobs_failed += 1
+            return
+        self.running[job.id] = process
+        self._changed()
+        try:
+            start = ipc.StartJob(
+                job=job.wire,
+                url=assignment.url or session.credentials.url,
+                token=assignment.token,
+                participant_identity=job.agent_identity,
+            )
+            began = anyio.current_time()
+            started = await process.start_job(start, job.id)
+            if started:
+                self.stats.start_latencies.append(anyio.current_time() - began)
+                self.stats.jobs_started += 1
+                session.job_started(job.id)
+            outcome: JobOutcome = await process.wait_job()
+            if outcome.error is None:
+                self.stats.jobs_succeeded += 1
+            else:
+                self.stats.jobs_failed += 1
+            session.job_ended(job.id, error=outcome.error)
+        finally:
+            self.running.pop(job.id, None)
+            with anyio.CancelScope(shield=True):
+                await process.stop("job ended")
+            self._changed()
+
+    def terminate(self, job_id: str) -> None:
+        """The server ended the job: run the stop sequence (``Hooks.terminate``)."""
+        process = self.running.get(job_id)
+        if process is not None and self._tg is not None:
+            self._tg.start_soon(process.stop, "terminated by the server")
+
+    def fail_job(self, job_id: str, reason: str) -> None:
+        """End a running job as failed (memory limit, unresponsive): stop its process."""
+        process = self.running.get(job_id)
+        if process is not None and self._tg is not None:
+            process.fail_reason(reason)
+            self._tg.start_soon(process.stop, reason)

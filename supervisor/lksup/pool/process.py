@@ -1,0 +1,457 @@
+"""One job process, seen from the supervisor: spawn, handshake, messages, health, stop.
+
+A ``WorkerProcess`` is a fresh interpreter (``python -m lksup.jobs.child``) in its own session
+(signals sent to the supervisor's process group never reach it), in the agent's working
+directory and environment, connected by a socketpair. ``run`` spawns it, sends ``Initialize``
+and reports the handle through ``task_status`` once ``Ready`` arrives within the
+initialisation timeout; it then serves until the process exits, and always reaps it.
+
+Lifecycle: STARTING -> READY -> (RESERVED) -> RUNNING -> STOPPING -> EXITED. One process serves
+at most one job. Invariants:
+
+- both output pipes are drained for the process's whole life (a chatty child never blocks);
+  every line and every forwarded logging record is logged with agent, job id and pid;
+- the stop sequence is Shutdown over IPC -> ``shutdown_timeout`` -> SIGTERM -> ``term_grace``
+  -> SIGKILL, and the process is always reaped (``stop`` is idempotent and bounded);
+- a process that answers no ping for ``ping_timeout`` is killed and reported unresponsive;
+- how a process ended is always known: ``JobEnded`` from the child, or its exit status (code or
+  signal) turned into a reason such as "job process killed by signal SIGSEGV".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import anyio.abc
+from anyio.abc import UNIXSocketStream
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from lksup.jobs import ipc
+from lksup.jobs.framing import FrameDecoder, FramingError
+
+log = logging.getLogger("lksup.pool")
+job_log = logging.getLogger("lksup.job")
+
+MAX_LINE = 8192
+
+
+class ProcessState(enum.Enum):
+    """Where a job process is in its life."""
+
+    STARTING = "starting"
+    READY = "ready"
+    RESERVED = "reserved"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    EXITED = "exited"
+
+
+class InitFailed(Exception):
+    """The process did not become ready (import or prewarm error, timeout, early exit)."""
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """How to start the job processes of one agent."""
+
+    agent_name: str
+    entrypoint: str
+    prewarm: str = ""
+    request_fnc: str = ""
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    log_level: str = "INFO"
+    shutdown_grace: float = 15.0
+    initialize_timeout: float = 10.0
+    shutdown_timeout: float = 10.0
+    term_grace: float = 2.0
+    ping_interval: float = 2.5
+    ping_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """How a job ended: ``error`` None means success."""
+
+    error: str | None
+    reason: str
+
+
+def describe_exit(code: int | None) -> str:
+    """A process's exit status as words (negative codes are signals)."""
+    if code is None:
+        return "job process still running"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"job process killed by signal {name}"
+    return f"job process exited with code {code}"
+
+
+class WorkerProcess:
+    """One job process (see the module docstring)."""
+
+    def __init__(self, spec: ProcessSpec) -> None:
+        self.spec = spec
+        self.state = ProcessState.STARTING
+        self.pid: int | None = None
+        self.job_id: str | None = None
+        self.exit_code: int | None = None
+        self.init_seconds = 0.0
+        self.started_at = 0.0
+        self.ready_at: float | None = None
+        self._process: anyio.abc.Process | None = None
+        self._stream: UNIXSocketStream | None = None
+        self._send_lock = anyio.Lock()
+        self._ready = anyio.Event()
+        self._ready_message: ipc.Ready | None = None
+        self._exited = anyio.Event()
+        self._job_started = anyio.Event()
+        self._job_ended = anyio.Event()
+        self._outcome: JobOutcome | None = None
+        self._answers: dict[str, anyio.Event] = {}
+        self._answer_values: dict[str, ipc.OfferAnswer] = {}
+        self._last_pong = 0.0
+        self._stop_reason: str | None = None
+        self._stopping = False
+
+    def __repr__(self) -> str:
+        return f"WorkerProcess({self.spec.agent_name}, pid={self.pid}, {self.state.value})"
+
+    @property
+    def alive(self) -> bool:
+        """Spawned and not exited."""
+        return self._process is not None and not self._exited.is_set()
+
+    @property
+    def exit_description(self) -> str:
+        """How the process ended, in words."""
+        return describe_exit(self.exit_code)
+
+    async def wait_exited(self) -> None:
+        """Wait until the process has exited."""
+        await self._exited.wait()
+
+    def _extra(self) -> dict[str, object]:
+        return {"agent": self.spec.agent_name, "job_id": self.job_id, "pid": self.pid}
+
+    # --- life -----------------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[WorkerProcess] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Spawn, initialise, report ready, serve until exit; always reap.
+
+        Raises:
+            InitFailed: before ``task_status.started``: the process could not become ready.
+        """
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        parent.set_inheritable(False)
+        self.started_at = anyio.current_time()
+        try:
+            self._process = await anyio.open_process(
+                [sys.executable, "-m", "lksup.jobs.child", "--ipc-fd", str(child.fileno())],
+                stdin=-3,  # DEVNULL
+                pass_fds=[child.fileno()],
+                start_new_session=True,
+                cwd=self.spec.cwd,
+                env=dict(self.spec.env),
+            )
+        except OSError as exc:
+            parent.close()
+            raise InitFailed(f"cannot start a job process: {exc}") from None
+        finally:
+            child.close()
+        self.pid = self._process.pid
+        self._stream = await UNIXSocketStream.from_socket(parent)
+        failure: str | None = None
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._reader)
+                tg.start_soon(self._drain, self._process.stdout, logging.INFO, "stdout")
+                tg.start_soon(self._drain, self._process.stderr, logging.WARNING, "stderr")
+                tg.start_soon(self._waiter)
+                failure = await self._initialize()
+                if failure is None:
+                    self.state = ProcessState.READY
+                    self.ready_at = anyio.current_time()
+                    tg.start_soon(self._pinger)
+                    task_status.started(self)
+                    await self._exited.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._reap()
+        if failure is not None:
+            raise InitFailed(failure)
+
+    async def _initialize(self) -> str | None:
+        """Initialize and wait for Ready; the reason it failed, or None."""
+        spec = self.spec
+        await self.send(
+            ipc.Initialize(
+                agent_name=spec.agent_name,
+                entrypoint=spec.entrypoint,
+                prewarm=spec.prewarm,
+                request_fnc=spec.request_fnc,
+                log_level=spec.log_level,
+                shutdown_grace=spec.shutdown_grace,
+            )
+        )
+        with anyio.move_on_after(spec.initialize_timeout):
+            async with anyio.create_task_group() as tg:
+
+                async def exited() -> None:
+                    await self._exited.wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(exited)
+                await self._ready.wait()
+                tg.cancel_scope.cancel()
+        ready = self._ready_message
+        if ready is not None and not ready.error:
+            self.init_seconds = ready.init_seconds
+            return None
+        if ready is not None:
+            reason = ready.error
+        elif self._exited.is_set():
+            reason = f"{describe_exit(self.exit_code)} before it was ready"
+        else:
+            reason = f"not ready within initialize_process_timeout ({spec.initialize_timeout:g}s)"
+        await self._kill()
+        return reason
+
+    async def _reap(self) -> None:
+        if self._process is not None:
+            if self._process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    self._process.kill()
+            await self._process.wait()
+            self.exit_code = self._process.returncode
+            await self._process.aclose()
+        if self._stream is not None:
+            await self._stream.aclose()
+        self.state = ProcessState.EXITED
+        self._exited.set()
+        self._settle_job()
+
+    async def _waiter(self) -> None:
+        assert self._process is not None
+        self.exit_code = await self._process.wait()
+        self._exited.set()
+
+    # --- messages --------------------------------------------------------------------------
+
+    async def send(self, message: ipc.ParentMessage) -> bool:
+        """Send a message; False when the process is gone."""
+        if self._stream is None or self._exited.is_set():
+            return False
+        async with self._send_lock:
+            try:
+                await self._stream.send(ipc.encode(message))
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                return False
+        return True
+
+    async def _reader(self) -> None:
+        assert self._stream is not None
+        decoder = FrameDecoder()
+        while True:
+            try:
+                data = await self._stream.receive()
+                payloads = decoder.feed(data)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return
+            except FramingError as exc:
+                log.warning(
+                    "Job process %s sent a bad frame: %s", self.pid, exc, extra=self._extra()
+                )
+                return
+            for payload in payloads:
+                try:
+                    message = ipc.decode(payload)
+                except ipc.IpcError as exc:
+                    log.warning("Job process %s: %s", self.pid, exc, extra=self._extra())
+                    continue
+                self._on_message(message)
+
+    def _on_message(self, message: ipc.Message) -> None:
+        if isinstance(message, ipc.Ready):
+            self._ready_message = message
+            self._ready.set()
+        elif isinstance(message, ipc.Pong):
+            self._last_pong = anyio.current_time()
+        elif isinstance(message, ipc.OfferAnswer):
+            waiter = self._answers.get(message.job_id)
+            if waiter is not None:
+                self._answer_values[message.job_id] = message
+                waiter.set()
+        elif isinstance(message, ipc.JobStarted):
+            self._job_started.set()
+        elif isinstance(message, ipc.JobEnded):
+            error = message.error or None
+            self._outcome = JobOutcome(error, message.reason or ("failed" if error else "done"))
+            self._job_ended.set()
+        elif isinstance(message, ipc.LogRecord):
+            text = message.message + (f"\n{message.exc_text}" if message.exc_text else "")
+            job_log.log(
+                message.level, "%s", text, extra={**self._extra(), "source_logger": message.logger}
+            )
+
+    async def _drain(
+        self, stream: anyio.abc.ByteReceiveStream | None, level: int, name: str
+    ) -> None:
+        if stream is None:
+            return
+        buffered = BufferedByteReceiveStream(stream)
+        while True:
+            try:
+                line = await buffered.receive_until(b"\n", MAX_LINE)
+            except anyio.DelimiterNotFound:
+                line = await buffered.receive_exactly(MAX_LINE)
+            except (anyio.IncompleteRead, anyio.EndOfStream, anyio.ClosedResourceError):
+                rest = buffered.buffer
+                if rest:
+                    job_log.log(
+                        level,
+                        "%s",
+                        bytes(rest).decode("utf-8", "replace"),
+                        extra={**self._extra(), "stream": name},
+                    )
+                return
+            job_log.log(
+                level,
+                "%s",
+                line.decode("utf-8", "replace").rstrip("\r"),
+                extra={**self._extra(), "stream": name},
+            )
+
+    async def _pinger(self) -> None:
+        self._last_pong = anyio.current_time()
+        while not self._exited.is_set():
+            await anyio.sleep(self.spec.ping_interval)
+            if anyio.current_time() - self._last_pong > self.spec.ping_timeout:
+                log.error(
+                    "Job process %s did not answer pings for %.0fs; killing it.",
+                    self.pid,
+                    self.spec.ping_timeout,
+                    extra=self._extra(),
+                )
+                self._stop_reason = "job process unresponsive"
+                await self._kill()
+                return
+            await self.send(ipc.Ping(sent_at_ns=int(anyio.current_time() * 1e9)))
+
+    # --- offers and the job --------------------------------------------------------------------
+
+    async def offer(self, request: ipc.OfferRequest, job_id: str) -> ipc.OfferAnswer | None:
+        """Ask the agent's request function about an offer (the caller bounds the wait)."""
+        waiter = self._answers[job_id] = anyio.Event()
+        try:
+            if not await self.send(request):
+                return None
+            async with anyio.create_task_group() as tg:
+
+                async def exited() -> None:
+                    await self._exited.wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(exited)
+                await waiter.wait()
+                tg.cancel_scope.cancel()
+            return self._answer_values.pop(job_id, None)
+        finally:
+            self._answers.pop(job_id, None)
+
+    async def start_job(self, start: ipc.StartJob, job_id: str) -> bool:
+        """Hand the job over; True once the entrypoint was called (JobStarted)."""
+        self.job_id = job_id
+        self.state = ProcessState.RUNNING
+        if not await self.send(start):
+            return False
+        async with anyio.create_task_group() as tg:
+
+            async def exited() -> None:
+                await self._exited.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(exited)
+            await self._job_started.wait()
+            tg.cancel_scope.cancel()
+        return self._job_started.is_set()
+
+    async def wait_job(self) -> JobOutcome:
+        """Wait until the job ended (JobEnded, or the process died)."""
+        async with anyio.create_task_group() as tg:
+
+            async def exited() -> None:
+                await self._exited.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(exited)
+            await self._job_ended.wait()
+            tg.cancel_scope.cancel()
+        self._settle_job()
+        assert self._outcome is not None
+        return self._outcome
+
+    def _settle_job(self) -> None:
+        if self._outcome is None and self._exited.is_set():
+            reason = self._stop_reason or describe_exit(self.exit_code)
+            self._outcome = JobOutcome(reason, reason)
+        elif self._outcome is not None and self._stop_reason and self._outcome.error is None:
+            pass  # the job ended cleanly before the stop reason mattered
+
+    def fail_reason(self, reason: str) -> None:
+        """Record why the supervisor is ending this process (memory, unresponsive...)."""
+        self._stop_reason = reason
+
+    async def stop(self, reason: str = "stopping") -> None:
+        """The stop sequence: Shutdown -> shutdown_timeout -> SIGTERM -> grace -> SIGKILL."""
+        if self._stopping or self._process is None:
+            await self._exited.wait()
+            return
+        self._stopping = True
+        if self.state is not ProcessState.EXITED:
+            self.state = ProcessState.STOPPING
+        with anyio.CancelScope(shield=True):
+            await self.send(ipc.Shutdown(reason=reason))
+            with anyio.move_on_after(self.spec.shutdown_timeout):
+                await self._exited.wait()
+            if not self._exited.is_set():
+                log.warning(
+                    "Job process %s did not stop in %gs; sending SIGTERM.",
+                    self.pid,
+                    self.spec.shutdown_timeout,
+                    extra=self._extra(),
+                )
+                self._signal(signal.SIGTERM)
+                with anyio.move_on_after(self.spec.term_grace):
+                    await self._exited.wait()
+            if not self._exited.is_set():
+                log.warning(
+                    "Job process %s ignored SIGTERM; killing it.", self.pid, extra=self._extra()
+                )
+                await self._kill()
+            await self._exited.wait()
+
+    async def _kill(self) -> None:
+        self._signal(signal.SIGKILL)
+        with anyio.CancelScope(shield=True):
+            await self._exited.wait()
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self._process is not None and self._process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.send_signal(sig)
