@@ -23,6 +23,7 @@ import os
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import anyio
 import anyio.abc
@@ -31,7 +32,6 @@ from lksup.jobs import ipc
 from lksup.pool.process import InitFailed, JobOutcome, ProcessSpec, ProcessState, WorkerProcess
 from lksup.protocol.backoff import Backoff
 from lksup.protocol.events import Accept, Answer, Decline, JobAssigned, OfferReceived
-from lksup.transport.session import AgentSession
 
 log = logging.getLogger("lksup.pool")
 
@@ -42,6 +42,23 @@ STABLE_PERIOD = 60.0
 def auto_idle_processes() -> int:
     """The SDK's ``num_idle_processes`` production default: min(CPU count, 4)."""
     return min(os.cpu_count() or 1, 4)
+
+
+class JobReporter(Protocol):
+    """Where a job's status goes (the agent's ``AgentSession``)."""
+
+    @property
+    def server_url(self) -> str:
+        """The server the job's participant joins (when the assignment names none)."""
+        ...
+
+    def job_started(self, job_id: str) -> None:
+        """The entrypoint is running."""
+        ...
+
+    def job_ended(self, job_id: str, *, error: str | None = None) -> None:
+        """The job is over."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -106,6 +123,7 @@ class AgentPool:
         self._last_failure_at = 0.0
         self._backoff_until = 0.0
         self._wake = anyio.Event()
+        self._changed_event = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
         self._closed = False
 
@@ -128,8 +146,15 @@ class AgentPool:
 
     def _changed(self) -> None:
         self._wake.set()
+        changed, self._changed_event = self._changed_event, anyio.Event()
+        changed.set()
         if self._on_change is not None:
             self._on_change()
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate()`` holds, re-checking on every change of the pool."""
+        while not predicate():
+            await self._changed_event.wait()
 
     # --- the refill loop ----------------------------------------------------------------------
 
@@ -285,7 +310,7 @@ class AgentPool:
 
     # --- jobs ---------------------------------------------------------------------------------
 
-    async def run_job(self, assignment: JobAssigned, session: AgentSession) -> None:
+    async def run_job(self, assignment: JobAssigned, session: JobReporter) -> None:
         """Run an assigned job in its reserved process (``Hooks.run_job``)."""
         job = assignment.job
         process = self.reserved.pop(job.id, None)
@@ -301,7 +326,7 @@ class AgentPool:
         try:
             start = ipc.StartJob(
                 job=job.wire,
-                url=assignment.url or session.credentials.url,
+                url=assignment.url or session.server_url,
                 token=assignment.token,
                 participant_identity=job.agent_identity,
             )
@@ -311,6 +336,7 @@ class AgentPool:
                 self.stats.start_latencies.append(anyio.current_time() - began)
                 self.stats.jobs_started += 1
                 session.job_started(job.id)
+                self._changed()
             outcome: JobOutcome = await process.wait_job()
             if outcome.error is None:
                 self.stats.jobs_succeeded += 1
