@@ -17,9 +17,9 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from lksup.pool.pool import AgentPool  # noqa: E402
-from lksup.protocol.events import JobAssigned, OfferReceived  # noqa: E402
-from tests.pool.helpers import Reporter, make_job, spec  # noqa: E402
+from lksup.pool.pool import AgentPool
+from lksup.protocol.events import JobAssigned, OfferReceived
+from tests.pool.helpers import Reporter, make_job, spec
 
 
 def say(line: str) -> None:
@@ -53,7 +53,7 @@ async def main(agent_dir: Path) -> None:
             await pool.decide(OfferReceived(job))
             if command == "hold":
                 tg.start_soon(pool.run_job, JobAssigned(job, token="jwt"), reporter)
-                await pool.wait_until(lambda: job.id in reporter.started)
+                await pool.wait_until(lambda job_id=job.id: job_id in reporter.started)
                 say(f"running {pool.running[job.id].pid}")
             else:
                 await pool.run_job(JobAssigned(job, token="jwt"), reporter)
