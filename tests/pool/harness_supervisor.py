@@ -8,9 +8,11 @@ for its shutdown), "quit".
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
+from operator import contains
 from pathlib import Path
 
 import anyio
@@ -53,7 +55,7 @@ async def main(agent_dir: Path) -> None:
             await pool.decide(OfferReceived(job))
             if command == "hold":
                 tg.start_soon(pool.run_job, JobAssigned(job, token="jwt"), reporter)
-                await pool.wait_until(lambda job_id=job.id: job_id in reporter.started)
+                await pool.wait_until(functools.partial(contains, reporter.started, job.id))
                 say(f"running {pool.running[job.id].pid}")
             else:
                 await pool.run_job(JobAssigned(job, token="jwt"), reporter)
