@@ -3,6 +3,7 @@ entrypoint runs in a warm process, and SUCCESS is reported."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,10 @@ from tests.pool.helpers import spec
 pytestmark = [pytest.mark.anyio, pytest.mark.process]
 
 KEY, SECRET = "devkey", "e2e-pool-secret-0123456789abcdef012345"
+
+
+def has_idle(pool: AgentPool) -> bool:
+    return len(pool.idle) == 1
 
 
 def statuses(server: DevServer, job_id: str) -> list[int]:
@@ -49,10 +54,10 @@ async def test_dispatch_runs_the_right_agents_entrypoint_in_a_warm_process(
             )
             await tg.start(session.run)
             pools[name], sessions[name] = pool, session
-        for name in pools:
+        for name, pool in pools.items():
             await sessions[name].wait_registered()
             with anyio.fail_after(30):
-                await pools[name].wait_until(lambda p=pools[name]: len(p.idle) == 1)
+                await pool.wait_until(functools.partial(has_idle, pool))
         warm_pid = pools["sales"].idle[0].pid
         await server.create_dispatch("sales-room", "sales")
         with anyio.fail_after(30):
