@@ -29,6 +29,9 @@ PURE = {
     "lksup.jobs.framing",
     "lksup.jobs.ipc",
     "lksup._pb.lksup_ipc_pb2",
+    "lksup.monitors.memory_policy",
+    "lksup.monitors.load",
+    "lksup.monitors.events",
 }
 FORBIDDEN = {
     "anyio",
