@@ -29,6 +29,9 @@ import anyio
 import anyio.abc
 
 from lksup.jobs import ipc
+from lksup.monitors.events import BudgetChanged, MemoryLimitExceeded, MonitorEvent
+from lksup.monitors.memory_policy import MemoryPolicy
+from lksup.monitors.monitor import Monitor
 from lksup.pool.process import InitFailed, JobOutcome, ProcessSpec, ProcessState, WorkerProcess
 from lksup.protocol.backoff import Backoff
 from lksup.protocol.events import Accept, Answer, Decline, JobAssigned, OfferReceived
@@ -90,6 +93,7 @@ class PoolStats:
     jobs_succeeded: int = 0
     jobs_failed: int = 0
     start_latencies: list[float] = field(default_factory=list)
+    init_durations: list[float] = field(default_factory=list)
 
 
 class AgentPool:
@@ -105,6 +109,8 @@ class AgentPool:
         backoff: Backoff | None = None,
         rand: Callable[[], float] = random.random,
         on_change: Callable[[], None] | None = None,
+        monitor: Monitor | None = None,
+        memory: MemoryPolicy | None = None,
     ) -> None:
         self.spec = spec
         self.target_idle = num_idle
@@ -113,6 +119,8 @@ class AgentPool:
         self.backoff = backoff or Backoff(initial_delay=1.0, factor=2.0, max_delay=60.0)
         self._rand = rand
         self._on_change = on_change
+        self.monitor = monitor
+        self.memory = memory or MemoryPolicy(warn_mb=0, limit_mb=0)
         self.stats = PoolStats()
         self.idle: list[WorkerProcess] = []
         self.starting = 0
@@ -162,6 +170,8 @@ class AgentPool:
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Keep the warm pool filled until ``aclose``; processes live in this task group."""
+        if self.monitor is not None:
+            self.monitor.add_listener(self._on_monitor)
         async with anyio.create_task_group() as tg:
             self._tg = tg
             task_status.started()
@@ -178,6 +188,8 @@ class AgentPool:
                 with anyio.move_on_after(wait):
                     await self._wake.wait()
             tg.cancel_scope.cancel()
+        if self.monitor is not None:
+            self.monitor.remove_listener(self._on_monitor)
 
     async def _spawn_idle(self) -> None:
         process = await self._start_process()
@@ -197,11 +209,35 @@ class AgentPool:
         finally:
             self.starting -= 1  # every caller counted this start in
         self.stats.spawned += 1
+        if process.ready_at is not None:
+            self.stats.init_durations.append(process.ready_at - process.started_at)
         self.consecutive_failures = 0
         self._backoff_until = 0.0
         self.last_failure = None
         self._tg.start_soon(self._watch, process)
+        self._watch_memory(process, job_id=None)
         return process
+
+    def _watch_memory(self, process: WorkerProcess, *, job_id: str | None) -> None:
+        if self.monitor is not None and process.pid is not None:
+            self.monitor.watch(
+                process.pid, agent=self.spec.agent_name, job_id=job_id, policy=self.memory
+            )
+
+    def _on_monitor(self, event: MonitorEvent) -> None:
+        if isinstance(event, BudgetChanged):
+            self._changed()
+            return
+        if not isinstance(event, MemoryLimitExceeded) or event.agent != self.spec.agent_name:
+            return
+        if event.job_id is not None:
+            self.fail_job(event.job_id, event.reason)
+            return
+        for process in list(self.idle):  # an idle process over its limit: replace it
+            if process.pid == event.pid and self._tg is not None:
+                self.idle.remove(process)
+                self._tg.start_soon(process.stop, event.reason)
+                self._changed()
 
     def _record_failure(self, reason: str) -> None:
         now = anyio.current_time()
@@ -225,6 +261,8 @@ class AgentPool:
     async def _watch(self, process: WorkerProcess) -> None:
         """Drop a process from the pool's sets when it exits on its own."""
         await process.wait_exited()
+        if self.monitor is not None and process.pid is not None:
+            self.monitor.unwatch(process.pid)
         if process in self.idle:
             self.idle.remove(process)
             log.warning(
@@ -270,6 +308,8 @@ class AgentPool:
             return Decline(reason=f"room {job.room_name!r} does not match {self.policy.room!r}")
         if self._closed:
             return Decline(reason="stopping")
+        if self.monitor is not None and self.monitor.over_budget:
+            return Decline(reason="memory budget exceeded")
         process = await self._acquire()
         if process is None:
             return Decline(reason=self.last_failure or "no job process available")
@@ -322,6 +362,7 @@ class AgentPool:
             self.stats.jobs_failed += 1
             return
         self.running[job.id] = process
+        self._watch_memory(process, job_id=job.id)
         self._changed()
         try:
             start = ipc.StartJob(
@@ -356,8 +397,7 @@ class AgentPool:
             self._tg.start_soon(process.stop, "terminated by the server")
 
     def fail_job(self, job_id: str, reason: str) -> None:
-        """End a running job as failed (memory limit, unresponsive): stop its process."""
+        """End a running job now, as failed with ``reason`` (memory limit): kill its process."""
         process = self.running.get(job_id)
         if process is not None and self._tg is not None:
-            process.fail_reason(reason)
-            self._tg.start_soon(process.stop, reason)
+            self._tg.start_soon(process.kill, reason)

@@ -407,15 +407,17 @@ class WorkerProcess:
         return self._outcome
 
     def _settle_job(self) -> None:
-        if self._outcome is None and self._exited.is_set():
-            reason = self._stop_reason or describe_exit(self.exit_code)
+        if self._stop_reason is not None:  # the supervisor ended it as a failure: that wins
+            self._outcome = JobOutcome(self._stop_reason, self._stop_reason)
+        elif self._outcome is None and self._exited.is_set():
+            reason = describe_exit(self.exit_code)
             self._outcome = JobOutcome(reason, reason)
-        elif self._outcome is not None and self._stop_reason and self._outcome.error is None:
-            pass  # the job ended cleanly before the stop reason mattered
 
-    def fail_reason(self, reason: str) -> None:
-        """Record why the supervisor is ending this process (memory, unresponsive...)."""
+    async def kill(self, reason: str) -> None:
+        """End the process now (SIGKILL) and fail its job with ``reason``."""
         self._stop_reason = reason
+        self._stopping = True
+        await self._kill()
 
     async def stop(self, reason: str = "stopping") -> None:
         """The stop sequence: Shutdown -> shutdown_timeout -> SIGTERM -> grace -> SIGKILL."""
