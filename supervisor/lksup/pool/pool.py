@@ -294,7 +294,9 @@ class AgentPool:
         while self.idle:
             process = self.idle.pop(0)
             if process.alive and process.state is ProcessState.READY:
-                self._changed()  # the refill loop replaces it
+                # no refill yet: spawning a process costs the event loop milliseconds, which
+                # would delay this job's start; the pool refills once the job has started (or
+                # the reservation is released)
                 return process
         if self.in_backoff:
             return None
@@ -363,7 +365,6 @@ class AgentPool:
             return
         self.running[job.id] = process
         self._watch_memory(process, job_id=job.id)
-        self._changed()
         try:
             start = ipc.StartJob(
                 job=job.wire,

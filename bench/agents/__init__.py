@@ -1,0 +1,1 @@
+"""Agents used by the benchmarks (the same entrypoint runs under lksup and livekit-agents)."""
