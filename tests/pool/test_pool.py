@@ -3,6 +3,7 @@ the stop sequence, backoff. Every wait is a handshake on the pool's own state ch
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from pathlib import Path
@@ -205,3 +206,28 @@ async def test_children_run_in_their_own_session(agent_dir: Path) -> None:
         await wait_for(pool, lambda: len(pool.idle) == 1)
         child = psutil.Process(pool.idle[0].pid)
         assert os.getsid(child.pid) == child.pid != os.getsid(0)
+
+
+async def test_an_unresponsive_job_process_is_killed_and_reported(agent_dir: Path) -> None:
+    process_spec = spec(agent_dir, ping_interval=0.05, ping_timeout=0.5)
+    async with running_pool(process_spec) as pool:
+        reporter = Reporter()
+        with anyio.fail_after(20):  # "stubborn" blocks its event loop: no pong ever comes
+            await offer_and_run(pool, reporter, make_job("AJ_1", metadata="stubborn"))
+        assert reporter.ended == {"AJ_1": "job process unresponsive"}
+
+
+async def test_initialisations_are_capped_fleet_wide(agent_dir: Path) -> None:
+    """With a cap of 1, no two processes of any agent initialise at the same time."""
+    limiter = anyio.CapacityLimiter(1)
+    async with (
+        running_pool(spec(agent_dir), num_idle=2, init_limiter=limiter) as first,
+        running_pool(
+            spec(agent_dir, agent_name="other"), num_idle=1, init_limiter=limiter
+        ) as second,
+    ):
+        await wait_for(first, lambda: len(first.idle) == 2)
+        await wait_for(second, lambda: len(second.idle) == 1)
+        spans = sorted((p.started_at, p.ready_at or 0.0) for p in [*first.idle, *second.idle])
+    for (_, ready), (next_start, _) in itertools.pairwise(spans):
+        assert ready <= next_start, f"initialisations overlapped: {spans}"
