@@ -159,6 +159,10 @@ class AgentPool:
         if self._on_change is not None:
             self._on_change()
 
+    async def wait_changed(self) -> None:
+        """Wait for the pool's next change."""
+        await self._changed_event.wait()
+
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         """Wait until ``predicate()`` holds, re-checking on every change of the pool."""
         while not predicate():

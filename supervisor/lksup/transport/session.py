@@ -147,6 +147,11 @@ class AgentSession:
         return self.options.agent_name
 
     @property
+    def server_url(self) -> str:
+        """The LiveKit server this agent is connected to."""
+        return self.credentials.url
+
+    @property
     def state(self) -> State:
         """The machine's state."""
         return self.machine.state
@@ -270,6 +275,10 @@ class AgentSession:
                     self.machine.receive_text(message, now)
                 else:
                     self.machine.receive(message, now)
+                # act on offers and assignments right here (they start their own tasks);
+                # frames and commands are the main loop's
+                for event in self.machine.events():
+                    self._on_event(event)
                 self._poke()
         except SocketClosed as exc:
             self.machine.connection_lost(anyio.current_time(), str(exc))

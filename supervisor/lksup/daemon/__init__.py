@@ -1,0 +1,1 @@
+"""The supervisor daemon: agents built from the fleet, shared monitors, reconcile and drain."""

@@ -1,0 +1,206 @@
+"""One agent of a fleet at run time: its warm pool, its worker connection and its load.
+
+``AgentRuntime`` turns a normalized ``fleet.schema.Agent`` into the pieces that run it (a
+``ProcessSpec`` and request policy for the pool, ``Options`` for the protocol machine, the
+connection's credentials with secrets resolved now, at connection time) and runs them in one
+task group. Its load loop reports the agent's load to the server: the agent's ``load`` policy
+over the shared monitor's signals and its job count, compared with its own threshold; full as
+well when the fleet's memory budget is exceeded or the agent is at ``max_jobs``. The loop runs
+every ``load_interval`` and at once when the pool changes, so a burst cannot overshoot between
+two samples (reservations count as jobs).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import anyio.abc
+
+from lksup import __version__
+from lksup.errors import SecretError
+from lksup.fleet.imports import agent_environment, working_dir
+from lksup.fleet.schema import Agent
+from lksup.fleet.secrets import Redactor, resolve
+from lksup.monitors.load import agent_load, at_capacity, is_full
+from lksup.monitors.memory_policy import MemoryPolicy
+from lksup.monitors.monitor import Monitor
+from lksup.pool.pool import AgentPool, RequestPolicy, auto_idle_processes
+from lksup.pool.process import ProcessSpec
+from lksup.protocol.events import JobType, Permissions
+from lksup.protocol.machine import Options
+from lksup.transport.session import AgentSession, Credentials
+
+log = logging.getLogger("lksup.agent")
+
+LOAD_INTERVAL = 0.5
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Where an agent's settings are resolved: the daemon's environment and the fleet's folder."""
+
+    environ: Mapping[str, str]
+    base_dir: Path
+    default_url: str | None = None  # the embedded dev server, for agents without a URL
+    default_api_key: str | None = None
+    default_api_secret: str | None = None
+
+
+class AgentConfigError(Exception):
+    """An agent cannot be started as configured (no URL, unresolvable secret)."""
+
+
+def build_credentials(agent: Agent, env: Environment) -> Credentials:
+    """The connection settings, secrets resolved (raises ``AgentConfigError``)."""
+    livekit = agent.livekit
+    url = livekit.url or env.default_url
+    if url is None:
+        raise AgentConfigError("no livekit.url (and no dev server to fall back on)")
+    try:
+        key = (
+            resolve(livekit.api_key, environ=env.environ, base_dir=env.base_dir)
+            if livekit.api_key
+            else env.default_api_key
+        )
+        secret = (
+            resolve(livekit.api_secret, environ=env.environ, base_dir=env.base_dir)
+            if livekit.api_secret
+            else env.default_api_secret
+        )
+    except SecretError as exc:  # the message names the reference, never a value
+        raise AgentConfigError(str(exc)) from None
+    if not key or not secret:
+        raise AgentConfigError("no livekit.api_key/api_secret (and no dev server keys)")
+    return Credentials(url, key, secret)
+
+
+def build_spec(
+    name: str, agent: Agent, env: Environment, *, log_level: str = "INFO"
+) -> ProcessSpec:
+    """How this agent's job processes are started (env secrets resolved)."""
+    environment = agent_environment(
+        agent, environ=env.environ, base_dir=env.base_dir, redactor=Redactor()
+    )
+    return ProcessSpec(
+        agent_name=name,
+        entrypoint=agent.entrypoint,
+        prewarm=agent.prewarm or "",
+        request_fnc=agent.request_fnc or "",
+        env=environment,
+        cwd=working_dir(agent, env.base_dir),
+        log_level=log_level,
+        shutdown_timeout=agent.shutdown_process_timeout,
+        initialize_timeout=agent.initialize_process_timeout,
+    )
+
+
+def build_options(name: str, agent: Agent) -> Options:
+    """What the worker connection registers with."""
+    permissions = agent.permissions
+    return Options(
+        agent_name=name,
+        version=__version__,
+        job_type=JobType.PUBLISHER if agent.worker_type == "publisher" else JobType.ROOM,
+        permissions=Permissions(
+            can_publish=permissions.can_publish,
+            can_subscribe=permissions.can_subscribe,
+            can_publish_data=permissions.can_publish_data,
+            can_update_metadata=permissions.can_update_metadata,
+            can_publish_sources=tuple(permissions.can_publish_sources),
+            hidden=permissions.hidden,
+        ),
+        max_jobs=agent.max_jobs,
+        max_retry=agent.max_retry,
+    )
+
+
+class AgentRuntime:
+    """One running agent (see the module docstring)."""
+
+    def __init__(
+        self,
+        name: str,
+        agent: Agent,
+        env: Environment,
+        *,
+        monitor: Monitor,
+        init_limiter: anyio.CapacityLimiter,
+        load_interval: float = LOAD_INTERVAL,
+    ) -> None:
+        self.name = name
+        self.agent = agent
+        self.monitor = monitor
+        self.load_interval = load_interval
+        request = agent.request
+        self.pool = AgentPool(
+            build_spec(name, agent, env),
+            num_idle=auto_idle_processes()
+            if agent.num_idle_processes == "auto"
+            else agent.num_idle_processes,
+            policy=RequestPolicy(
+                room=request.room,
+                identity=request.identity,
+                name=request.name,
+                metadata=request.metadata,
+                attributes=dict(request.attributes),
+            ),
+            init_limiter=init_limiter,
+            monitor=monitor,
+            memory=MemoryPolicy(agent.job_memory_warn_mb, agent.job_memory_limit_mb),
+        )
+        self.session = AgentSession(
+            build_options(name, agent), build_credentials(agent, env), self.pool
+        )
+        self.load = 0.0
+        self.full = False
+
+    def compute_load(self) -> tuple[float, bool]:
+        """The agent's load and whether it is full, from the shared monitor and its jobs."""
+        machine = self.session.machine
+        running, reserved = len(machine.running_jobs), len(machine.reservations)
+        load = agent_load(
+            self.agent.load,
+            cpu=self.monitor.cpu,
+            memory=self.monitor.memory,
+            running_jobs=running,
+            reserved_jobs=reserved,
+            max_jobs=self.agent.max_jobs,
+        )
+        full = is_full(
+            load,
+            self.agent.load_threshold,
+            over_budget=self.monitor.over_budget,
+            at_capacity=at_capacity(
+                running_jobs=running, reserved_jobs=reserved, max_jobs=self.agent.max_jobs
+            ),
+        )
+        return load, full
+
+    def report_load(self) -> None:
+        """Recompute and report the load now."""
+        self.load, self.full = self.compute_load()
+        self.session.set_load(self.load, full=self.full)
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the pool, the connection and the load loop until the connection ends."""
+        async with anyio.create_task_group() as tg:
+            await tg.start(self.pool.run)
+            self.report_load()
+            await tg.start(self.session.run)
+            tg.start_soon(self._load_loop)
+            task_status.started()
+            await self.session.wait_finished()
+            await self.pool.aclose()
+            tg.cancel_scope.cancel()
+
+    async def _load_loop(self) -> None:
+        while True:
+            with anyio.move_on_after(self.load_interval):
+                await self.pool.wait_changed()
+            self.report_load()
