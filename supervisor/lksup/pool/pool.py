@@ -159,6 +159,10 @@ class AgentPool:
         if self._on_change is not None:
             self._on_change()
 
+    def wake(self) -> None:
+        """Re-check the pool's targets now (after a change of settings)."""
+        self._changed()
+
     async def wait_changed(self) -> None:
         """Wait for the pool's next change."""
         await self._changed_event.wait()

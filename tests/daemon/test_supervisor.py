@@ -1,0 +1,159 @@
+"""The supervisor reconciling fleets against the dev server: create, update in place, replace
+while a job runs, remove, drain one agent, coordinated drain."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+
+from lksup.daemon.agent import Environment
+from lksup.daemon.supervisor import Supervisor
+from lksup.devserver.server import DevServer
+from lksup.fleet.loading import load_fleet
+from lksup.fleet.schema import Fleet
+from lksup.monitors.monitor import Monitor
+from lksup.reconcile.diff import Action
+from tests.pool.conftest import AGENT
+
+pytestmark = [pytest.mark.anyio, pytest.mark.process]
+
+KEY, SECRET = "devkey", "supervisor-secret-0123456789abcdef012345"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def fleet(tmp_path: Path, agents: dict[str, str]) -> Fleet:
+    (tmp_path / "pool_test_agent.py").write_text(textwrap.dedent(AGENT))
+    body = "".join(
+        f"  {name}:\n    entrypoint: pool_test_agent:entrypoint\n{textwrap.indent(extra, '    ')}"
+        for name, extra in agents.items()
+    )
+    path = tmp_path / "fleet.yaml"
+    path.write_text(
+        "apiVersion: lksup/v1\nkind: Fleet\nmetadata: {name: t}\n"
+        "supervisor: {drain_timeout: 20}\n"
+        "defaults:\n  working_dir: .\n  num_idle_processes: 1\n  load: jobs\n  max_jobs: 2\n"
+        "agents:\n" + body
+    )
+    return load_fleet(str(path), environ={}).fleet
+
+
+@asynccontextmanager
+async def supervised(tmp_path: Path) -> AsyncIterator[tuple[Supervisor, DevServer]]:
+    server = DevServer({KEY: SECRET}, port=0, claim_delay=0.0)
+    monitor = Monitor(cpu_interval=0.1, memory_interval=0.5)
+    async with anyio.create_task_group() as tg:
+        await tg.start(server.run)
+        await tg.start(monitor.run)
+        env = Environment(
+            environ={},
+            base_dir=tmp_path,
+            default_url=server.url,
+            default_api_key=KEY,
+            default_api_secret=SECRET,
+        )
+        supervisor = Supervisor(env, monitor)
+        await tg.start(supervisor.run)
+        try:
+            yield supervisor, server
+        finally:
+            await supervisor.stop_all()
+            tg.cancel_scope.cancel()
+
+
+def registered(server: DevServer, name: str) -> list[str]:
+    return [w.id for w in server.workers() if w.agent_name == name]
+
+
+async def test_apply_create_update_replace_remove(tmp_path: Path) -> None:
+    async with supervised(tmp_path) as (sup, server):
+        plan = await sup.apply(fleet(tmp_path, {"alpha": "", "beta": ""}))
+        assert [a.action for a in plan.agents] == [Action.CREATE, Action.CREATE]
+        with anyio.fail_after(30):
+            await server.wait_workers(lambda ws: {w.agent_name for w in ws} == {"alpha", "beta"})
+        alpha = sup.slots["alpha"].runtime
+        assert alpha is not None
+        with anyio.fail_after(30):
+            await alpha.pool.wait_until(lambda: len(alpha.pool.idle) == 1)
+        warm_pid = alpha.pool.idle[0].pid
+        worker_id = registered(server, "alpha")
+
+        # update in place: a threshold and the pool size; no process restarted
+        plan = await sup.apply(fleet(tmp_path, {"alpha": "load_threshold: 0.5\n", "beta": ""}))
+        assert {a.name: a.action for a in plan.agents}["alpha"] is Action.UPDATE_IN_PLACE
+        assert sup.slots["alpha"].runtime is alpha
+        assert alpha.pool.idle[0].pid == warm_pid
+        assert registered(server, "alpha") == worker_id
+
+        # replace while a job runs on the old runtime: the job goes on, the new one registers
+        await server.create_dispatch("room-hold", "alpha", metadata="hold")
+        with anyio.fail_after(30):
+            await alpha.pool.wait_until(lambda: len(alpha.pool.running) == 1)
+        plan = await sup.apply(
+            fleet(tmp_path, {"alpha": "load_threshold: 0.5\nenv: {MODEL: large}\n", "beta": ""})
+        )
+        assert {a.name: a.action for a in plan.agents}["alpha"] is Action.REPLACE
+        new = sup.slots["alpha"].runtime
+        assert new is not None
+        assert new is not alpha
+        with anyio.fail_after(30):
+            await new.session.wait_registered()
+            await sup.wait_until(lambda: alpha in sup.slots["alpha"].draining)
+        assert len(alpha.pool.running) == 1  # not disturbed
+        await server.create_dispatch("room-new", "alpha")  # the new worker takes new offers
+        with anyio.fail_after(30):
+            await new.pool.wait_until(lambda: new.pool.stats.jobs_succeeded == 1)
+        (job_id,) = alpha.pool.running
+        alpha.pool.terminate(job_id)  # the old job ends; the old runtime then goes away
+        with anyio.fail_after(30):
+            await sup.wait_until(lambda: not sup.slots["alpha"].draining)
+
+        # remove: drained, then gone
+        plan = await sup.apply(
+            fleet(tmp_path, {"alpha": "load_threshold: 0.5\nenv: {MODEL: large}\n"})
+        )
+        assert {a.name: a.action for a in plan.agents}["beta"] is Action.DRAIN_AND_REMOVE
+        with anyio.fail_after(30):
+            await sup.wait_until(lambda: "beta" not in sup.slots)
+            await server.wait_workers(lambda ws: not registered(server, "beta"))
+
+
+async def test_drain_one_agent_while_others_keep_accepting(tmp_path: Path) -> None:
+    async with supervised(tmp_path) as (sup, server):
+        await sup.apply(fleet(tmp_path, {"alpha": "", "beta": ""}))
+        with anyio.fail_after(30):
+            await server.wait_workers(lambda ws: {w.agent_name for w in ws} == {"alpha", "beta"})
+        sup.drain("alpha")
+        assert sup.slots["alpha"].override_drained
+        with anyio.fail_after(30):
+            await sup.wait_until(lambda: sup.agent_state(sup.slots["alpha"]) == "drained")
+        beta = sup.slots["beta"].runtime
+        assert beta is not None
+        await server.create_dispatch("room-b", "beta")
+        with anyio.fail_after(30):
+            await beta.pool.wait_until(lambda: beta.pool.stats.jobs_succeeded == 1)
+        sup.undrain("alpha")
+        with anyio.fail_after(30):
+            await server.wait_workers(lambda ws: bool(registered(server, "alpha")))
+
+
+async def test_coordinated_drain_waits_for_jobs_and_reports_the_deadline(tmp_path: Path) -> None:
+    async with supervised(tmp_path) as (sup, server):
+        await sup.apply(fleet(tmp_path, {"alpha": ""}))
+        alpha = sup.slots["alpha"].runtime
+        assert alpha is not None
+        await alpha.session.wait_registered()
+        await server.create_dispatch("room-hold", "alpha", metadata="hold")
+        with anyio.fail_after(30):
+            await alpha.pool.wait_until(lambda: len(alpha.pool.running) == 1)
+        with anyio.fail_after(10):
+            assert await sup.drain_all(0.5) is False  # the held job outlives the deadline
+        assert sup.running_jobs() == 0
