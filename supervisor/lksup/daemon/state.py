@@ -1,0 +1,121 @@
+"""The state directory: the last applied fleet, so a restarted daemon resumes it.
+
+The applied fleet is stored as JSON (the normalized fleet with literal secrets kept: the daemon
+needs them to run, so the file is private): written to a temporary file in the same directory
+with mode 0600, fsynced, then renamed over the old one, so a crash never leaves a half-written
+state. The directory is created 0700. Along with the fleet: its revision (the SHA-256 of its
+canonical JSON, first 12 hex digits), where it came from, and when it was applied (wall clock,
+for display only).
+
+Default location: ``$LKSUP_STATE_DIR``, else ``/var/lib/lksup`` as root, else
+``$XDG_STATE_HOME/lksup`` (``~/.local/state/lksup``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lksup.fleet.normalize import REVEAL
+from lksup.fleet.schema import Fleet
+
+STATE_FILE = "applied.json"
+
+
+def default_state_dir(environ: Mapping[str, str] | None = None, uid: int | None = None) -> Path:
+    """Where the daemon keeps its state."""
+    env = os.environ if environ is None else environ
+    if env.get("LKSUP_STATE_DIR"):
+        return Path(env["LKSUP_STATE_DIR"])
+    if (os.getuid() if uid is None else uid) == 0:
+        return Path("/var/lib/lksup")
+    base = env.get("XDG_STATE_HOME") or str(
+        Path(env.get("HOME", "~")).expanduser() / ".local" / "state"
+    )
+    return Path(base) / "lksup"
+
+
+def fleet_document(fleet: Fleet) -> dict[str, Any]:
+    """The normalized fleet as JSON data, secrets kept (for the daemon's own use only)."""
+    data: dict[str, Any] = fleet.model_dump(
+        mode="json", by_alias=True, context=REVEAL, exclude={"livekit", "defaults"}
+    )
+    return data
+
+
+def revision(fleet: Fleet) -> str:
+    """A short content hash of the normalized fleet."""
+    canonical = json.dumps(fleet_document(fleet), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class AppliedFleet:
+    """What was applied last."""
+
+    fleet: Fleet
+    revision: str
+    source: str | None
+    applied_at: str  # RFC 3339
+
+
+def save(state_dir: Path, fleet: Fleet, *, source: str | None) -> AppliedFleet:
+    """Persist the applied fleet atomically (0600 in a 0700 directory)."""
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(state_dir, 0o700)
+    applied = AppliedFleet(
+        fleet=fleet,
+        revision=revision(fleet),
+        source=source,
+        applied_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    payload = {
+        "revision": applied.revision,
+        "source": source,
+        "applied_at": applied.applied_at,
+        "fleet": fleet_document(fleet),
+    }
+    fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=".applied-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), 0o600)
+            json.dump(payload, handle, indent=2)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, state_dir / STATE_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return applied
+
+
+def load(state_dir: Path) -> AppliedFleet | None:
+    """The last applied fleet, or None when nothing was applied yet.
+
+    Raises:
+        ValueError: the state file is unreadable or not a fleet (the message says which file).
+    """
+    path = state_dir / STATE_FILE
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read the applied fleet: {exc}") from None
+    try:
+        fleet = Fleet.model_validate(payload["fleet"])
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"{path}: not an applied fleet: {exc}") from None
+    return AppliedFleet(
+        fleet,
+        payload.get("revision") or revision(fleet),
+        payload.get("source"),
+        payload.get("applied_at", ""),
+    )
