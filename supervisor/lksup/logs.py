@@ -1,0 +1,65 @@
+"""Logging, configured in one place.
+
+JSON lines when stderr is not a terminal, readable lines on a terminal. Records about an agent,
+a job or a process carry ``agent``, ``job_id`` and ``pid`` (set through ``extra=``); they appear
+as fields in JSON and as a prefix on a TTY. Wall-clock timestamps are for display only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+_FIELDS = ("agent", "job_id", "pid", "stream", "source_logger")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ts, level, logger, msg and the bound fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as one JSON line."""
+        data: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for name in _FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                data[name] = value
+        if record.exc_info:
+            data["exc"] = self.formatException(record.exc_info)
+        return json.dumps(data, ensure_ascii=False)
+
+
+class ConsoleFormatter(logging.Formatter):
+    """``HH:MM:SS level [agent job pid] message``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as a readable line."""
+        stamp = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
+        tags = [
+            str(getattr(record, n)) for n in ("agent", "job_id", "pid") if getattr(record, n, None)
+        ]
+        prefix = f"[{' '.join(tags)}] " if tags else ""
+        text = f"{stamp} {record.levelname.lower():<7} {prefix}{record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def setup_logging(*, fmt: str | None = None, level: str = "INFO") -> None:
+    """Configure the root logger once: ``fmt`` is json, console, or None (json unless a TTY)."""
+    if fmt is None:
+        fmt = "console" if sys.stderr.isatty() else "json"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("websockets", "asyncio", "h11", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
