@@ -32,6 +32,9 @@ PURE = {
     "lksup.monitors.memory_policy",
     "lksup.monitors.load",
     "lksup.monitors.events",
+    "lksup.control.api",
+    "lksup.control.errors",
+    "lksup.control.paths",
 }
 FORBIDDEN = {
     "anyio",

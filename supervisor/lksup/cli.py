@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import anyio
@@ -24,7 +25,7 @@ import click
 import yaml
 
 from lksup import __version__
-from lksup.errors import Diagnostic, FleetError
+from lksup.errors import Diagnostic, FleetError, LksupError
 from lksup.fleet.checks import ValidationResult, validate_file
 from lksup.fleet.loading import LoadedFleet, load_fleet, load_values
 from lksup.fleet.schema import API_VERSION, Fleet, json_schema
@@ -451,6 +452,378 @@ def _print_dispatches(dispatches: list[Any], output: str, *, verb: str | None = 
     for item in dispatches:
         jobs = ", ".join(job.id for job in item.state.jobs) or "-"
         click.echo(f"{item.id:<20} {item.agent_name or '(automatic)':<24} {item.room:<24} {jobs}")
+
+
+EXIT_NOT_READY, EXIT_UNKNOWN = 3, 4
+
+
+def _socket_option(func: F) -> F:
+    return click.option(
+        "--socket",
+        "socket_path",
+        metavar="PATH",
+        help="Control socket [env: LKSUP_SOCKET; default /run/lksup/lksup.sock as root, "
+        "else $XDG_RUNTIME_DIR/lksup/lksup.sock].",
+    )(func)
+
+
+def _socket(explicit: str | None) -> Any:
+    from lksup.control.errors import SocketPathError
+    from lksup.control.paths import resolve_socket_path
+
+    try:
+        return resolve_socket_path(explicit, environ=os.environ, uid=os.getuid())
+    except SocketPathError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+def _control(explicit: str | None, call: Any) -> Any:
+    """Run ``call(client)`` against the daemon; unreachable -> exit 4, errors -> exit 1/4."""
+    from lksup.control.client import ControlClient
+    from lksup.control.errors import ControlError, DaemonUnreachable
+
+    path = _socket(explicit)
+
+    async def run() -> Any:
+        async with ControlClient(path) as client:
+            return await call(client)
+
+    try:
+        return anyio.run(run)
+    except DaemonUnreachable as exc:
+        fail(str(exc), EXIT_UNKNOWN)
+    except ControlError as exc:
+        fail(exc.message, EXIT_UNKNOWN if exc.code == "not_found" else EXIT_FAILED)
+
+
+@main.command()
+@click.argument("fleet", required=False, metavar="[FLEET]")
+@_template_options
+@_socket_option
+@click.option(
+    "--state-dir", type=click.Path(file_okay=False), help="State directory [env: LKSUP_STATE_DIR]."
+)
+@click.option(
+    "--dev",
+    is_flag=True,
+    help="Development defaults: no load threshold, no idle processes, debug logs.",
+)
+@click.option(
+    "--dev-server",
+    is_flag=False,
+    flag_value="127.0.0.1:7880",
+    default=None,
+    metavar="[HOST:PORT]",
+    help="Start the embedded dev server in this process (default 127.0.0.1:7880); agents "
+    "without a LiveKit URL use it.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["json", "console"]),
+    help="Log format (default: console on a terminal, else JSON).",
+)
+def run(
+    fleet: str | None,
+    values_files: tuple[str, ...],
+    assignments: tuple[str, ...],
+    socket_path: str | None,
+    state_dir: str | None,
+    dev: bool,
+    dev_server: str | None,
+    log_format: str | None,
+) -> None:
+    """Run the supervisor in the foreground (for containers and systemd).
+
+    With FLEET it applies that file at start; without, it resumes the last applied fleet from
+    the state directory. The first SIGTERM or SIGINT drains every agent against the fleet's
+    drain_timeout (exit 0 when every job finished, 1 otherwise); a second one stops at once.
+    SIGHUP re-applies the fleet file; SIGQUIT stops at once; SIGUSR1 dumps stacks.
+
+    \b
+    Examples:
+      lksup run fleets/prod.yaml
+      lksup run fleets/dev.yaml --dev-server          # no LiveKit deployment needed
+    """
+    from lksup.daemon.main import DaemonSettings, run_daemon
+    from lksup.daemon.state import default_state_dir
+    from lksup.logs import setup_logging
+
+    setup_logging(fmt=log_format, level="DEBUG" if dev else "INFO")
+    values = _values(values_files, assignments)
+    settings = DaemonSettings(
+        socket=_socket(socket_path),
+        state_dir=Path(state_dir) if state_dir else default_state_dir(),
+        fleet=fleet,
+        values=values,
+        dev=dev,
+        dev_server=dev_server,
+    )
+    try:
+        code = run_daemon(settings)
+    except FleetError as exc:
+        _print_diagnostics(exc.diagnostics)
+        raise SystemExit(EXIT_FAILED) from None
+    except LksupError as exc:
+        fail(str(exc))
+    raise SystemExit(code)
+
+
+@main.command()
+@click.argument("fleet", metavar="FLEET")
+@_template_options
+@_socket_option
+@click.option("--dry-run", is_flag=True, help="Show the plan; change nothing.")
+@click.option("--prune-all", is_flag=True, help="Allow a fleet that removes every agent.")
+@click.option("--wait", is_flag=True, help="Wait until every agent is ready.")
+@click.option(
+    "--timeout",
+    "timeout_text",
+    default="5m",
+    show_default=True,
+    help="With --wait: give up after this long.",
+)
+@click.option("--skip-import-check", is_flag=True, help="Do not import-check entrypoints first.")
+@_output_option(["text", "json"], "text")
+def apply(
+    fleet: str,
+    values_files: tuple[str, ...],
+    assignments: tuple[str, ...],
+    socket_path: str | None,
+    dry_run: bool,
+    prune_all: bool,
+    wait: bool,
+    timeout_text: str,
+    skip_import_check: bool,
+    output: str,
+) -> None:
+    """Validate FLEET, send it to the running supervisor and print the plan.
+
+    The same checks as `validate --check-imports` run first; a fleet that fails any of them
+    changes nothing. Secret references ({env: NAME}, {file: PATH}) are resolved by the
+    supervisor, in its own environment.
+
+    \b
+    Examples:
+      lksup apply fleets/prod.yaml --dry-run
+      lksup apply fleets/prod.yaml --wait --timeout 2m
+    """
+    from lksup.fleet.durations import parse_duration
+    from lksup.fleet.normalize import REVEAL
+
+    values = _values(values_files, assignments)
+    result = validate_file(fleet, values=values, check_imports=not skip_import_check)
+    _print_diagnostics(result.diagnostics)
+    if not result.valid or result.loaded is None:
+        raise SystemExit(EXIT_FAILED)
+    document = result.loaded.fleet.model_dump(mode="json", by_alias=True, context=REVEAL)
+    source = str(Path(fleet).resolve())
+
+    async def call(client: Any) -> Any:
+        return await client.apply(document, source=source, dry_run=dry_run, prune_all=prune_all)
+
+    plan = _control(socket_path, call)
+    if output == "json":
+        _emit(plan)
+    else:
+        click.echo(_plan_text(plan))
+    if wait and not dry_run:
+        _wait_ready(socket_path, parse_duration(timeout_text))
+
+
+def _plan_text(plan: dict[str, Any]) -> str:
+    lines = []
+    summary = plan.get("summary", {})
+    lines.append(
+        "Plan: "
+        + ", ".join(
+            f"{summary.get(k, 0)} {k}"
+            for k in ("create", "update-in-place", "replace", "drain-and-remove", "unchanged")
+        )
+        + ("" if not plan.get("dryRun") else " (dry run: nothing changed)")
+    )
+    for agent in plan.get("agents", []):
+        lines.append(f"  {agent['action']:<17} {agent['name']}")
+        lines.extend(
+            f"      {c['path']}: {plan_render.format_value(c['old'])} -> "
+            f"{plan_render.format_value(c['new'])}"
+            for c in agent.get("changes", [])
+        )
+    if plan.get("revision"):
+        lines.append(f"applied revision {plan['revision']}")
+    return "\n".join(lines)
+
+
+def _wait_ready(socket_path: str | None, timeout: float) -> None:
+    async def call(client: Any) -> Any:
+        with anyio.move_on_after(timeout):
+            while True:
+                items = (await client.status()).items
+                if all(item.ready for item in items):
+                    return True
+                await anyio.sleep(0.2)  # polling the daemon's status, the CLI's only view
+        return False
+
+    if not _control(socket_path, call):
+        fail(f"not every agent was ready within {timeout:g}s (see lksup status)")
+    click.echo("every agent is ready")
+
+
+@main.command()
+@click.argument("agent", required=False, metavar="[AGENT]")
+@_socket_option
+@click.option("--jobs", "show_jobs", is_flag=True, help="List each agent's running jobs.")
+@click.option("--check", is_flag=True, help="Exit 3 when an agent is not ready.")
+@_output_option(["table", "wide", "json"], "table")
+def status(
+    agent: str | None, socket_path: str | None, show_jobs: bool, check: bool, output: str
+) -> None:
+    """Show the agents of the running supervisor.
+
+    Exit status: 0; 3 with --check when an agent is not ready; 4 when the supervisor is
+    unreachable or AGENT is unknown.
+
+    \b
+    Examples:
+      lksup status
+      lksup status customer-service --jobs
+      lksup status -o json | jq '.items[] | select(.state != "running")'
+    """
+
+    async def call(client: Any) -> Any:
+        return await client.status(agent)
+
+    result = _control(socket_path, call)
+    if output == "json":
+        _emit(result.model_dump(mode="json", by_alias=True))
+    else:
+        click.echo(_status_table(result.items, wide=output == "wide", show_jobs=show_jobs))
+    if check and not all(item.ready for item in result.items):
+        raise SystemExit(EXIT_NOT_READY)
+
+
+def _age(started_at: str | None) -> str:
+    if not started_at:
+        return "-"
+    from datetime import UTC, datetime
+
+    from lksup.fleet.durations import format_duration
+
+    seconds = (datetime.now(UTC) - datetime.fromisoformat(started_at)).total_seconds()
+    text = format_duration(max(0.0, seconds))
+    return text[: text.find("m") + 1] if "h" in text or "d" in text else text
+
+
+def _status_table(items: list[Any], *, wide: bool, show_jobs: bool) -> str:
+    header = [
+        "AGENT",
+        "STATE",
+        "READY",
+        "JOBS",
+        "IDLE",
+        "LOAD/THR",
+        "MEM",
+        "RESTARTS",
+        "AGE",
+        "SYNC",
+        "MESSAGE",
+    ]
+    if wide:
+        header[-1:-1] = ["WORKER_ID"]
+    rows = []
+    for item in items:
+        row = [
+            item.name,
+            item.state,
+            "1/1" if item.ready else "0/1",
+            str(item.jobs),
+            f"{item.idle}/{item.idle_target}",
+            f"{item.load:.2f}/{item.threshold:.2f}",
+            f"{item.memory_mb:.0f}Mi",
+            str(item.restarts),
+            _age(item.started_at),
+            item.sync,
+            item.message or "-",
+        ]
+        if wide:
+            row[-1:-1] = [item.worker_id or "-"]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in [header, *rows]
+    ]
+    if show_jobs:
+        for item in items:
+            lines.append("")
+            lines.append(f"{item.name}: {len(item.jobs_detail)} job(s)")
+            lines.extend(
+                f"  {job.job_id}  room={job.room}  pid={job.pid}  {job.state}  "
+                f"age={_age(job.started_at)}  mem={job.memory_mb:.0f}Mi"
+                for job in item.jobs_detail
+            )
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("agent", required=False, metavar="[AGENT]")
+@click.option("--all", "all_agents", is_flag=True, help="Drain every agent.")
+@_socket_option
+def drain(agent: str | None, all_agents: bool, socket_path: str | None) -> None:
+    """Stop AGENT (or --all) taking jobs; running jobs finish. Recorded as an override.
+
+    \b
+    Example:
+      lksup drain sales && lksup status sales --jobs
+    """
+    if bool(agent) == all_agents:
+        fail("give AGENT or --all", EXIT_USAGE)
+
+    async def call(client: Any) -> Any:
+        return await client.drain(agent)
+
+    result = _control(socket_path, call)
+    click.echo(f"draining {', '.join(result['draining'])} ({result['jobs']} job(s) running)")
+
+
+@main.command()
+@click.argument("agent", metavar="AGENT")
+@_socket_option
+def undrain(agent: str, socket_path: str | None) -> None:
+    """Let AGENT take jobs again (clears the drain override).
+
+    \b
+    Example:
+      lksup undrain sales
+    """
+
+    async def call(client: Any) -> Any:
+        return await client.undrain(agent)
+
+    _control(socket_path, call)
+    click.echo(f"{agent} takes jobs again")
+
+
+@main.command()
+@click.argument("agent", required=False, metavar="[AGENT]")
+@click.option("--all", "all_agents", is_flag=True, help="Reload every agent.")
+@_socket_option
+def reload(agent: str | None, all_agents: bool, socket_path: str | None) -> None:
+    """Rolling replace of AGENT (or --all) with the same configuration.
+
+    The new worker registers and warms up first, then the old one drains.
+
+    \b
+    Example:
+      lksup reload customer-service
+    """
+    if bool(agent) == all_agents:
+        fail("give AGENT or --all", EXIT_USAGE)
+
+    async def call(client: Any) -> Any:
+        return await client.reload(agent)
+
+    result = _control(socket_path, call)
+    click.echo(f"reloading {', '.join(result['reloading'])}")
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:

@@ -13,8 +13,14 @@
     |   +-- ConnectionClosed   the WebSocket closed (code; 1006 when the peer vanished)
     +-- DispatchError          a dispatch API call failed (lksup.transport.dispatch)
     +-- DevServerError         the dev server refused a request (lksup.devserver.model)
-        +-- NotFound           unknown room or dispatch (Twirp not_found)
-        +-- InvalidArgument    malformed request (Twirp invalid_argument)
+    |   +-- NotFound           unknown room or dispatch (Twirp not_found)
+    |   +-- InvalidArgument    malformed request (Twirp invalid_argument)
+    +-- ControlError           a control request failed: code, message, HTTP status
+    |                          (lksup.control.errors; MethodNotAllowed is one)
+    +-- DaemonUnreachable      no supervisor answers on the control socket (CLI exit 4)
+    +-- SocketPathError        no control socket path can be chosen
+    +-- UnsafeSocketDirectory  the socket's directory is writable by others, or not ours
+    +-- AlreadyRunning         another supervisor answers on the control socket
 
 Rules: local misuse raises; remote misbehaviour (bad frames, protocol violations) is recorded
 as an event and recovered from; failures of one job or one agent are contained and reported,

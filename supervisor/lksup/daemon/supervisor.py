@@ -248,6 +248,12 @@ class Supervisor:
                 slot.runtime.session.undrain()
         self._notify()
 
+    def reload(self, name: str) -> None:
+        """Rolling replace with the same configuration (new worker first, then drain)."""
+        slot = self.slots[name]
+        self._replace(name, slot.agent)
+        self._notify()
+
     def running_jobs(self) -> int:
         """Jobs running on every agent, old runtimes included."""
         total = 0

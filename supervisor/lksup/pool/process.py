@@ -111,6 +111,7 @@ class WorkerProcess:
         self.init_seconds = 0.0
         self.started_at = 0.0
         self.ready_at: float | None = None
+        self.job_started_at: float | None = None
         self._process: anyio.abc.Process | None = None
         self._stream: UNIXSocketStream | None = None
         self._send_lock = anyio.Lock()
@@ -377,6 +378,7 @@ class WorkerProcess:
     async def start_job(self, start: ipc.StartJob, job_id: str) -> bool:
         """Hand the job over; True once the entrypoint was called (JobStarted)."""
         self.job_id = job_id
+        self.job_started_at = anyio.current_time()
         self.state = ProcessState.RUNNING
         if not await self.send(start):
             return False

@@ -1,0 +1,190 @@
+"""The daemon's answers to the control socket (``control.api.ControlApp``).
+
+Status is built from the supervisor's live objects at the moment of the call (never cached,
+never blocked by a drain). Apply validates the fleet document again (the daemon trusts no
+client), refuses a plan that would remove every agent unless ``prune_all`` is set, applies it,
+and persists it in the state directory. Nothing here returns a secret: the applied fleet is
+given back in display form (references and digests).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pydantic
+
+from lksup.control.api import AgentStatus, ApplyRequest, JobStatus, SimulateRequest, StatusList
+from lksup.control.errors import ControlError
+from lksup.daemon import state
+from lksup.daemon.supervisor import AgentSlot, Supervisor
+from lksup.fleet.normalize import normalize
+from lksup.fleet.schema import Fleet
+from lksup.reconcile import render as plan_render
+from lksup.reconcile.diff import Action, diff
+
+
+def _wall(monotonic_at: float | None) -> str | None:
+    """An RFC 3339 wall-clock time for a monotonic one (display only)."""
+    if monotonic_at is None:
+        return None
+    wall = time.time() - (anyio.current_time() - monotonic_at)
+    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="seconds")
+
+
+class DaemonApp:
+    """Implements the control API on a running ``Supervisor``."""
+
+    def __init__(self, supervisor: Supervisor, state_dir: Path) -> None:
+        self.supervisor = supervisor
+        self.state_dir = state_dir
+        self.source: str | None = None
+        self.revision: str | None = None
+
+    # --- status --------------------------------------------------------------------------
+
+    def agent_status(self, slot: AgentSlot) -> AgentStatus:
+        """One agent's row."""
+        sup = self.supervisor
+        runtime = slot.runtime
+        state_name = sup.agent_state(slot)
+        jobs: list[JobStatus] = []
+        memory = 0.0
+        message = slot.message
+        fields: dict[str, Any] = {}
+        if runtime is not None:
+            machine = runtime.session.machine
+            pool = runtime.pool
+            for process in pool.processes:
+                sample = sup.monitor.sample(process.pid) if process.pid is not None else None
+                if sample is not None:
+                    memory += sample.mb
+            for job_id, process in pool.running.items():
+                job = machine.running_jobs.get(job_id)
+                sample = sup.monitor.sample(process.pid) if process.pid is not None else None
+                jobs.append(
+                    JobStatus(
+                        job_id=job_id,
+                        room=job.room_name if job else "",
+                        pid=process.pid,
+                        state=process.state.value,
+                        started_at=_wall(process.job_started_at),
+                        memory_mb=round(sample.mb, 1) if sample else 0.0,
+                    )
+                )
+            if pool.in_backoff and pool.last_failure:
+                message = f"{pool.last_failure}; retry in {pool.backoff_remaining:.0f}s"
+            elif machine.last_error and not machine.connected:
+                message = machine.last_error
+            fields = {
+                "registered": machine.worker_id is not None,
+                "worker_id": machine.worker_id,
+                "jobs": len(machine.running_jobs),
+                "idle": len(pool.idle),
+                "idle_target": pool.target_idle,
+                "load": round(runtime.load, 3),
+                "draining": machine.draining,
+            }
+        if slot.draining and not message:
+            message = f"{len(slot.draining)} old worker(s) draining"
+        return AgentStatus(
+            name=slot.name,
+            state=state_name,
+            ready=state_name in ("running", "full") and bool(fields.get("registered")),
+            threshold=slot.agent.load_threshold,
+            memory_mb=round(memory, 1),
+            restarts=slot.restarts,
+            started_at=_wall(slot.started_at),
+            sync="override" if slot.override_drained else "synced",
+            message=message,
+            jobs_detail=jobs,
+            **fields,
+        )
+
+    async def status(self, agent: str | None) -> StatusList:
+        """Every agent's status, or one agent's."""
+        slots = self.supervisor.slots
+        if agent is not None:
+            if agent not in slots:
+                raise ControlError("not_found", f"no agent named {agent!r}", 404)
+            return StatusList(items=[self.agent_status(slots[agent])])
+        return StatusList(items=[self.agent_status(slots[n]) for n in sorted(slots)])
+
+    # --- apply ---------------------------------------------------------------------------------
+
+    async def apply(self, request: ApplyRequest) -> dict[str, Any]:
+        """Validate, plan, and (unless a dry run) apply and persist."""
+        try:
+            fleet, _ = normalize(Fleet.model_validate(request.fleet))
+        except pydantic.ValidationError as exc:
+            raise ControlError(
+                "invalid", f"invalid fleet: {exc.error_count()} error(s)", 422
+            ) from None
+        plan = diff(self.supervisor.fleet, fleet)
+        removes_all = (
+            plan.agents
+            and not fleet.agents
+            and all(a.action is Action.DRAIN_AND_REMOVE for a in plan.agents)
+        )
+        if removes_all and not request.prune_all:
+            raise ControlError(
+                "prune_all_required",
+                "this fleet removes every agent; pass --prune-all to do that",
+                409,
+            )
+        document = plan_render.to_json(plan)
+        if request.dry_run:
+            return {**document, "dryRun": True}
+        applied = state.save(self.state_dir, fleet, source=request.source)
+        await self.supervisor.apply(fleet)
+        self.source, self.revision = request.source, applied.revision
+        return {**document, "revision": applied.revision}
+
+    async def applied(self) -> dict[str, Any] | None:
+        """The applied fleet, in display form (no secret values)."""
+        fleet = self.supervisor.fleet
+        if fleet is None:
+            return None
+        data: dict[str, Any] = fleet.model_dump(
+            mode="json", by_alias=True, exclude={"livekit", "defaults"}
+        )
+        return {"revision": self.revision, "source": self.source, "fleet": data}
+
+    # --- operations ------------------------------------------------------------------------------
+
+    def _known(self, agent: str) -> None:
+        if agent not in self.supervisor.slots:
+            raise ControlError("not_found", f"no agent named {agent!r}", 404)
+
+    async def drain(self, agent: str | None) -> dict[str, Any]:
+        """Start draining one agent or all (recorded as overrides)."""
+        if agent is not None:
+            self._known(agent)
+        names = self.supervisor.drain(agent)
+        return {"draining": names, "jobs": self.supervisor.running_jobs()}
+
+    async def undrain(self, agent: str) -> dict[str, Any]:
+        """Take jobs again."""
+        self._known(agent)
+        self.supervisor.undrain(agent)
+        return {"undrained": agent}
+
+    async def reload(self, agent: str | None) -> dict[str, Any]:
+        """Rolling replace with the same configuration."""
+        names = [agent] if agent is not None else sorted(self.supervisor.slots)
+        for name in names:
+            self._known(name)
+            self.supervisor.reload(name)
+        return {"reloading": names}
+
+    async def simulate(self, agent: str, request: SimulateRequest) -> dict[str, Any]:
+        """Ask the server for a job on the agent's own connection."""
+        self._known(agent)
+        runtime = self.supervisor.slots[agent].runtime
+        if runtime is None or runtime.session.machine.worker_id is None:
+            raise ControlError("not_ready", f"agent {agent!r} is not registered", 409)
+        runtime.session.simulate(request.room, request.participant)
+        return {"simulated": agent, "room": request.room}

@@ -1,0 +1,224 @@
+"""``lksup run``: the supervisor in the foreground, from start to its exit status.
+
+Startup order (each step is ready before the next): logging, the embedded dev server (with
+``--dev-server``), the shared monitor, the supervisor, the control socket (refuses to start when
+another daemon answers on it), then the fleet: the file given, else the last applied one from
+the state directory, else none (apply one later).
+
+Signals, only ever turned into intents here:
+
+- first SIGTERM or SIGINT: every agent drains at once against ``supervisor.drain_timeout``;
+  exit 0 when the last job ended, 1 when the deadline forced the stop sequence;
+- a second SIGTERM or SIGINT: the stop sequence at once, exit 1;
+- SIGQUIT: the stop sequence at once, no drain, exit 1;
+- SIGHUP: re-apply the last applied source file (templates re-rendered, secrets re-read);
+- SIGUSR1: every thread's stack to the log (faulthandler) and the task count.
+
+Under systemd (``NOTIFY_SOCKET``): READY=1 once every agent registered, STOPPING=1 and
+EXTEND_TIMEOUT_USEC while draining.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from lksup.control.api import ApplyRequest
+from lksup.control.server import ControlServer
+from lksup.daemon import state
+from lksup.daemon.agent import Environment
+from lksup.daemon.app import DaemonApp
+from lksup.daemon.notify import Notifier
+from lksup.daemon.supervisor import Supervisor
+from lksup.errors import FleetError
+from lksup.fleet.loading import load_fleet
+from lksup.fleet.normalize import REVEAL
+from lksup.fleet.schema import Fleet
+from lksup.monitors.monitor import Monitor
+
+log = logging.getLogger("lksup.daemon")
+
+#: The embedded dev server's credentials: a documented development constant, not a secret.
+DEV_KEY, DEV_SECRET = "devkey", "secret-for-local-development-only"
+
+
+@dataclass
+class DaemonSettings:
+    """What ``lksup run`` was asked to do."""
+
+    socket: Path
+    state_dir: Path
+    fleet: str | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+    dev: bool = False
+    dev_server: str | None = None  # "HOST:PORT", or "" for 127.0.0.1:7880
+    environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+
+
+def dev_defaults(fleet: Fleet) -> Fleet:
+    """``--dev``: no load threshold, no idle processes (development defaults)."""
+    agents = {
+        name: agent.model_copy(update={"load_threshold": 1.0, "num_idle_processes": 0})
+        for name, agent in fleet.agents.items()
+    }
+    return fleet.model_copy(update={"agents": agents})
+
+
+class Daemon:
+    """One run of the supervisor."""
+
+    def __init__(self, settings: DaemonSettings) -> None:
+        self.settings = settings
+        self.notifier = Notifier(settings.environ)
+        self.exit_code = 0
+        self._draining = False
+        self._done = anyio.Event()
+
+    def _load(self, path: str) -> Fleet:
+        loaded = load_fleet(path, values=self.settings.values, environ=self.settings.environ)
+        for warning in loaded.warnings:
+            log.warning("%s", warning.format())
+        fleet = loaded.fleet
+        return dev_defaults(fleet) if self.settings.dev else fleet
+
+    async def run(self) -> int:
+        """Run until a signal ends it; the exit status."""
+        settings = self.settings
+        base_dir = Path(settings.fleet).resolve().parent if settings.fleet else Path.cwd()
+        async with anyio.create_task_group() as tg:
+            env = Environment(environ=settings.environ, base_dir=base_dir)
+            if settings.dev_server is not None:
+                env = await self._start_dev_server(tg, env)
+            monitor = Monitor()
+            await tg.start(monitor.run)
+            supervisor = Supervisor(env, monitor)
+            await tg.start(supervisor.run)
+            app = DaemonApp(supervisor, settings.state_dir)
+            await tg.start(ControlServer(settings.socket, app).run)
+            await self._initial_fleet(app)
+            log.info("lksup is running; control socket %s", settings.socket)
+            tg.start_soon(self._announce_ready, supervisor)
+            tg.start_soon(self._signals, tg, supervisor, app)
+            await self._done.wait()
+            tg.cancel_scope.cancel()
+        return self.exit_code
+
+    async def _start_dev_server(self, tg: anyio.abc.TaskGroup, env: Environment) -> Environment:
+        from lksup.devserver.server import DevServer  # only when asked for
+
+        host, _, port = (self.settings.dev_server or "127.0.0.1:7880").rpartition(":")
+        server = DevServer({DEV_KEY: DEV_SECRET}, host=host or "127.0.0.1", port=int(port or 7880))
+        await tg.start(server.run)
+        log.info("dev server listening on %s (API key %s; no media)", server.url, DEV_KEY)
+        return Environment(
+            environ=env.environ,
+            base_dir=env.base_dir,
+            default_url=server.url,
+            default_api_key=DEV_KEY,
+            default_api_secret=DEV_SECRET,
+        )
+
+    async def _initial_fleet(self, app: DaemonApp) -> None:
+        settings = self.settings
+        source: str | None
+        if settings.fleet is not None:
+            fleet = self._load(settings.fleet)
+            source = str(Path(settings.fleet).resolve())
+        else:
+            try:
+                applied = state.load(settings.state_dir)
+            except ValueError as exc:
+                log.error("%s", exc)
+                return
+            if applied is None:
+                log.info("no fleet yet: apply one with `lksup apply FLEET`")
+                return
+            fleet, source = applied.fleet, applied.source
+            log.info("resuming the last applied fleet (revision %s)", applied.revision)
+        request = ApplyRequest(
+            fleet=fleet.model_dump(mode="json", by_alias=True, context=REVEAL), source=source
+        )
+        await app.apply(request)
+
+    async def _announce_ready(self, supervisor: Supervisor) -> None:
+        def all_registered() -> bool:
+            slots = supervisor.slots.values()
+            return all(
+                s.runtime is not None and s.runtime.session.machine.worker_id is not None
+                for s in slots
+            )
+
+        await supervisor.wait_until(all_registered)
+        count = len(supervisor.slots)
+        self.notifier.ready(f"{count} agent(s) registered")
+        log.info("every agent is registered (%d)", count)
+
+    async def _signals(
+        self, tg: anyio.abc.TaskGroup, supervisor: Supervisor, app: DaemonApp
+    ) -> None:
+        wanted = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1)
+        with anyio.open_signal_receiver(*wanted) as signals:
+            async for number in signals:
+                sig = signal.Signals(number)
+                if sig in (signal.SIGTERM, signal.SIGINT) and not self._draining:
+                    self._draining = True
+                    tg.start_soon(self._drain, supervisor)
+                elif sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+                    log.warning("%s: stopping every job now", sig.name)
+                    await supervisor.stop_all()
+                    self.exit_code = 1
+                    self._done.set()
+                elif sig is signal.SIGHUP:
+                    await self._reapply(app)
+                elif sig is signal.SIGUSR1:
+                    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+
+    async def _drain(self, supervisor: Supervisor) -> None:
+        fleet = supervisor.fleet
+        timeout = fleet.supervisor.drain_timeout if fleet is not None else 0.0
+        jobs = supervisor.running_jobs()
+        log.info(
+            "draining: %d job(s) left on %d agent(s), deadline in %.0fs",
+            jobs,
+            len(supervisor.slots),
+            timeout,
+        )
+        self.notifier.stopping(f"draining {jobs} job(s)")
+        if timeout:
+            self.notifier.extend_timeout(timeout + 30)
+        finished = await supervisor.drain_all(timeout or None)
+        if not finished:
+            log.warning("drain deadline reached: the remaining jobs were stopped")
+        await supervisor.stop_all()
+        self.exit_code = 0 if finished else 1
+        self._done.set()
+
+    async def _reapply(self, app: DaemonApp) -> None:
+        source = app.source
+        if source is None:
+            log.warning("SIGHUP: no fleet file to re-apply")
+            return
+        try:
+            fleet = self._load(source)
+        except FleetError as exc:
+            log.error("SIGHUP: %s is invalid; nothing changed:\n%s", source, exc)
+            return
+        request = ApplyRequest(
+            fleet=fleet.model_dump(mode="json", by_alias=True, context=REVEAL), source=source
+        )
+        plan = await app.apply(request)
+        log.info("SIGHUP: re-applied %s (%s)", source, plan.get("summary"))
+
+
+def run_daemon(settings: DaemonSettings) -> int:
+    """Run the daemon on the asyncio backend; the exit status."""
+    return anyio.run(Daemon(settings).run)

@@ -1,0 +1,215 @@
+"""`lksup run` as an operator runs it: a real daemon process with the embedded dev server, the
+example dev fleet, the CLI against its control socket, and signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import psutil
+import pytest
+
+from lksup.control.client import ControlClient
+from lksup.control.errors import DaemonUnreachable
+from tests.conftest import ROOT
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+DEV_SECRET = "secret-for-local-development-only"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Daemon:
+    process: anyio.abc.Process
+    socket: Path
+    state_dir: Path
+    url: str
+    log: Path
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "LKSUP_SOCKET": str(self.socket),
+            "LIVEKIT_URL": self.url,
+            "LIVEKIT_API_KEY": "devkey",
+            "LIVEKIT_API_SECRET": DEV_SECRET,
+        }
+
+    async def cli(self, *args: str) -> tuple[int, str, str]:
+        result = await anyio.run_process(
+            [sys.executable, "-m", "lksup", *args], env=self.env(), cwd=ROOT, check=False
+        )
+        return result.returncode, result.stdout.decode(), result.stderr.decode()
+
+    async def wait_ready(self, count: int, timeout: float = 60) -> None:
+        with anyio.fail_after(timeout):
+            while True:
+                try:
+                    async with ControlClient(self.socket) as client:
+                        items = (await client.status()).items
+                    if len(items) == count and all(i.ready for i in items):
+                        return
+                except DaemonUnreachable:
+                    pass
+                if self.process.returncode is not None:
+                    raise AssertionError(f"daemon exited:\n{self.log.read_text()[-3000:]}")
+                await anyio.sleep(0.1)  # the status answer is the handshake; poll it
+
+
+@asynccontextmanager
+async def daemon(*args: str, state_dir: Path | None = None) -> AsyncIterator[Daemon]:
+    scratch = Path(tempfile.mkdtemp(dir="/tmp", prefix="lksup-e2e-"))
+    port = free_port()
+    state = state_dir or scratch / "state"
+    log = scratch / "daemon.log"
+    env = {**os.environ, "LKSUP_SOCKET": str(scratch / "ctl.sock"), "LKSUP_STATE_DIR": str(state)}
+    with log.open("wb") as sink:
+        process = await anyio.open_process(
+            [sys.executable, "-m", "lksup", "run", *args, "--dev-server", f"127.0.0.1:{port}"],
+            env=env,
+            cwd=ROOT,
+            stdout=sink,
+            stderr=sink,
+        )
+    d = Daemon(process, scratch / "ctl.sock", state, f"ws://127.0.0.1:{port}", log)
+    try:
+        yield d
+    finally:
+        with anyio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.send_signal(signal.SIGKILL)
+            await process.wait()
+            await process.aclose()
+
+
+def descendants(pid: int) -> list[int]:
+    try:
+        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+async def gone(pids: list[int], timeout: float) -> None:
+    with anyio.fail_after(timeout):
+        while any(
+            psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+            for p in pids
+        ):
+            await anyio.sleep(0.02)
+
+
+async def test_dev_fleet_runs_takes_jobs_and_drains_on_sigterm() -> None:
+    async with daemon("fleets/dev.yaml", "--set", "hold_seconds=2") as d:
+        await d.wait_ready(3)
+        code, out, err = await d.cli("status")
+        assert code == 0, err
+        assert out.splitlines()[0].split()[:3] == ["AGENT", "STATE", "READY"]
+        for agent in ("customer-service", "sales", "survey"):
+            code, out, err = await d.cli("dispatch", agent, "--room", f"{agent}-room")
+            assert code == 0, err
+        with anyio.fail_after(20):
+            while True:
+                code, out, _ = await d.cli("status", "-o", "json")
+                if '"jobs": 1' in out:
+                    break
+        d.process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(60):
+            assert await d.process.wait() == 0
+        text = d.log.read_text()
+        assert "draining:" in text
+
+
+async def test_second_sigterm_forces_exit_and_kill_leaves_no_children() -> None:
+    async with daemon("fleets/dev.yaml", "--set", "hold_seconds=120") as d:
+        await d.wait_ready(3)
+        code, _, err = await d.cli("dispatch", "sales", "--room", "sales-long")
+        assert code == 0, err
+        with anyio.fail_after(20):
+            while '"jobs": 1' not in (await d.cli("status", "sales", "-o", "json"))[1]:
+                await anyio.sleep(0.1)  # status is the observable
+        children = descendants(d.process.pid)
+        d.process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(10):
+            while "draining:" not in d.log.read_text():
+                await anyio.sleep(0.05)
+        d.process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(2):
+            assert await d.process.wait() == 1
+        await gone(children, 2)
+
+
+async def test_sigkill_leaves_no_job_process() -> None:
+    async with daemon("fleets/dev.yaml") as d:
+        await d.wait_ready(3)
+        children = descendants(d.process.pid)
+        assert children
+        d.process.send_signal(signal.SIGKILL)
+        await d.process.wait()
+        await gone(children, 2)
+
+
+async def test_restart_without_a_file_resumes_the_last_applied_fleet() -> None:
+    async with daemon("fleets/dev.yaml") as first:
+        await first.wait_ready(3)
+        state_dir = first.state_dir
+        first.process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(30):
+            assert await first.process.wait() == 0
+    async with daemon(state_dir=state_dir) as second:
+        await second.wait_ready(3)
+        code, out, _ = await second.cli("status")
+        assert code == 0
+        assert "customer-service" in out
+
+
+async def test_a_bad_apply_changes_nothing_and_unknown_agents_exit_4(tmp_path: Path) -> None:
+    async with daemon("fleets/dev.yaml") as d:
+        await d.wait_ready(3)
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(
+            (ROOT / "fleets" / "dev.yaml").read_text().replace("max_jobs: 4", "max_jobs: 0")
+        )
+        code, _, err = await d.cli("apply", str(bad))
+        assert code == 1
+        assert "max_jobs" in err
+        code, out, _ = await d.cli("status", "-o", "json")
+        assert code == 0
+        assert '"max_jobs"' not in out  # nothing was applied: still the old fleet's agents
+        code, _, err = await d.cli("status", "nobody")
+        assert code == 4
+        code, _, _ = await d.cli("status", "--check")
+        assert code == 0
+        code, out, err = await d.cli("drain", "sales")
+        assert code == 0, err
+        code, out, _ = await d.cli("status", "sales")
+        assert "override" in out
+
+
+async def test_status_without_a_daemon_exits_4() -> None:
+    scratch = Path(tempfile.mkdtemp(dir="/tmp", prefix="lksup-e2e-"))
+    env = {**os.environ, "LKSUP_SOCKET": str(scratch / "none.sock")}
+    result = await anyio.run_process(
+        [sys.executable, "-m", "lksup", "status"], env=env, check=False
+    )
+    assert result.returncode == 4
