@@ -86,6 +86,48 @@ def _output_option(choices: list[str], default: str) -> Callable[[F], F]:
     )
 
 
+EXIT_NOT_READY, EXIT_UNKNOWN = 3, 4
+
+
+def _socket_option(func: F) -> F:
+    return click.option(
+        "--socket",
+        "socket_path",
+        metavar="PATH",
+        help="Control socket [env: LKSUP_SOCKET; default /run/lksup/lksup.sock as root, "
+        "else $XDG_RUNTIME_DIR/lksup/lksup.sock].",
+    )(func)
+
+
+def _socket(explicit: str | None) -> Any:
+    from lksup.control.errors import SocketPathError
+    from lksup.control.paths import resolve_socket_path
+
+    try:
+        return resolve_socket_path(explicit, environ=os.environ, uid=os.getuid())
+    except SocketPathError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+def _control(explicit: str | None, call: Any) -> Any:
+    """Run ``call(client)`` against the daemon; unreachable -> exit 4, errors -> exit 1/4."""
+    from lksup.control.client import ControlClient
+    from lksup.control.errors import ControlError, DaemonUnreachable
+
+    path = _socket(explicit)
+
+    async def run() -> Any:
+        async with ControlClient(path) as client:
+            return await call(client)
+
+    try:
+        return anyio.run(run)
+    except DaemonUnreachable as exc:
+        fail(str(exc), EXIT_UNKNOWN)
+    except ControlError as exc:
+        fail(exc.message, EXIT_UNKNOWN if exc.code == "not_found" else EXIT_FAILED)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", prog_name="lksup")
 def main() -> None:
@@ -252,32 +294,48 @@ def schema(output: str) -> None:
 @click.option(
     "--against",
     "old",
-    required=True,
     metavar="OLD",
-    help="The fleet file to compare with (e.g. the version on the main branch).",
+    help="The fleet file to compare with (e.g. the version on the main branch); without it, "
+    "the fleet applied to the running supervisor.",
 )
 @_template_options
+@_socket_option
 @_output_option(["text", "json"], "text")
 def diff(
-    new: str, old: str, values_files: tuple[str, ...], assignments: tuple[str, ...], output: str
+    new: str,
+    old: str | None,
+    values_files: tuple[str, ...],
+    assignments: tuple[str, ...],
+    socket_path: str | None,
+    output: str,
 ) -> None:
-    """Show the plan that takes fleet OLD to fleet NEW, agent by agent.
+    """Show the plan that takes fleet OLD (or the running supervisor's) to NEW, agent by agent.
 
     Actions: create, update-in-place (no process restarted), replace (new worker registers
     and warms up, then the old one drains), drain-and-remove, unchanged; each with its field
     changes. Both sides are normalized first, so reordering, comments and spelled-out defaults
     are not changes. Template values apply to both files.
 
-    Exit status: 0 when there is nothing to do, 1 when there are changes, 2 on an error.
+    Exit status: 0 when there is nothing to do, 1 when there are changes, 2 on an error
+    (4: no supervisor to compare with).
 
     \b
-    Example (in CI, against the main branch):
+    Examples:
       lksup diff fleets/prod.yaml --against <(git show origin/main:fleets/prod.yaml)
+      lksup diff fleets/prod.yaml          # against what the running supervisor applied
     """
     values = _values(values_files, assignments)
-    before = _load_or_exit(old, values, code=EXIT_USAGE)
     after = _load_or_exit(new, values, code=EXIT_USAGE)
-    plan = plan_diff(before.fleet, after.fleet)
+    if old is not None:
+        before: Fleet | None = _load_or_exit(old, values, code=EXIT_USAGE).fleet
+    else:
+
+        async def call(client: Any) -> Any:
+            return await client.applied()
+
+        applied = _control(socket_path, call)
+        before = Fleet.model_validate(applied["fleet"]) if applied else None
+    plan = plan_diff(before, after.fleet)
     if output == "json":
         _emit(plan_render.to_json(plan))
     else:
@@ -452,48 +510,6 @@ def _print_dispatches(dispatches: list[Any], output: str, *, verb: str | None = 
     for item in dispatches:
         jobs = ", ".join(job.id for job in item.state.jobs) or "-"
         click.echo(f"{item.id:<20} {item.agent_name or '(automatic)':<24} {item.room:<24} {jobs}")
-
-
-EXIT_NOT_READY, EXIT_UNKNOWN = 3, 4
-
-
-def _socket_option(func: F) -> F:
-    return click.option(
-        "--socket",
-        "socket_path",
-        metavar="PATH",
-        help="Control socket [env: LKSUP_SOCKET; default /run/lksup/lksup.sock as root, "
-        "else $XDG_RUNTIME_DIR/lksup/lksup.sock].",
-    )(func)
-
-
-def _socket(explicit: str | None) -> Any:
-    from lksup.control.errors import SocketPathError
-    from lksup.control.paths import resolve_socket_path
-
-    try:
-        return resolve_socket_path(explicit, environ=os.environ, uid=os.getuid())
-    except SocketPathError as exc:
-        fail(str(exc), EXIT_USAGE)
-
-
-def _control(explicit: str | None, call: Any) -> Any:
-    """Run ``call(client)`` against the daemon; unreachable -> exit 4, errors -> exit 1/4."""
-    from lksup.control.client import ControlClient
-    from lksup.control.errors import ControlError, DaemonUnreachable
-
-    path = _socket(explicit)
-
-    async def run() -> Any:
-        async with ControlClient(path) as client:
-            return await call(client)
-
-    try:
-        return anyio.run(run)
-    except DaemonUnreachable as exc:
-        fail(str(exc), EXIT_UNKNOWN)
-    except ControlError as exc:
-        fail(exc.message, EXIT_UNKNOWN if exc.code == "not_found" else EXIT_FAILED)
 
 
 @main.command()
@@ -824,6 +840,29 @@ def reload(agent: str | None, all_agents: bool, socket_path: str | None) -> None
 
     result = _control(socket_path, call)
     click.echo(f"reloading {', '.join(result['reloading'])}")
+
+
+@main.command()
+@click.argument("agent", metavar="AGENT")
+@click.option("--room", required=True, help="The room the simulated job is for.")
+@click.option("--participant", metavar="IDENTITY", help="A participant: a publisher job.")
+@_socket_option
+def simulate(agent: str, room: str, participant: str | None, socket_path: str | None) -> None:
+    """Ask the server for a job on AGENT's own connection (SimulateJobRequest).
+
+    Works on a real server too, like the SDK's simulate_job: the job is offered to this agent
+    only, and runs like any other.
+
+    \b
+    Example:
+      lksup simulate customer-service --room support-test
+    """
+
+    async def call(client: Any) -> Any:
+        return await client.simulate(agent, room, participant)
+
+    _control(socket_path, call)
+    click.echo(f"asked the server for a job on {agent} (room {room})")
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:

@@ -213,3 +213,41 @@ async def test_status_without_a_daemon_exits_4() -> None:
         [sys.executable, "-m", "lksup", "status"], env=env, check=False
     )
     assert result.returncode == 4
+
+
+async def test_diff_apply_in_place_prune_all_simulate_and_sighup(tmp_path: Path) -> None:
+    fleet = tmp_path / "fleet.yaml"
+    original = (ROOT / "fleets" / "dev.yaml").read_text()
+    fleet.write_text(original)  # its agents import fleets.agents.* from the daemon's cwd
+    async with daemon(str(fleet)) as d:
+        await d.wait_ready(3)
+        code, out, err = await d.cli("diff", str(fleet))
+        assert code == 0, out + err  # what the daemon runs is what the file says
+        changed = tmp_path / "changed.yaml"
+        changed.write_text(original.replace("max_jobs: 4", "max_jobs: 3"))
+        code, out, _ = await d.cli("diff", str(changed))
+        assert code == 1
+        assert "update-in-place" in out
+        code, out, err = await d.cli("apply", str(changed), "--wait", "--timeout", "30s")
+        assert code == 0, err
+        assert "3 update-in-place" in out
+        code, out, _ = await d.cli("status", "-o", "json")
+        assert '"restarts": 0' in out  # in place: nothing restarted
+        empty = tmp_path / "empty.yaml"
+        empty.write_text("apiVersion: lksup/v1\nkind: Fleet\nmetadata: {name: dev}\nagents: {}\n")
+        code, _, err = await d.cli("apply", str(empty))
+        assert code == 1
+        assert "--prune-all" in err
+        code, out, err = await d.cli("simulate", "sales", "--room", "sales-sim")
+        assert code == 0, err
+        with anyio.fail_after(20):  # the sales agent takes it and its entrypoint logs the room
+            while "room=sales-sim" not in d.log.read_text():
+                await anyio.sleep(0.05)
+        # SIGHUP re-applies the last applied source (changed.yaml), re-rendered
+        changed.write_text(original.replace("max_jobs: 4", "max_jobs: 2"))
+        d.process.send_signal(signal.SIGHUP)
+        with anyio.fail_after(20):
+            while "3 update-in-place" not in d.log.read_text():
+                await anyio.sleep(0.05)
+        code, out, _ = await d.cli("diff", str(changed))
+        assert code == 0, out

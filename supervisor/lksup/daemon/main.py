@@ -174,7 +174,7 @@ class Daemon:
                     tg.start_soon(self._drain, supervisor)
                 elif sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
                     log.warning("%s: stopping every job now", sig.name)
-                    await supervisor.stop_all()
+                    await supervisor.stop_all(force=True)
                     self.exit_code = 1
                     self._done.set()
                 elif sig is signal.SIGHUP:
@@ -216,7 +216,8 @@ class Daemon:
             fleet=fleet.model_dump(mode="json", by_alias=True, context=REVEAL), source=source
         )
         plan = await app.apply(request)
-        log.info("SIGHUP: re-applied %s (%s)", source, plan.get("summary"))
+        summary = ", ".join(f"{count} {action}" for action, count in plan["summary"].items())
+        log.info("SIGHUP: re-applied %s (%s)", source, summary)
 
 
 def run_daemon(settings: DaemonSettings) -> int:

@@ -21,6 +21,7 @@ finished in time.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from dataclasses import dataclass, field
 
@@ -281,15 +282,15 @@ class Supervisor:
             return False
         return True
 
-    async def stop_all(self) -> None:
-        """The stop sequence for every job process, and close every connection."""
+    async def stop_all(self, *, force: bool = False) -> None:
+        """The stop sequence for every job process (short when ``force``); close connections."""
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as tg:
                 for slot in self.slots.values():
                     for runtime in [slot.runtime, *slot.draining]:
                         if runtime is not None:
                             runtime.session.stop()
-                            tg.start_soon(runtime.pool.aclose)
+                            tg.start_soon(functools.partial(runtime.pool.aclose, force=force))
 
     def agent_state(self, slot: AgentSlot) -> str:
         """The agent's state for status.

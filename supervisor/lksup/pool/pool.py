@@ -18,6 +18,7 @@ initialisations across agents.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import logging
 import os
 import random
@@ -286,14 +287,17 @@ class AgentPool:
                     del table[job_id]
         self._changed()
 
-    async def aclose(self) -> None:
-        """Stop every process (idle and reserved ones at once; jobs get the stop sequence)."""
+    async def aclose(self, *, force: bool = False) -> None:
+        """Stop every process with the stop sequence; ``force`` makes it short (about 1 s)."""
         self._closed = True
         self._changed()
+        timeouts = {"shutdown_timeout": 0.5, "term_grace": 0.5} if force else {}
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as tg:
                 for process in self.processes:
-                    tg.start_soon(process.stop, "supervisor stopping")
+                    tg.start_soon(
+                        functools.partial(process.stop, "supervisor stopping", **timeouts)
+                    )
 
     # --- offers -------------------------------------------------------------------------------
 

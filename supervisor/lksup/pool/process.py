@@ -421,8 +421,21 @@ class WorkerProcess:
         self._stopping = True
         await self._kill()
 
-    async def stop(self, reason: str = "stopping") -> None:
-        """The stop sequence: Shutdown -> shutdown_timeout -> SIGTERM -> grace -> SIGKILL."""
+    async def stop(
+        self,
+        reason: str = "stopping",
+        *,
+        shutdown_timeout: float | None = None,
+        term_grace: float | None = None,
+    ) -> None:
+        """The stop sequence: Shutdown -> shutdown_timeout -> SIGTERM -> grace -> SIGKILL.
+
+        The timeouts default to the spec's; a forced stop passes short ones.
+        """
+        shutdown_timeout = (
+            self.spec.shutdown_timeout if shutdown_timeout is None else shutdown_timeout
+        )
+        term_grace = self.spec.term_grace if term_grace is None else term_grace
         if self._stopping or self._process is None:
             await self._exited.wait()
             return
@@ -431,17 +444,17 @@ class WorkerProcess:
             self.state = ProcessState.STOPPING
         with anyio.CancelScope(shield=True):
             await self.send(ipc.Shutdown(reason=reason))
-            with anyio.move_on_after(self.spec.shutdown_timeout):
+            with anyio.move_on_after(shutdown_timeout):
                 await self._exited.wait()
             if not self._exited.is_set():
                 log.warning(
                     "Job process %s did not stop in %gs; sending SIGTERM.",
                     self.pid,
-                    self.spec.shutdown_timeout,
+                    shutdown_timeout,
                     extra=self._extra(),
                 )
                 self._signal(signal.SIGTERM)
-                with anyio.move_on_after(self.spec.term_grace):
+                with anyio.move_on_after(term_grace):
                     await self._exited.wait()
             if not self._exited.is_set():
                 log.warning(
