@@ -534,6 +534,11 @@ def _print_dispatches(dispatches: list[Any], output: str, *, verb: str | None = 
     "without a LiveKit URL use it.",
 )
 @click.option(
+    "--http",
+    metavar="HOST:PORT",
+    help="Read-only listener for /livez, /readyz, /status and /metrics (else supervisor.http).",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["json", "console"]),
     help="Log format (default: console on a terminal, else JSON).",
@@ -546,6 +551,7 @@ def run(
     state_dir: str | None,
     dev: bool,
     dev_server: str | None,
+    http: str | None,
     log_format: str | None,
 ) -> None:
     """Run the supervisor in the foreground (for containers and systemd).
@@ -573,6 +579,7 @@ def run(
         values=values,
         dev=dev,
         dev_server=dev_server,
+        http=http,
     )
     try:
         code = run_daemon(settings)

@@ -251,3 +251,44 @@ async def test_diff_apply_in_place_prune_all_simulate_and_sighup(tmp_path: Path)
                 await anyio.sleep(0.05)
         code, out, _ = await d.cli("diff", str(changed))
         assert code == 0, out
+
+
+async def test_health_readiness_status_and_metrics_over_http() -> None:
+    import httpx
+
+    port = free_port()
+    async with daemon("fleets/dev.yaml", "--http", f"127.0.0.1:{port}") as d:
+        await d.wait_ready(3)
+        base = f"http://127.0.0.1:{port}"
+        # regression: a request the listener could not parse used to crash the whole daemon
+        for junk in (
+            b"\x00\xff garbage\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n",
+        ):
+            async with await anyio.connect_tcp("127.0.0.1", port) as raw:
+                await raw.send(junk)
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(base + "/livez")).status_code == 200
+            assert (await client.get(base + "/livez")).text == "ok\n"  # keep-alive reuse
+            ready = await client.get(base + "/readyz")
+            assert ready.status_code == 200
+            assert ready.json() == {"ready": True, "not_ready": []}
+            assert (await client.get(base + "/readyz/nobody")).status_code == 404
+            status = (await client.get(base + "/status")).json()
+            assert status["kind"] == "StatusList"
+            code, _, err = await d.cli("drain", "sales")
+            assert code == 0, err
+            with anyio.fail_after(20):
+                while (await client.get(base + "/readyz/sales")).status_code != 503:
+                    await anyio.sleep(0.05)
+            assert (await client.get(base + "/readyz")).json()["not_ready"] == ["sales"]
+            code, _, err = await d.cli("dispatch", "survey", "--room", "survey-m")
+            assert code == 0, err
+            with anyio.fail_after(30):
+                while 'lksup_jobs_total{agent="survey",outcome="success"} 1.0' not in (
+                    text := (await client.get(base + "/metrics")).text
+                ):
+                    await anyio.sleep(0.1)
+            assert 'lksup_offers_total{agent="survey",answer="accepted"} 1.0' in text
+            assert 'lksup_agent_draining{agent="sales"} 1.0' in text
+            assert 'lksup_job_start_seconds_count{agent="survey"} 1.0' in text

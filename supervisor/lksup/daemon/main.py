@@ -12,7 +12,10 @@ Signals, only ever turned into intents here:
 - a second SIGTERM or SIGINT: the stop sequence at once, exit 1;
 - SIGQUIT: the stop sequence at once, no drain, exit 1;
 - SIGHUP: re-apply the last applied source file (templates re-rendered, secrets re-read);
-- SIGUSR1: every thread's stack to the log (faulthandler) and the task count.
+- SIGUSR1: every thread's stack to the log (faulthandler).
+
+With ``--http`` or ``supervisor.http`` a read-only listener serves /livez, /readyz,
+/readyz/{agent}, /status and /metrics (``daemon.health``).
 
 Under systemd (``NOTIFY_SOCKET``): READY=1 once every agent registered, STOPPING=1 and
 EXTEND_TIMEOUT_USEC while draining.
@@ -37,6 +40,7 @@ from lksup.control.server import ControlServer
 from lksup.daemon import state
 from lksup.daemon.agent import Environment
 from lksup.daemon.app import DaemonApp
+from lksup.daemon.health import HealthServer
 from lksup.daemon.notify import Notifier
 from lksup.daemon.supervisor import Supervisor
 from lksup.errors import FleetError
@@ -61,6 +65,7 @@ class DaemonSettings:
     values: dict[str, Any] = field(default_factory=dict)
     dev: bool = False
     dev_server: str | None = None  # "HOST:PORT", or "" for 127.0.0.1:7880
+    http: str | None = None  # "HOST:PORT" of the read-only listener (else supervisor.http)
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
@@ -105,6 +110,11 @@ class Daemon:
             app = DaemonApp(supervisor, settings.state_dir)
             await tg.start(ControlServer(settings.socket, app).run)
             await self._initial_fleet(app)
+            fleet = supervisor.fleet
+            address = settings.http or (fleet.supervisor.http if fleet is not None else None)
+            if address:
+                host, _, port = address.rpartition(":")
+                await tg.start(HealthServer(host or "127.0.0.1", int(port), app).run)
             log.info("lksup is running; control socket %s", settings.socket)
             tg.start_soon(self._announce_ready, supervisor)
             tg.start_soon(self._signals, tg, supervisor, app)

@@ -138,6 +138,7 @@ class AgentSession:
         self._tg: anyio.abc.TaskGroup | None = None
         self.reconnects = 0
         self.violations = 0
+        self.offers: dict[str, int] = {"accepted": 0, "declined": 0, "terminated": 0}
 
     # --- the agent's calls (all safe from any task on the event loop) ----------------------
 
@@ -375,7 +376,16 @@ class AgentSession:
             assert self._tg is not None
             self._tg.start_soon(self._decide, event)
         elif isinstance(event, OfferAnswered):
-            log.debug("agent %s answered offer %s: %s", agent, event.job_id, event.answer)
+            answer = event.answer
+            kind = (
+                "accepted"
+                if isinstance(answer, Accept)
+                else "terminated"
+                if answer.terminate
+                else "declined"
+            )
+            self.offers[kind] += 1
+            log.debug("agent %s answered offer %s: %s", agent, event.job_id, answer)
         elif isinstance(event, JobAssigned):
             assert self._tg is not None
             log.info(

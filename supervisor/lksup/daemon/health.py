@@ -1,0 +1,183 @@
+"""The optional read-only TCP listener: liveness, readiness, status and Prometheus metrics.
+
+``supervisor.http`` (or ``lksup run --http HOST:PORT``) serves, with h11 on anyio:
+
+- ``GET /livez``: 200 while the event loop answers (this handler runs on it);
+- ``GET /readyz``: 200 when every agent is ready (registered and not draining), else 503
+  with the agents that are not; ``GET /readyz/{agent}`` for one agent (404 if unknown);
+- ``GET /status``: the same JSON as ``lksup status -o json``;
+- ``GET /metrics``: Prometheus text, read from the live objects at scrape time (per-agent
+  labels: load, jobs, idle processes, offers by answer, jobs by outcome, job start latency,
+  process memory, reconnects, drain state).
+
+Nothing here can change the fleet. Secrets never appear (status carries none).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import anyio
+import anyio.abc
+import h11
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from lksup.daemon.app import DaemonApp
+
+log = logging.getLogger("lksup.health")
+
+MAX_REQUEST = 16 * 1024
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class FleetCollector(Collector):
+    """Prometheus metrics computed from the supervisor at scrape time."""
+
+    def __init__(self, app: DaemonApp) -> None:
+        self.app = app
+
+    def collect(self) -> Iterable[Any]:
+        """Yield one family per metric, one sample per agent."""
+        sup = self.app.supervisor
+        load = GaugeMetricFamily(
+            "lksup_agent_load", "Load reported to the server", labels=["agent"]
+        )
+        jobs = GaugeMetricFamily("lksup_agent_jobs", "Running jobs", labels=["agent"])
+        idle = GaugeMetricFamily(
+            "lksup_agent_idle_processes", "Warm idle processes", labels=["agent"]
+        )
+        ready = GaugeMetricFamily(
+            "lksup_agent_ready", "1 when registered and not draining", labels=["agent"]
+        )
+        draining = GaugeMetricFamily("lksup_agent_draining", "1 while draining", labels=["agent"])
+        memory = GaugeMetricFamily(
+            "lksup_agent_memory_bytes", "Memory of the agent's job processes", labels=["agent"]
+        )
+        offers = CounterMetricFamily("lksup_offers", "Offers answered", labels=["agent", "answer"])
+        outcomes = CounterMetricFamily("lksup_jobs", "Jobs ended", labels=["agent", "outcome"])
+        reconnects = CounterMetricFamily(
+            "lksup_reconnects", "Connections lost and reopened", labels=["agent"]
+        )
+        latency = HistogramMetricFamily(
+            "lksup_job_start_seconds", "Assignment to entrypoint called", labels=["agent"]
+        )
+        for name, slot in sorted(sup.slots.items()):
+            status = self.app.agent_status(slot)
+            load.add_metric([name], status.load)
+            jobs.add_metric([name], status.jobs)
+            idle.add_metric([name], status.idle)
+            ready.add_metric([name], 1.0 if status.ready else 0.0)
+            draining.add_metric([name], 1.0 if status.draining else 0.0)
+            memory.add_metric([name], status.memory_mb * 2**20)
+            runtime = slot.runtime
+            if runtime is None:
+                continue
+            for answer, count in runtime.session.offers.items():
+                offers.add_metric([name, answer], count)
+            stats = runtime.pool.stats
+            outcomes.add_metric([name, "success"], stats.jobs_succeeded)
+            outcomes.add_metric([name, "failure"], stats.jobs_failed)
+            reconnects.add_metric([name], runtime.session.reconnects)
+            buckets, total = [], 0
+            for bound in LATENCY_BUCKETS:
+                total = sum(1 for v in stats.start_latencies if v <= bound)
+                buckets.append((str(bound), total))
+            buckets.append(("+Inf", len(stats.start_latencies)))
+            latency.add_metric([name], buckets, sum_value=sum(stats.start_latencies))
+        yield from (
+            load,
+            jobs,
+            idle,
+            ready,
+            draining,
+            memory,
+            offers,
+            outcomes,
+            reconnects,
+            latency,
+        )
+
+
+class HealthServer:
+    """The read-only listener (see the module docstring)."""
+
+    def __init__(self, host: str, port: int, app: DaemonApp) -> None:
+        self.host, self.port, self.app = host, port, app
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(FleetCollector(app))
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve until cancelled; reports the bound port."""
+        listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
+        async with listener:
+            port = listener.extra(anyio.abc.SocketAttribute.local_port)
+            log.info("Health and metrics on http://%s:%d", self.host, port)
+            task_status.started(port)
+            await listener.serve(self._connection)
+
+    async def _connection(self, stream: anyio.abc.SocketStream) -> None:
+        """One client connection; nothing a client sends can harm the daemon."""
+        async with stream:
+            try:
+                with anyio.move_on_after(10):
+                    await self._serve(stream)
+            except (h11.ProtocolError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return  # a broken or hostile client: drop it
+
+    async def _serve(self, stream: anyio.abc.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST)
+        request: h11.Request | None = None
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                try:
+                    data = await stream.receive(4096)
+                except anyio.EndOfStream:
+                    data = b""
+                conn.receive_data(data)
+            elif isinstance(event, h11.Request):
+                request = event
+            elif isinstance(event, h11.EndOfMessage) and request is not None:
+                status, ctype, body = await self._answer(request)
+                headers = [("content-type", ctype), ("content-length", str(len(body)))]
+                for part in (
+                    h11.Response(status_code=status, headers=headers),
+                    h11.Data(data=body),
+                    h11.EndOfMessage(),
+                ):
+                    await stream.send(conn.send(part) or b"")
+                if conn.our_state is h11.MUST_CLOSE:
+                    return
+                conn.start_next_cycle()
+                request = None
+            elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                return
+
+    async def _answer(self, request: h11.Request) -> tuple[int, str, bytes]:
+        target = request.target.decode("latin-1").split("?", 1)[0]
+        if request.method != b"GET":
+            return 405, "application/json", b'{"code": "method_not_allowed"}'
+        if target == "/livez":
+            return 200, "text/plain", b"ok\n"
+        if target == "/metrics":
+            return 200, "text/plain; version=0.0.4", generate_latest(self.registry)
+        if target == "/status":
+            status = await self.app.status(None)
+            return 200, "application/json", status.model_dump_json(by_alias=True).encode()
+        if target == "/readyz" or target.startswith("/readyz/"):
+            name = target.removeprefix("/readyz").strip("/") or None
+            slots = self.app.supervisor.slots
+            if name is not None and name not in slots:
+                return 404, "application/json", b'{"code": "not_found"}'
+            names = [name] if name else sorted(slots)
+            not_ready = [n for n in names if not self.app.agent_status(slots[n]).ready]
+            body = json.dumps({"ready": not not_ready, "not_ready": not_ready}).encode()
+            return (503 if not_ready else 200), "application/json", body
+        return 404, "application/json", b'{"code": "not_found"}'
