@@ -11,6 +11,7 @@ Exit codes (shared by every command): 0 success / valid / no changes; 1 invalid 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import os
@@ -696,9 +697,15 @@ def _wait_ready(socket_path: str | None, timeout: float) -> None:
 @_socket_option
 @click.option("--jobs", "show_jobs", is_flag=True, help="List each agent's running jobs.")
 @click.option("--check", is_flag=True, help="Exit 3 when an agent is not ready.")
+@click.option("-w", "--watch", is_flag=True, help="Redraw every 2 seconds until Ctrl+C.")
 @_output_option(["table", "wide", "json"], "table")
 def status(
-    agent: str | None, socket_path: str | None, show_jobs: bool, check: bool, output: str
+    agent: str | None,
+    socket_path: str | None,
+    show_jobs: bool,
+    check: bool,
+    watch: bool,
+    output: str,
 ) -> None:
     """Show the agents of the running supervisor.
 
@@ -715,6 +722,9 @@ def status(
     async def call(client: Any) -> Any:
         return await client.status(agent)
 
+    if watch:
+        _watch_status(socket_path, agent, wide=output == "wide", show_jobs=show_jobs)
+        return
     result = _control(socket_path, call)
     if output == "json":
         _emit(result.model_dump(mode="json", by_alias=True))
@@ -722,6 +732,22 @@ def status(
         click.echo(_status_table(result.items, wide=output == "wide", show_jobs=show_jobs))
     if check and not all(item.ready for item in result.items):
         raise SystemExit(EXIT_NOT_READY)
+
+
+def _watch_status(
+    socket_path: str | None, agent: str | None, *, wide: bool, show_jobs: bool
+) -> None:
+    async def call(client: Any) -> Any:
+        while True:
+            items = (await client.status(agent)).items
+            table = _status_table(items, wide=wide, show_jobs=show_jobs)
+            if sys.stdout.isatty():
+                click.clear()
+            click.echo(table + ("\n" if not sys.stdout.isatty() else ""))
+            await anyio.sleep(2.0)  # the refresh interval of the view
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _control(socket_path, call)
 
 
 def _age(started_at: str | None) -> str:
@@ -790,8 +816,18 @@ def _status_table(items: list[Any], *, wide: bool, show_jobs: bool) -> str:
 @main.command()
 @click.argument("agent", required=False, metavar="[AGENT]")
 @click.option("--all", "all_agents", is_flag=True, help="Drain every agent.")
+@click.option("--wait", is_flag=True, help="Wait until the drained agents have no job left.")
+@click.option(
+    "--timeout",
+    "timeout_text",
+    default="1h",
+    show_default=True,
+    help="With --wait: give up after this long (exit 1).",
+)
 @_socket_option
-def drain(agent: str | None, all_agents: bool, socket_path: str | None) -> None:
+def drain(
+    agent: str | None, all_agents: bool, wait: bool, timeout_text: str, socket_path: str | None
+) -> None:
     """Stop AGENT (or --all) taking jobs; running jobs finish. Recorded as an override.
 
     \b
@@ -806,6 +842,29 @@ def drain(agent: str | None, all_agents: bool, socket_path: str | None) -> None:
 
     result = _control(socket_path, call)
     click.echo(f"draining {', '.join(result['draining'])} ({result['jobs']} job(s) running)")
+    if wait:
+        from lksup.fleet.durations import format_duration, parse_duration
+
+        names = set(result["draining"])
+        timeout = parse_duration(timeout_text)
+
+        async def until_drained(client: Any) -> Any:
+            last = None
+            with anyio.move_on_after(timeout):
+                while True:
+                    items = [i for i in (await client.status()).items if i.name in names]
+                    left = sum(i.jobs for i in items)
+                    if left == 0:
+                        return True
+                    if left != last:
+                        click.echo(f"  {left} job(s) left")
+                        last = left
+                    await anyio.sleep(0.5)  # polling the daemon's status, the CLI's only view
+            return False
+
+        if not _control(socket_path, until_drained):
+            fail(f"jobs were still running after {format_duration(timeout)}")
+        click.echo("drained")
 
 
 @main.command()

@@ -292,3 +292,20 @@ async def test_health_readiness_status_and_metrics_over_http() -> None:
             assert 'lksup_offers_total{agent="survey",answer="accepted"} 1.0' in text
             assert 'lksup_agent_draining{agent="sales"} 1.0' in text
             assert 'lksup_job_start_seconds_count{agent="survey"} 1.0' in text
+
+
+async def test_drain_wait_reports_jobs_left_until_drained() -> None:
+    async with daemon("fleets/dev.yaml", "--set", "hold_seconds=2") as d:
+        await d.wait_ready(3)
+        code, _, err = await d.cli("dispatch", "sales", "--room", "sales-drain")
+        assert code == 0, err
+        with anyio.fail_after(20):
+            while '"jobs": 1' not in (await d.cli("status", "sales", "-o", "json"))[1]:
+                await anyio.sleep(0.1)  # status is the observable
+        code, out, err = await d.cli("drain", "sales", "--wait", "--timeout", "30s")
+        assert code == 0, err
+        assert "1 job(s) left" in out
+        assert out.rstrip().endswith("drained")
+        code, out, _ = await d.cli("status", "sales")
+        assert "drained" in out
+        assert "override" in out
