@@ -138,6 +138,12 @@ async def test_dev_fleet_runs_takes_jobs_and_drains_on_sigterm() -> None:
             assert await d.process.wait() == 0
         text = d.log.read_text()
         assert "draining:" in text
+        # each dispatch ran the right agent's entrypoint, and every job finished in the drain
+        assert "support job started: room=customer-service-room" in text
+        assert "sales job started: room=sales-room" in text
+        assert "survey job started: room=survey-room" in text
+        assert "support job done: room=customer-service-room" in text
+        assert "survey job done: room=survey-room" in text
 
 
 async def test_second_sigterm_forces_exit_and_kill_leaves_no_children() -> None:
@@ -309,3 +315,53 @@ async def test_drain_wait_reports_jobs_left_until_drained() -> None:
         code, out, _ = await d.cli("status", "sales")
         assert "drained" in out
         assert "override" in out
+
+
+async def test_replace_while_a_job_runs_then_remove(tmp_path: Path) -> None:
+    original = (ROOT / "fleets" / "dev.yaml").read_text()
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(original)
+    async with daemon(str(fleet), "--set", "hold_seconds=4") as d:
+        await d.wait_ready(3)
+        code, _, err = await d.cli("dispatch", "customer-service", "--room", "cs-old")
+        assert code == 0, err
+        with anyio.fail_after(20):
+            while "support job started: room=cs-old" not in d.log.read_text():
+                await anyio.sleep(0.05)
+        # a change that needs a replace: the entrypoint's environment
+        replaced = tmp_path / "replaced.yaml"
+        replaced.write_text(
+            original.replace("HOLD_SECONDS:", "MODEL_NAME: large\n    HOLD_SECONDS:")
+        )
+        code, out, err = await d.cli("apply", str(replaced), "--set", "hold_seconds=4")
+        assert code == 0, err
+        assert "3 replace" in out
+        with anyio.fail_after(30):  # the new workers register; a new offer goes to them
+            while "restarts" not in (status := (await d.cli("status", "-o", "json"))[1]) or (
+                '"restarts": 1' not in status
+            ):
+                await anyio.sleep(0.1)
+        code, _, err = await d.cli("dispatch", "customer-service", "--room", "cs-new")
+        assert code == 0, err
+        with anyio.fail_after(30):
+            while "model=large" not in d.log.read_text():
+                await anyio.sleep(0.05)
+        with anyio.fail_after(30):  # the job on the old worker was not disturbed
+            while "support job done: room=cs-old" not in d.log.read_text():
+                await anyio.sleep(0.05)
+        # remove an agent: drained, then gone
+        removed = tmp_path / "removed.yaml"
+        removed.write_text(
+            replaced.read_text()
+            .replace('("survey", "survey")', "")
+            .replace('("sales", "sales"), ', '("sales", "sales")')
+        )
+        code, out, err = await d.cli("apply", str(removed), "--set", "hold_seconds=4")
+        assert code == 0, err
+        assert "1 drain-and-remove" in out
+        with anyio.fail_after(30):
+            while "survey" in (await d.cli("status"))[1]:
+                await anyio.sleep(0.1)
+        d.process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(30):
+            assert await d.process.wait() == 0
