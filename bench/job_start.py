@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,9 +32,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.devserver_process import RemoteDevServer  # noqa: E402
+from bench.processes import kill_group, signal_and_wait  # noqa: E402
 
 KEY, SECRET = "devkey", "bench-secret-0123456789abcdef0123456789"
-PACING = 1.0  # seconds between jobs: both warm pools are full again well before
+PACING = 1.0  # seconds between jobs: both warm pools are full again well before (--pacing)
 
 
 def entries(log: Path) -> dict[str, float]:
@@ -48,7 +48,10 @@ def entries(log: Path) -> dict[str, float]:
     return found
 
 
-async def drive(server: RemoteDevServer, agent_name: str, jobs: int, log: Path) -> list[float]:
+async def drive(
+    server: RemoteDevServer, agent_name: str, jobs: int, log: Path
+) -> tuple[list[float], list[float]]:
+    """Run the jobs; (assignment -> entrypoint, offer -> answer) latencies, warm-up excluded."""
     for index in range(jobs + 1):  # the first job warms up and is not counted
         await server.ask(f"dispatch bench-{agent_name}-{index} {agent_name}")
         with anyio.fail_after(30):
@@ -57,8 +60,11 @@ async def drive(server: RemoteDevServer, agent_name: str, jobs: int, log: Path) 
         await anyio.sleep(PACING)
     sent = await server.ask(f"assignments {agent_name}")
     called = entries(log)
-    values = [called[j] - sent[j] for j in sent if j in called]
-    return values[1:]
+    starts = [called[j] - sent[j] for j in sent if j in called]
+    answers = [
+        read - offered for offered, read in (await server.ask(f"answers {agent_name}")).values()
+    ]
+    return starts[1:], answers[1:]
 
 
 def pss_mb(pids: list[int]) -> list[float]:
@@ -127,19 +133,13 @@ async def bench_worker(
             while len(idle(process.pid)) < 2:
                 await anyio.sleep(0.05)
         result["pss"] = pss_mb(idle(process.pid))
-        result["latencies"] = await drive(server, name, jobs, log)
+        result["latencies"], result["answers"] = await drive(server, name, jobs, log)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            if process.returncode is None:
-                process.send_signal(sig)
-                with anyio.move_on_after(10):
-                    await process.wait()
+        await signal_and_wait(process)
         if kind == "lksup" and process.stdout is not None:
             with suppress(anyio.EndOfStream, ValueError):
                 result.update(json.loads((await process.stdout.receive()).decode()))
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.aclose()
+        await kill_group(process)
     return result
 
 
@@ -184,5 +184,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--jobs", type=int, default=50)
     parser.add_argument("--skip-sdk", action="store_true")
+    parser.add_argument("--pacing", type=float, default=PACING)
     args = parser.parse_args()
+    PACING = args.pacing
     anyio.run(main, args.jobs, args.skip_sdk)

@@ -5,16 +5,16 @@ success; DeleteDispatch terminates a running job."""
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.abc
 import pytest
+from bench.processes import stop_worker
 from livekit.protocol import agent as pb
 
 from lksup.devserver.server import DevServer
@@ -64,7 +64,7 @@ async def sdk_worker(
         yield log
     finally:
         with anyio.CancelScope(shield=True):
-            await _stop(process)
+            await stop_worker(process)
 
 
 async def _until(
@@ -86,18 +86,6 @@ async def _until(
             result = await server.wait_workers(predicate)
         tg.cancel_scope.cancel()
     return result
-
-
-async def _stop(process: anyio.abc.Process) -> None:
-    # SIGTERM drains (no job is left by then); a second signal forces; then the whole group
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        if process.returncode is None:
-            process.send_signal(sig)
-            with anyio.move_on_after(10):
-                await process.wait()
-    with suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    await process.aclose()
 
 
 def _statuses(server: DevServer, job_id: str) -> list[str]:

@@ -1,0 +1,32 @@
+"""Stopping a worker process and everything it started (benchmarks and interop tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from contextlib import suppress
+
+import anyio
+import anyio.abc
+
+
+async def signal_and_wait(process: anyio.abc.Process, *, grace: float = 10.0) -> None:
+    """SIGTERM (a worker drains), then SIGINT (a second signal forces), each with a grace."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        if process.returncode is None:
+            process.send_signal(sig)
+            with anyio.move_on_after(grace):
+                await process.wait()
+
+
+async def kill_group(process: anyio.abc.Process) -> None:
+    """SIGKILL the process's whole group (it was started in a session of its own), reap it."""
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    await process.aclose()
+
+
+async def stop_worker(process: anyio.abc.Process) -> None:
+    """``signal_and_wait`` then ``kill_group``."""
+    await signal_and_wait(process)
+    await kill_group(process)
