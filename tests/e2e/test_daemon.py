@@ -365,3 +365,21 @@ async def test_replace_while_a_job_runs_then_remove(tmp_path: Path) -> None:
         d.process.send_signal(signal.SIGTERM)
         with anyio.fail_after(30):
             assert await d.process.wait() == 0
+
+
+async def test_dev_mode_has_no_threshold_and_no_idle_processes() -> None:
+    async with daemon("fleets/dev.yaml", "--dev") as d:
+        with anyio.fail_after(60):
+            while True:
+                code, out, _ = await d.cli("status", "-o", "json")
+                if code == 0 and out.count('"registered": true') == 3:
+                    break
+                await anyio.sleep(0.1)  # status is the observable
+        assert out.count('"threshold": 1.0') == 3
+        assert out.count('"idle_target": 0') == 3
+        code, _, err = await d.cli("dispatch", "survey", "--room", "survey-dev")
+        assert code == 0, err
+        with anyio.fail_after(30):  # no warm process: one starts on demand
+            while "survey job started: room=survey-dev" not in d.log.read_text():
+                await anyio.sleep(0.05)
+        assert '"level": "debug"' in d.log.read_text()
