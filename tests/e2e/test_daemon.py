@@ -383,3 +383,39 @@ async def test_dev_mode_has_no_threshold_and_no_idle_processes() -> None:
             while "survey job started: room=survey-dev" not in d.log.read_text():
                 await anyio.sleep(0.05)
         assert '"level": "debug"' in d.log.read_text()
+
+
+async def test_systemd_notifications() -> None:
+    notify = Path(tempfile.mkdtemp(dir="/tmp", prefix="lksup-notify-")) / "n.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(str(notify))
+        receiver.setblocking(False)
+        os.environ["NOTIFY_SOCKET"] = str(notify)
+        try:
+            async with daemon("fleets/dev.yaml", "--set", "hold_seconds=6") as d:
+                messages: list[str] = []
+
+                async def until(prefix: str) -> str:
+                    with anyio.fail_after(30):
+                        while True:
+                            for message in messages:
+                                if message.startswith(prefix):
+                                    return message
+                            await anyio.wait_readable(receiver)
+                            messages.append(receiver.recv(4096).decode())
+
+                assert (await until("READY=1")).endswith("STATUS=3 agent(s) registered")
+                assert "3 running" in await until("STATUS=3 agents")
+                code, _, err = await d.cli("dispatch", "sales", "--room", "sales-notify")
+                assert code == 0, err
+                with anyio.fail_after(20):
+                    while "sales job started" not in d.log.read_text():
+                        await anyio.sleep(0.05)
+                d.process.send_signal(signal.SIGTERM)
+                assert await until("STOPPING=1")
+                assert await until("EXTEND_TIMEOUT_USEC=")
+                with anyio.fail_after(30):
+                    assert await d.process.wait() == 0
+        finally:
+            del os.environ["NOTIFY_SOCKET"]
+            notify.unlink()

@@ -17,8 +17,8 @@ Signals, only ever turned into intents here:
 With ``--http`` or ``supervisor.http`` a read-only listener serves /livez, /readyz,
 /readyz/{agent}, /status and /metrics (``daemon.health``).
 
-Under systemd (``NOTIFY_SOCKET``): READY=1 once every agent registered, STOPPING=1 and
-EXTEND_TIMEOUT_USEC while draining.
+Under systemd (``NOTIFY_SOCKET``): READY=1 once every agent registered, a STATUS= summary every
+few seconds, STOPPING=1 when a drain starts and EXTEND_TIMEOUT_USEC repeated while it runs.
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ from lksup.fleet.schema import Fleet
 from lksup.monitors.monitor import Monitor
 
 log = logging.getLogger("lksup.daemon")
+
+#: How often systemd gets a STATUS= line (and, while draining, more time).
+STATUS_INTERVAL = 5.0
 
 #: The embedded dev server's credentials: a documented development constant, not a secret.
 DEV_KEY, DEV_SECRET = "devkey", "secret-for-local-development-only"
@@ -117,6 +120,8 @@ class Daemon:
                 await tg.start(HealthServer(host or "127.0.0.1", int(port), app).run)
             log.info("lksup is running; control socket %s", settings.socket)
             tg.start_soon(self._announce_ready, supervisor)
+            if self.notifier.enabled:
+                tg.start_soon(self._status_loop, supervisor)
             tg.start_soon(self._signals, tg, supervisor, app)
             await self._done.wait()
             tg.cancel_scope.cancel()
@@ -160,17 +165,27 @@ class Daemon:
         await app.apply(request)
 
     async def _announce_ready(self, supervisor: Supervisor) -> None:
-        def all_registered() -> bool:
-            slots = supervisor.slots.values()
-            return all(
-                s.runtime is not None and s.runtime.session.machine.worker_id is not None
-                for s in slots
-            )
-
-        await supervisor.wait_until(all_registered)
+        # each session says when it registered (the supervisor's own changes do not)
+        for slot in list(supervisor.slots.values()):
+            if slot.runtime is not None:
+                await slot.runtime.session.wait_registered()
         count = len(supervisor.slots)
         self.notifier.ready(f"{count} agent(s) registered")
         log.info("every agent is registered (%d)", count)
+
+    async def _status_loop(self, supervisor: Supervisor) -> None:
+        """STATUS= summaries for systemd; EXTEND_TIMEOUT_USEC again and again while draining."""
+        while True:
+            await anyio.sleep(STATUS_INTERVAL)
+            states: dict[str, int] = {}
+            for slot in supervisor.slots.values():
+                state_name = supervisor.agent_state(slot)
+                states[state_name] = states.get(state_name, 0) + 1
+            summary = ", ".join(f"{count} {name}" for name, count in sorted(states.items()))
+            jobs = supervisor.running_jobs()
+            self.notifier.status(f"{len(supervisor.slots)} agents ({summary}); {jobs} job(s)")
+            if self._draining:
+                self.notifier.extend_timeout(STATUS_INTERVAL * 3)
 
     async def _signals(
         self, tg: anyio.abc.TaskGroup, supervisor: Supervisor, app: DaemonApp
