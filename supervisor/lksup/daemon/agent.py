@@ -12,6 +12,7 @@ two samples (reservations count as jobs).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -118,6 +119,29 @@ def build_options(name: str, agent: Agent) -> Options:
     )
 
 
+def idle_target(agent: Agent) -> int:
+    """Warm processes wanted (``auto`` resolved on this host)."""
+    idle = agent.num_idle_processes
+    return auto_idle_processes() if idle == "auto" else idle
+
+
+def memory_policy(agent: Agent) -> MemoryPolicy:
+    """The per-process memory rules of an agent."""
+    return MemoryPolicy(agent.job_memory_warn_mb, agent.job_memory_limit_mb)
+
+
+def request_policy(agent: Agent) -> RequestPolicy:
+    """The declarative request policy, as the pool evaluates it."""
+    request = agent.request
+    return RequestPolicy(
+        room=request.room,
+        identity=request.identity,
+        name=request.name,
+        metadata=request.metadata,
+        attributes=dict(request.attributes),
+    )
+
+
 class AgentRuntime:
     """One running agent (see the module docstring)."""
 
@@ -135,28 +159,38 @@ class AgentRuntime:
         self.agent = agent
         self.monitor = monitor
         self.load_interval = load_interval
-        request = agent.request
         self.pool = AgentPool(
             build_spec(name, agent, env),
-            num_idle=auto_idle_processes()
-            if agent.num_idle_processes == "auto"
-            else agent.num_idle_processes,
-            policy=RequestPolicy(
-                room=request.room,
-                identity=request.identity,
-                name=request.name,
-                metadata=request.metadata,
-                attributes=dict(request.attributes),
-            ),
+            num_idle=idle_target(agent),
+            policy=request_policy(agent),
             init_limiter=init_limiter,
             monitor=monitor,
-            memory=MemoryPolicy(agent.job_memory_warn_mb, agent.job_memory_limit_mb),
+            memory=memory_policy(agent),
         )
         self.session = AgentSession(
             build_options(name, agent), build_credentials(agent, env), self.pool
         )
         self.load = 0.0
         self.full = False
+
+    def reconfigure(self, agent: Agent) -> None:
+        """Take settings that need no new process or registration (an update in place)."""
+        self.agent = agent
+        pool = self.pool
+        pool.target_idle = idle_target(agent)
+        pool.memory = memory_policy(agent)
+        pool.policy = request_policy(agent)
+        pool.spec = dataclasses.replace(
+            pool.spec,
+            shutdown_timeout=agent.shutdown_process_timeout,
+            initialize_timeout=agent.initialize_process_timeout,
+        )
+        machine = self.session.machine
+        machine.options = dataclasses.replace(
+            machine.options, max_jobs=agent.max_jobs, max_retry=agent.max_retry
+        )
+        self.report_load()
+        pool.wake()
 
     def compute_load(self) -> tuple[float, bool]:
         """The agent's load and whether it is full, from the shared monitor and its jobs."""

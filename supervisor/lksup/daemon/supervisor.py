@@ -20,7 +20,6 @@ finished in time.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 from dataclasses import dataclass, field
@@ -30,9 +29,7 @@ import anyio.abc
 
 from lksup.daemon.agent import AgentConfigError, AgentRuntime, Environment
 from lksup.fleet.schema import Agent, Fleet
-from lksup.monitors.memory_policy import MemoryPolicy
 from lksup.monitors.monitor import Monitor
-from lksup.pool.pool import RequestPolicy, auto_idle_processes
 from lksup.protocol.machine import State
 from lksup.reconcile.diff import Action, Plan, diff
 
@@ -55,6 +52,10 @@ class AgentSlot:
     started_at: float | None = None
     override_drained: bool = False
     removed: bool = False
+
+    def runtimes(self) -> list[AgentRuntime]:
+        """The current runtime and the ones draining away."""
+        return [r for r in [self.runtime, *self.draining] if r is not None]
 
 
 class Supervisor:
@@ -161,33 +162,8 @@ class Supervisor:
     def _update(self, name: str, agent: Agent) -> None:
         slot = self.slots[name]
         slot.agent = agent
-        runtime = slot.runtime
-        if runtime is None:
-            return
-        runtime.agent = agent
-        pool = runtime.pool
-        idle = agent.num_idle_processes
-        pool.target_idle = auto_idle_processes() if idle == "auto" else idle
-        pool.memory = MemoryPolicy(agent.job_memory_warn_mb, agent.job_memory_limit_mb)
-        request = agent.request
-        pool.policy = RequestPolicy(
-            room=request.room,
-            identity=request.identity,
-            name=request.name,
-            metadata=request.metadata,
-            attributes=dict(request.attributes),
-        )
-        pool.spec = dataclasses.replace(
-            pool.spec,
-            shutdown_timeout=agent.shutdown_process_timeout,
-            initialize_timeout=agent.initialize_process_timeout,
-        )
-        machine = runtime.session.machine
-        machine.options = dataclasses.replace(
-            machine.options, max_jobs=agent.max_jobs, max_retry=agent.max_retry
-        )
-        runtime.report_load()
-        pool.wake()
+        if slot.runtime is not None:
+            slot.runtime.reconfigure(agent)
 
     def _replace(self, name: str, agent: Agent) -> None:
         slot = self.slots[name]
@@ -257,22 +233,16 @@ class Supervisor:
 
     def running_jobs(self) -> int:
         """Jobs running on every agent, old runtimes included."""
-        total = 0
-        for slot in self.slots.values():
-            for runtime in [slot.runtime, *slot.draining]:
-                if runtime is not None:
-                    total += len(runtime.session.machine.running_jobs)
-        return total
+        return sum(
+            len(runtime.session.machine.running_jobs)
+            for slot in self.slots.values()
+            for runtime in slot.runtimes()
+        )
 
     async def drain_all(self, timeout: float | None) -> bool:
         """Drain every agent against one deadline; True when every job ended in time."""
         self.drain()
-        runtimes = [
-            r
-            for slot in self.slots.values()
-            for r in [slot.runtime, *slot.draining]
-            if r is not None
-        ]
+        runtimes = [r for slot in self.slots.values() for r in slot.runtimes()]
         with anyio.move_on_after(timeout if timeout else None) as scope:
             async with anyio.create_task_group() as tg:
                 for runtime in runtimes:
@@ -287,10 +257,9 @@ class Supervisor:
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as tg:
                 for slot in self.slots.values():
-                    for runtime in [slot.runtime, *slot.draining]:
-                        if runtime is not None:
-                            runtime.session.stop()
-                            tg.start_soon(functools.partial(runtime.pool.aclose, force=force))
+                    for runtime in slot.runtimes():
+                        runtime.session.stop()
+                        tg.start_soon(functools.partial(runtime.pool.aclose, force=force))
 
     def agent_state(self, slot: AgentSlot) -> str:
         """The agent's state for status.
