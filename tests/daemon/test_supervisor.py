@@ -3,6 +3,7 @@ while a job runs, remove, drain one agent, coordinated drain."""
 
 from __future__ import annotations
 
+import os
 import textwrap
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -157,3 +158,17 @@ async def test_coordinated_drain_waits_for_jobs_and_reports_the_deadline(tmp_pat
         with anyio.fail_after(10):
             assert await sup.drain_all(0.5) is False  # the held job outlives the deadline
         assert sup.running_jobs() == 0
+
+
+async def test_the_initialisation_cap_follows_the_fleet(tmp_path: Path) -> None:
+    """Regression: `auto` left the cap at 4 instead of min(CPU count, 4)."""
+    path = tmp_path / "f.yaml"
+    monitor = Monitor()
+    sup = Supervisor(Environment(environ={}, base_dir=tmp_path), monitor)
+    for cap, expected in (("auto", min(os.cpu_count() or 1, 4)), ("1", 1)):
+        path.write_text(
+            "apiVersion: lksup/v1\nkind: Fleet\nmetadata: {name: c}\n"
+            f"supervisor: {{max_concurrent_initializations: {cap}}}\nagents: {{}}\n"
+        )
+        await sup.apply(load_fleet(str(path), environ={}).fleet)
+        assert sup.limiter.total_tokens == expected

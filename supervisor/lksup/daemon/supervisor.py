@@ -30,6 +30,7 @@ import anyio.abc
 from lksup.daemon.agent import AgentConfigError, AgentRuntime, Environment
 from lksup.fleet.schema import Agent, Fleet
 from lksup.monitors.monitor import Monitor
+from lksup.pool.pool import auto_idle_processes
 from lksup.protocol.machine import State
 from lksup.reconcile.diff import Action, Plan, diff
 
@@ -66,7 +67,7 @@ class Supervisor:
         self.monitor = monitor
         self.fleet: Fleet | None = None
         self.slots: dict[str, AgentSlot] = {}
-        self.limiter = anyio.CapacityLimiter(4)
+        self.limiter = anyio.CapacityLimiter(auto_idle_processes())
         self._tg: anyio.abc.TaskGroup | None = None
         self._changed = anyio.Event()
 
@@ -96,8 +97,7 @@ class Supervisor:
         plan = diff(self.fleet, fleet)
         self.fleet = fleet
         limit = fleet.supervisor.max_concurrent_initializations
-        if limit != "auto":
-            self.limiter.total_tokens = limit
+        self.limiter.total_tokens = auto_idle_processes() if limit == "auto" else limit
         self.monitor.set_memory_budget(fleet.supervisor.memory_budget_mb)
         for item in plan.agents:
             if item.action is Action.CREATE:
