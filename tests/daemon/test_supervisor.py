@@ -4,6 +4,7 @@ while a job runs, remove, drain one agent, coordinated drain."""
 from __future__ import annotations
 
 import os
+import socket
 import textwrap
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,11 +14,13 @@ import anyio
 import pytest
 
 from lksup.daemon.agent import Environment
-from lksup.daemon.supervisor import Supervisor
+from lksup.daemon.app import DaemonApp
+from lksup.daemon.supervisor import RESTART_BACKOFF, Supervisor
 from lksup.devserver.server import DevServer
 from lksup.fleet.loading import load_fleet
 from lksup.fleet.schema import Fleet
 from lksup.monitors.monitor import Monitor
+from lksup.protocol.backoff import Backoff
 from lksup.reconcile.diff import Action
 from tests.pool.conftest import AGENT
 
@@ -48,7 +51,9 @@ def fleet(tmp_path: Path, agents: dict[str, str]) -> Fleet:
 
 
 @asynccontextmanager
-async def supervised(tmp_path: Path) -> AsyncIterator[tuple[Supervisor, DevServer]]:
+async def supervised(
+    tmp_path: Path, *, restart_backoff: Backoff = RESTART_BACKOFF
+) -> AsyncIterator[tuple[Supervisor, DevServer]]:
     server = DevServer({KEY: SECRET}, port=0, claim_delay=0.0)
     monitor = Monitor(cpu_interval=0.1, memory_interval=0.5)
     async with anyio.create_task_group() as tg:
@@ -61,7 +66,7 @@ async def supervised(tmp_path: Path) -> AsyncIterator[tuple[Supervisor, DevServe
             default_api_key=KEY,
             default_api_secret=SECRET,
         )
-        supervisor = Supervisor(env, monitor)
+        supervisor = Supervisor(env, monitor, restart_backoff=restart_backoff)
         await tg.start(supervisor.run)
         try:
             yield supervisor, server
@@ -172,3 +177,80 @@ async def test_the_initialisation_cap_follows_the_fleet(tmp_path: Path) -> None:
         )
         await sup.apply(load_fleet(str(path), environ={}).fleet)
         assert sup.limiter.total_tokens == expected
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+QUICK = Backoff(initial_delay=0.2, factor=2.0, max_delay=0.4, jitter=0.0)
+
+
+async def test_an_agent_whose_connection_gave_up_comes_back_without_an_apply(
+    tmp_path: Path,
+) -> None:
+    """Level-triggered: after max_retry failed attempts the agent is restarted after a backoff,
+    again and again, until its server answers; the other agents never notice."""
+    port = unused_port()
+    async with supervised(tmp_path, restart_backoff=QUICK) as (sup, server):
+        app = DaemonApp(sup, tmp_path / "state")
+        await sup.apply(
+            fleet(
+                tmp_path,
+                {"alpha": f"max_retry: 1\nlivekit: {{url: 'ws://127.0.0.1:{port}'}}\n", "beta": ""},
+            )
+        )
+        slot = sup.slots["alpha"]
+        with anyio.fail_after(10):
+            await sup.wait_until(lambda: sup.agent_state(slot) == "backoff")
+        row = app.agent_status(slot)
+        assert row.state == "backoff"
+        assert row.sync == "pending"
+        assert "connection gave up after 1 attempt(s)" in row.message
+        assert "restarting in" in row.message
+        with anyio.fail_after(10):  # the restart fails too: the agent stays in backoff
+            await sup.wait_until(lambda: slot.restarts >= 1 and sup.agent_state(slot) == "backoff")
+        assert slot.failures >= 2
+        beta = sup.slots["beta"].runtime
+        assert beta is not None
+        with anyio.fail_after(30):
+            await beta.session.wait_registered()
+
+        late = DevServer({KEY: SECRET}, port=port, claim_delay=0.0)  # the server comes up
+        async with anyio.create_task_group() as tg:
+            await tg.start(late.run)
+            with anyio.fail_after(30):
+                await late.wait_workers(lambda ws: bool(registered(late, "alpha")))
+            runtime = slot.runtime
+            assert runtime is not None
+            with anyio.fail_after(10):
+                await runtime.session.wait_registered()
+            row = app.agent_status(slot)
+            assert (row.state, row.sync, row.message) == ("running", "synced", "")
+            assert row.restarts >= 2
+            assert registered(server, "beta")  # never disturbed
+            await sup.stop_all()
+            tg.cancel_scope.cancel()
+
+
+async def test_an_agent_drained_by_the_operator_is_not_restarted(tmp_path: Path) -> None:
+    port = unused_port()
+    async with supervised(tmp_path, restart_backoff=QUICK) as (sup, _server):
+        await sup.apply(
+            fleet(tmp_path, {"alpha": f"max_retry: 1\nlivekit: {{url: 'ws://127.0.0.1:{port}'}}\n"})
+        )
+        slot = sup.slots["alpha"]
+        with anyio.fail_after(10):
+            await sup.wait_until(lambda: sup.agent_state(slot) == "backoff")
+        sup.drain("alpha")
+        assert slot.restart_at is None
+        assert sup.agent_state(slot) == "drained"
+        restarts = slot.restarts
+        with anyio.move_on_after(1.0):  # several backoff periods: nothing happens
+            await sup.wait_until(lambda: slot.restarts != restarts)
+        assert slot.restarts == restarts
+        sup.undrain("alpha")  # undrain starts it again at once
+        assert slot.restarts == restarts
+        assert sup.agent_state(slot) in ("starting", "connecting", "backoff", "failed")

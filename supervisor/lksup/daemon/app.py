@@ -17,7 +17,14 @@ from typing import Any
 import anyio
 import pydantic
 
-from lksup.control.api import AgentStatus, ApplyRequest, JobStatus, SimulateRequest, StatusList
+from lksup.control.api import (
+    AgentStatus,
+    ApplyRequest,
+    JobStatus,
+    SimulateRequest,
+    StatusList,
+    SyncState,
+)
 from lksup.control.errors import ControlError
 from lksup.daemon import state
 from lksup.daemon.supervisor import AgentSlot, Supervisor
@@ -75,7 +82,9 @@ class DaemonApp:
                         memory_mb=round(sample.mb, 1) if sample else 0.0,
                     )
                 )
-            if pool.in_backoff and pool.last_failure:
+            if slot.restart_at is not None:
+                pass  # the slot's own message, below
+            elif pool.in_backoff and pool.last_failure:
                 message = f"{pool.last_failure}; retry in {pool.backoff_remaining:.0f}s"
             elif machine.last_error and not machine.connected:
                 message = machine.last_error
@@ -88,6 +97,9 @@ class DaemonApp:
                 "load": round(runtime.load, 3),
                 "draining": machine.draining,
             }
+        if slot.restart_at is not None:
+            remaining = max(0.0, slot.restart_at - anyio.current_time())
+            message = f"{slot.message}; restarting in {remaining:.0f}s"
         if slot.draining and not message:
             message = f"{len(slot.draining)} old worker(s) draining"
         return AgentStatus(
@@ -98,11 +110,31 @@ class DaemonApp:
             memory_mb=round(memory, 1),
             restarts=slot.restarts,
             started_at=_wall(slot.started_at),
-            sync="override" if slot.override_drained else "synced",
+            sync=self.sync_state(slot),
             message=message,
             jobs_detail=jobs,
             **fields,
         )
+
+    @staticmethod
+    def sync_state(slot: AgentSlot) -> SyncState:
+        """The SYNC column: ``override``, ``pending`` or ``synced``.
+
+        ``override``: drained by an operator. ``pending``: the applied configuration is not in
+        effect yet (not registered since it was started, a restart scheduled, or an old worker
+        still draining away).
+        """
+        if slot.override_drained:
+            return "override"
+        runtime = slot.runtime
+        if (
+            slot.restart_at is not None
+            or slot.draining
+            or runtime is None
+            or runtime.session.registrations == 0
+        ):
+            return "pending"
+        return "synced"
 
     async def status(self, agent: str | None) -> StatusList:
         """Every agent's status, or one agent's."""

@@ -11,8 +11,13 @@ pure ``reconcile.diff``) and carries out the plan per agent:
 - ``drain-and-remove``: drain the agent; it disappears once its last job ended (or at its drain
   deadline, when its remaining jobs get the stop sequence).
 
-Each agent runs in a guarded task: an agent that cannot start (no URL, an unresolvable secret)
-or whose connection gives up is recorded as failed with its reason; the others never notice.
+Each agent runs in a guarded task: an agent that cannot start (no URL, an unresolvable secret),
+whose connection gives up (``max_retry`` failed attempts) or whose runtime fails is recorded
+with its reason and started again after a delay that doubles with each consecutive failure
+(``RESTART_BACKOFF``: 5 s up to 5 min; reset once a restarted agent registers). The loop is
+level-triggered: no apply is needed for a failed agent to come back, and the others never
+notice. An agent drained by an operator, removed, or part of a fleet being stopped is not
+restarted.
 Drains never block ``apply`` or ``status``: they run in their own tasks. A coordinated drain
 (``drain_all``) drains every agent at once against one deadline and reports whether every job
 finished in time.
@@ -22,6 +27,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -31,12 +38,16 @@ from lksup.daemon.agent import AgentConfigError, AgentRuntime, Environment
 from lksup.fleet.schema import Agent, Fleet
 from lksup.monitors.monitor import Monitor
 from lksup.pool.pool import auto_idle_processes
+from lksup.protocol.backoff import Backoff
 from lksup.protocol.machine import State
 from lksup.reconcile.diff import Action, Plan, diff
 
 log = logging.getLogger("lksup.supervisor")
 
 READY_TIMEOUT = 60.0  # how long a replacement may take to register and warm up
+
+#: Delay before a failed agent is started again: 5 s, doubling per consecutive failure, 5 min cap.
+RESTART_BACKOFF = Backoff(initial_delay=5.0, factor=2.0, max_delay=300.0, jitter=0.2)
 
 
 @dataclass
@@ -53,6 +64,9 @@ class AgentSlot:
     started_at: float | None = None
     override_drained: bool = False
     removed: bool = False
+    failures: int = 0  # consecutive failures without a registration in between
+    restart_at: float | None = None  # a restart is scheduled (state "backoff")
+    restart_scope: anyio.CancelScope | None = None
 
     def runtimes(self) -> list[AgentRuntime]:
         """The current runtime and the ones draining away."""
@@ -62,9 +76,19 @@ class AgentSlot:
 class Supervisor:
     """Runs a fleet (see the module docstring)."""
 
-    def __init__(self, env: Environment, monitor: Monitor) -> None:
+    def __init__(
+        self,
+        env: Environment,
+        monitor: Monitor,
+        *,
+        restart_backoff: Backoff = RESTART_BACKOFF,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
         self.env = env
         self.monitor = monitor
+        self.restart_backoff = restart_backoff
+        self._rand = rand
+        self.stopping = False  # a coordinated drain or stop began: nothing is restarted
         self.fleet: Fleet | None = None
         self.slots: dict[str, AgentSlot] = {}
         self.limiter = anyio.CapacityLimiter(auto_idle_processes())
@@ -124,13 +148,14 @@ class Supervisor:
         slot.runtime = runtime
 
     def _start_runtime(self, slot: AgentSlot) -> AgentRuntime | None:
+        self._cancel_restart(slot)
         try:
             runtime = AgentRuntime(
                 slot.name, slot.agent, self.env, monitor=self.monitor, init_limiter=self.limiter
             )
         except AgentConfigError as exc:
-            slot.state, slot.message = "failed", str(exc)
             log.error("Agent %s cannot start: %s", slot.name, exc, extra={"agent": slot.name})
+            self._schedule_restart(slot, str(exc))
             return None
         slot.state, slot.message = "starting", ""
         slot.started_at = anyio.current_time()
@@ -139,24 +164,65 @@ class Supervisor:
 
     async def _guard(self, slot: AgentSlot, runtime: AgentRuntime) -> None:
         """Run one runtime; whatever happens to it stays with this agent."""
+        error: str | None = None
         try:
             await runtime.run()
         except Exception as exc:
             log.exception("Agent %s stopped: %s", slot.name, exc, extra={"agent": slot.name})
-            slot.state, slot.message = "failed", f"{type(exc).__name__}: {exc}"
+            error = f"{type(exc).__name__}: {exc}"
         finally:
             if runtime in slot.draining:
                 slot.draining.remove(runtime)
             if slot.runtime is runtime:
                 machine = runtime.session.machine
-                if machine.state is State.FAILED:
-                    slot.state, slot.message = "failed", machine.last_error
-                elif slot.removed:
+                if machine.state is State.FAILED and error is None:
+                    error = f"connection gave up after {machine.attempts} attempt(s): "
+                    error += machine.last_error
+                if runtime.session.registrations:
+                    slot.failures = 0  # it worked for a while: start the backoff over
+                if slot.removed:
                     slot.runtime = None
+                elif error is not None:
+                    self._schedule_restart(slot, error)
                 else:
                     slot.state = "drained" if machine.draining else "stopped"
             if slot.removed and slot.runtime is None and not slot.draining:
                 self.slots.pop(slot.name, None)
+            self._notify()
+
+    # --- restarts ------------------------------------------------------------------------------
+
+    def _schedule_restart(self, slot: AgentSlot, reason: str) -> None:
+        """Record the failure; start the agent again after the backoff (level-triggered)."""
+        slot.state, slot.message = "failed", reason
+        if self.stopping or slot.removed or slot.override_drained or self._tg is None:
+            return
+        delay = self.restart_backoff.delay(slot.failures, self._rand())
+        slot.failures += 1
+        slot.restart_at = anyio.current_time() + delay
+        slot.restart_scope = anyio.CancelScope()
+        log.warning(
+            "Agent %s failed (%s); restarting in %.1fs",
+            slot.name,
+            reason,
+            delay,
+            extra={"agent": slot.name},
+        )
+        self._tg.start_soon(self._restart_later, slot, slot.restart_scope, delay)
+
+    def _cancel_restart(self, slot: AgentSlot) -> None:
+        if slot.restart_scope is not None:
+            slot.restart_scope.cancel()
+        slot.restart_scope, slot.restart_at = None, None
+
+    async def _restart_later(self, slot: AgentSlot, scope: anyio.CancelScope, delay: float) -> None:
+        with scope:
+            await anyio.sleep(delay)
+            slot.restart_scope, slot.restart_at = None, None
+            if self.stopping or slot.removed or self.slots.get(slot.name) is not slot:
+                return
+            slot.restarts += 1
+            slot.runtime = self._start_runtime(slot)
             self._notify()
 
     def _update(self, name: str, agent: Agent) -> None:
@@ -209,20 +275,21 @@ class Supervisor:
         for agent_name in names:
             slot = self.slots[agent_name]
             slot.override_drained = True
+            self._cancel_restart(slot)
             if slot.runtime is not None:
                 slot.runtime.session.drain()
         self._notify()
         return names
 
     def undrain(self, name: str) -> None:
-        """Take jobs again (clears the override)."""
+        """Take jobs again (clears the override); a stopped or failed agent starts again."""
         slot = self.slots[name]
         slot.override_drained = False
-        if slot.runtime is not None:
-            if slot.runtime.session.machine.state is State.CLOSED:
-                slot.runtime = self._start_runtime(slot)
-            else:
-                slot.runtime.session.undrain()
+        runtime = slot.runtime
+        if runtime is None or runtime.session.machine.state in (State.CLOSED, State.FAILED):
+            slot.runtime = self._start_runtime(slot)
+        else:
+            runtime.session.undrain()
         self._notify()
 
     def reload(self, name: str) -> None:
@@ -241,6 +308,9 @@ class Supervisor:
 
     async def drain_all(self, timeout: float | None) -> bool:
         """Drain every agent against one deadline; True when every job ended in time."""
+        self.stopping = True
+        for slot in self.slots.values():
+            self._cancel_restart(slot)
         self.drain()
         runtimes = [r for slot in self.slots.values() for r in slot.runtimes()]
         with anyio.move_on_after(timeout if timeout else None) as scope:
@@ -254,6 +324,9 @@ class Supervisor:
 
     async def stop_all(self, *, force: bool = False) -> None:
         """The stop sequence for every job process (short when ``force``); close connections."""
+        self.stopping = True
+        for slot in self.slots.values():
+            self._cancel_restart(slot)
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as tg:
                 for slot in self.slots.values():
@@ -267,6 +340,8 @@ class Supervisor:
         One of pending, starting, connecting, running, full, draining, drained, backoff,
         failed, stopped.
         """
+        if slot.restart_at is not None:
+            return "backoff"
         runtime = slot.runtime
         if runtime is None:
             return "draining" if slot.draining else slot.state

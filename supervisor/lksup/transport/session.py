@@ -137,6 +137,7 @@ class AgentSession:
         self._socket: WebSocket | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self.reconnects = 0
+        self.registrations = 0
         self.violations = 0
         self.offers: dict[str, int] = {"accepted": 0, "declined": 0, "terminated": 0}
 
@@ -349,6 +350,7 @@ class AgentSession:
                 event.server_version or "unknown",
                 extra=extra,
             )
+            self.registrations += 1
             self._registered.set()
         elif isinstance(event, ConnectionClosed):
             self._registered = anyio.Event()
