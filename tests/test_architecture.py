@@ -35,6 +35,7 @@ PURE = {
     "lksup.control.api",
     "lksup.control.errors",
     "lksup.control.paths",
+    "lksup.daemon.conditions",
 }
 FORBIDDEN = {
     "anyio",

@@ -210,6 +210,12 @@ async def test_an_agent_whose_connection_gave_up_comes_back_without_an_apply(
         assert row.sync == "pending"
         assert "connection gave up after 1 attempt(s)" in row.message
         assert "restarting in" in row.message
+        conditions = {c.type: c for c in row.conditions}
+        assert (conditions["Registered"].status, conditions["Registered"].reason) == (
+            "False",
+            "ConnectionFailed",
+        )
+        assert "connection gave up" in conditions["Registered"].message
         with anyio.fail_after(10):  # the restart fails too: the agent stays in backoff
             await sup.wait_until(lambda: slot.restarts >= 1 and sup.agent_state(slot) == "backoff")
         assert slot.failures >= 2
@@ -229,6 +235,13 @@ async def test_an_agent_whose_connection_gave_up_comes_back_without_an_apply(
                 await runtime.session.wait_registered()
             row = app.agent_status(slot)
             assert (row.state, row.sync, row.message) == ("running", "synced", "")
+            assert {c.type: c.status for c in row.conditions} == {
+                "Registered": "True",
+                "Ready": "True",
+                "Accepting": "True",
+                "PoolWarm": "True" if runtime.pool.idle else "False",
+                "Synced": "True",
+            }
             assert row.restarts >= 2
             assert registered(server, "beta")  # never disturbed
             await sup.stop_all()

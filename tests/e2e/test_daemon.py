@@ -3,6 +3,7 @@ example dev fleet, the CLI against its control socket, and signals."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -11,6 +12,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import anyio
@@ -210,6 +212,18 @@ async def test_a_bad_apply_changes_nothing_and_unknown_agents_exit_4(tmp_path: P
         assert code == 0, err
         code, out, _ = await d.cli("status", "sales")
         assert "override" in out
+        code, out, _ = await d.cli("status", "sales", "-o", "json")
+        (sales,) = json.loads(out)["items"]
+        conditions = {c["type"]: c for c in sales["conditions"]}
+        assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == (
+            "False",
+            "Draining",
+        )
+        assert (conditions["Synced"]["status"], conditions["Synced"]["reason"]) == (
+            "False",
+            "Override",
+        )
+        assert datetime.fromisoformat(conditions["Ready"]["lastTransitionTime"]).tzinfo
 
 
 async def test_status_without_a_daemon_exits_4() -> None:

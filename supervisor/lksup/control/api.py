@@ -35,6 +35,7 @@ __all__ = [
     "AgentState",
     "AgentStatus",
     "ApplyRequest",
+    "Condition",
     "ControlApp",
     "Health",
     "JobStatus",
@@ -102,6 +103,19 @@ class JobStatus(_Document):
     _check_started_at = field_validator("started_at")(_rfc3339)
 
 
+class Condition(_Document):
+    """One Kubernetes-style condition of an agent (``daemon.conditions`` lists the types)."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str | None = Field(default=None, alias="lastTransitionTime")
+    """RFC 3339 wall-clock time ``status`` last changed."""
+
+    _check_last_transition_time = field_validator("last_transition_time")(_rfc3339)
+
+
 class AgentStatus(_Document):
     """The observed state of one agent: one row of ``lksup status``."""
 
@@ -124,6 +138,7 @@ class AgentStatus(_Document):
     sync: SyncState = "synced"
     message: str = ""
     draining: bool = False
+    conditions: list[Condition] = Field(default_factory=list)
     jobs_detail: list[JobStatus] = Field(default_factory=list)
 
     _check_started_at = field_validator("started_at")(_rfc3339)

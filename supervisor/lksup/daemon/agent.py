@@ -22,6 +22,7 @@ import anyio
 import anyio.abc
 
 from lksup import __version__
+from lksup.daemon.conditions import FullReason
 from lksup.errors import SecretError
 from lksup.fleet.imports import agent_environment, working_dir
 from lksup.fleet.schema import Agent
@@ -213,6 +214,19 @@ class AgentRuntime:
             ),
         )
         return load, full
+
+    def full_reason(self) -> tuple[FullReason, str]:
+        """Why the agent is full (``""`` when it is not) and the numbers behind it."""
+        machine = self.session.machine
+        running, reserved = len(machine.running_jobs), len(machine.reservations)
+        max_jobs, threshold = self.agent.max_jobs, self.agent.load_threshold
+        if at_capacity(running_jobs=running, reserved_jobs=reserved, max_jobs=max_jobs):
+            return "AtMaxJobs", f"{running + reserved}/{max_jobs} jobs"
+        if self.monitor.over_budget:
+            return "OverMemoryBudget", "the fleet's memory budget is exceeded"
+        if self.load >= threshold:
+            return "LoadAboveThreshold", f"load {self.load:.2f} >= threshold {threshold:.2f}"
+        return "", f"load {self.load:.2f} < threshold {threshold:.2f}"
 
     def report_load(self) -> None:
         """Recompute and report the load now."""

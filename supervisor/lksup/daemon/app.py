@@ -20,6 +20,7 @@ import pydantic
 from lksup.control.api import (
     AgentStatus,
     ApplyRequest,
+    Condition,
     JobStatus,
     SimulateRequest,
     StatusList,
@@ -27,6 +28,7 @@ from lksup.control.api import (
 )
 from lksup.control.errors import ControlError
 from lksup.daemon import state
+from lksup.daemon.conditions import Facts
 from lksup.daemon.supervisor import AgentSlot, Supervisor
 from lksup.fleet.normalize import normalize
 from lksup.fleet.schema import Fleet
@@ -60,7 +62,6 @@ class DaemonApp:
         state_name = sup.agent_state(slot)
         jobs: list[JobStatus] = []
         memory = 0.0
-        message = slot.message
         fields: dict[str, Any] = {}
         if runtime is not None:
             machine = runtime.session.machine
@@ -82,12 +83,6 @@ class DaemonApp:
                         memory_mb=round(sample.mb, 1) if sample else 0.0,
                     )
                 )
-            if slot.restart_at is not None:
-                pass  # the slot's own message, below
-            elif pool.in_backoff and pool.last_failure:
-                message = f"{pool.last_failure}; retry in {pool.backoff_remaining:.0f}s"
-            elif machine.last_error and not machine.connected:
-                message = machine.last_error
             fields = {
                 "registered": machine.worker_id is not None,
                 "worker_id": machine.worker_id,
@@ -97,11 +92,8 @@ class DaemonApp:
                 "load": round(runtime.load, 3),
                 "draining": machine.draining,
             }
-        if slot.restart_at is not None:
-            remaining = max(0.0, slot.restart_at - anyio.current_time())
-            message = f"{slot.message}; restarting in {remaining:.0f}s"
-        if slot.draining and not message:
-            message = f"{len(slot.draining)} old worker(s) draining"
+        facts = self._facts(slot, state_name)
+        conditions = slot.conditions.observe(facts, time.time())
         return AgentStatus(
             name=slot.name,
             state=state_name,
@@ -110,11 +102,75 @@ class DaemonApp:
             memory_mb=round(memory, 1),
             restarts=slot.restarts,
             started_at=_wall(slot.started_at),
-            sync=self.sync_state(slot),
-            message=message,
+            sync=facts.sync,
+            message=facts.message,
+            conditions=[
+                Condition(
+                    type=c.type,
+                    status="True" if c.status else "False",
+                    reason=c.reason,
+                    message=c.message,
+                    lastTransitionTime=datetime.fromtimestamp(c.last_transition, UTC).isoformat(
+                        timespec="seconds"
+                    ),
+                )
+                for c in conditions
+            ],
             jobs_detail=jobs,
             **fields,
         )
+
+    def _message(self, slot: AgentSlot) -> str:
+        """The MESSAGE column: why the agent is not simply running, else empty."""
+        runtime = slot.runtime
+        message = slot.message
+        if slot.restart_at is not None:
+            remaining = max(0.0, slot.restart_at - anyio.current_time())
+            message = f"{slot.message}; restarting in {remaining:.0f}s"
+        elif runtime is not None:
+            machine, pool = runtime.session.machine, runtime.pool
+            if pool.in_backoff and pool.last_failure:
+                message = f"{pool.last_failure}; retry in {pool.backoff_remaining:.0f}s"
+            elif machine.last_error and not machine.connected:
+                message = machine.last_error
+        if slot.draining and not message:
+            message = f"{len(slot.draining)} old worker(s) draining"
+        return message
+
+    def _facts(self, slot: AgentSlot, state_name: str) -> Facts:
+        """What the conditions are computed from."""
+        runtime = slot.runtime
+        message, sync = self._message(slot), self.sync_state(slot)
+        if runtime is None or slot.restart_at is not None:
+            return Facts(state_name, False, False, "", "", 0, 0, "", sync, message)
+        machine, pool = runtime.session.machine, runtime.pool
+        reason, detail = runtime.full_reason()
+        return Facts(
+            state=state_name,
+            registered=machine.worker_id is not None,
+            draining=machine.draining,
+            full_reason=reason,
+            full_message=detail,
+            idle=len(pool.idle),
+            idle_target=pool.target_idle,
+            pool_failure=(pool.last_failure or "crashed") if pool.in_backoff else "",
+            sync=sync,
+            message=message,
+        )
+
+    def observe(self) -> None:
+        """Record the conditions of every agent now (their transition times stay precise)."""
+        for slot in list(self.supervisor.slots.values()):
+            slot.conditions.observe(
+                self._facts(slot, self.supervisor.agent_state(slot)), time.time()
+            )
+
+    async def observe_forever(self, interval: float = 0.5) -> None:
+        """``observe`` every ``interval`` seconds and whenever the supervisor changes."""
+        while True:
+            self.observe()
+            with anyio.move_on_after(interval):
+                await self.supervisor.wait_changed()
 
     @staticmethod
     def sync_state(slot: AgentSlot) -> SyncState:

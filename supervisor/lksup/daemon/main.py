@@ -120,6 +120,7 @@ class Daemon:
                 await tg.start(HealthServer(host or "127.0.0.1", int(port), app).run)
             log.info("lksup is running; control socket %s", settings.socket)
             tg.start_soon(self._announce_ready, supervisor)
+            tg.start_soon(app.observe_forever)
             if self.notifier.enabled:
                 tg.start_soon(self._status_loop, supervisor)
             tg.start_soon(self._signals, tg, supervisor, app)

@@ -35,6 +35,7 @@ import anyio
 import anyio.abc
 
 from lksup.daemon.agent import AgentConfigError, AgentRuntime, Environment
+from lksup.daemon.conditions import ConditionTracker
 from lksup.fleet.schema import Agent, Fleet
 from lksup.monitors.monitor import Monitor
 from lksup.pool.pool import auto_idle_processes
@@ -67,6 +68,7 @@ class AgentSlot:
     failures: int = 0  # consecutive failures without a registration in between
     restart_at: float | None = None  # a restart is scheduled (state "backoff")
     restart_scope: anyio.CancelScope | None = None
+    conditions: ConditionTracker = field(default_factory=ConditionTracker)
 
     def runtimes(self) -> list[AgentRuntime]:
         """The current runtime and the ones draining away."""
@@ -107,6 +109,10 @@ class Supervisor:
     def _notify(self) -> None:
         changed, self._changed = self._changed, anyio.Event()
         changed.set()
+
+    async def wait_changed(self) -> None:
+        """Wait for the next change (an apply, an operation, a runtime that ended)."""
+        await self._changed.wait()
 
     async def wait_until(self, predicate: object) -> None:
         """Wait until ``predicate()`` holds, re-checked on every change."""

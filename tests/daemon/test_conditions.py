@@ -1,0 +1,100 @@
+"""Kubernetes-style conditions: what each fact set means, and when lastTransitionTime moves."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from lksup.daemon.conditions import TYPES, ConditionTracker, Facts, evaluate
+
+RUNNING = Facts(
+    state="running",
+    registered=True,
+    draining=False,
+    full_reason="",
+    full_message="load 0.10 < threshold 0.75",
+    idle=1,
+    idle_target=1,
+    pool_failure="",
+    sync="synced",
+    message="",
+)
+
+
+def table(facts: Facts) -> dict[str, tuple[bool, str]]:
+    return {kind: (status, reason) for kind, status, reason, _ in evaluate(facts)}
+
+
+def test_a_running_agent_is_true_everywhere() -> None:
+    assert [c[0] for c in evaluate(RUNNING)] == list(TYPES)
+    assert table(RUNNING) == {
+        "Registered": (True, "Registered"),
+        "Ready": (True, "Ready"),
+        "Accepting": (True, "BelowThreshold"),
+        "PoolWarm": (True, "Warm"),
+        "Synced": (True, "Synced"),
+    }
+
+
+def test_full_is_ready_but_not_accepting_with_the_reason() -> None:
+    full = dataclasses.replace(
+        RUNNING, state="full", full_reason="AtMaxJobs", full_message="2/2 jobs"
+    )
+    conditions = {c[0]: c for c in evaluate(full)}
+    assert conditions["Ready"][1] is True
+    assert conditions["Accepting"][1:] == (False, "AtMaxJobs", "2/2 jobs")
+
+
+def test_draining_by_an_operator() -> None:
+    drained = dataclasses.replace(RUNNING, state="draining", draining=True, sync="override")
+    result = table(drained)
+    assert result["Ready"] == (False, "Draining")
+    assert result["Accepting"] == (False, "NotReady")
+    assert result["Synced"] == (False, "Override")
+    assert result["Registered"] == (True, "Registered")
+
+
+def test_a_failed_connection_carries_its_message() -> None:
+    failed = dataclasses.replace(
+        RUNNING,
+        state="backoff",
+        registered=False,
+        sync="pending",
+        idle=0,
+        message="connection gave up after 3 attempt(s): HTTP 401; restarting in 20s",
+    )
+    conditions = {c[0]: c for c in evaluate(failed)}
+    assert conditions["Registered"][1:3] == (False, "ConnectionFailed")
+    assert "HTTP 401" in conditions["Registered"][3]
+    assert conditions["Ready"][1:3] == (False, "NotRegistered")
+    assert conditions["PoolWarm"][1:] == (False, "Warming", "0/1 idle processes")
+    assert conditions["Synced"][1:3] == (False, "Pending")
+
+
+def test_pool_backoff_and_connecting() -> None:
+    crashed = dataclasses.replace(RUNNING, pool_failure="prewarm raised ValueError", idle=0)
+    assert table(crashed)["PoolWarm"] == (False, "Backoff")
+    starting = dataclasses.replace(RUNNING, state="connecting", registered=False)
+    assert table(starting)["Registered"] == (False, "Connecting")
+    stopped = dataclasses.replace(RUNNING, state="drained", registered=False, draining=True)
+    assert table(stopped)["Registered"] == (False, "Stopped")
+
+
+def test_last_transition_moves_only_when_the_status_changes() -> None:
+    tracker = ConditionTracker()
+    first = {c.type: c for c in tracker.observe(RUNNING, now=100.0)}
+    assert {c.last_transition for c in first.values()} == {100.0}
+    # a new message (the load moved) is not a transition
+    busier = dataclasses.replace(RUNNING, full_message="load 0.50 < threshold 0.75")
+    second = {c.type: c for c in tracker.observe(busier, now=105.0)}
+    assert second["Accepting"].last_transition == 100.0
+    assert second["Accepting"].message == "load 0.50 < threshold 0.75"
+    # a new reason with the same status is not a transition either
+    full = dataclasses.replace(RUNNING, full_reason="AtMaxJobs", full_message="2/2 jobs")
+    third = {c.type: c for c in tracker.observe(full, now=110.0)}
+    assert third["Accepting"].status is False
+    assert third["Accepting"].last_transition == 110.0
+    over = dataclasses.replace(full, full_reason="OverMemoryBudget")
+    fourth = {c.type: c for c in tracker.observe(over, now=120.0)}
+    assert fourth["Accepting"].last_transition == 110.0
+    assert fourth["Accepting"].reason == "OverMemoryBudget"
+    assert fourth["Ready"].last_transition == 100.0
