@@ -167,6 +167,23 @@ async def test_second_sigterm_forces_exit_and_kill_leaves_no_children() -> None:
         await gone(children, 2)
 
 
+async def test_sigusr1_logs_every_task_await_chain() -> None:
+    async with daemon("fleets/dev.yaml") as d:
+        await d.wait_ready(3)
+        d.process.send_signal(signal.SIGUSR1)
+        with anyio.fail_after(10):
+            while "Thread 'MainThread'" not in d.log.read_text():
+                await anyio.sleep(0.05)  # the log is the observable
+        text = d.log.read_text()
+        assert "SIGUSR1: what the supervisor is doing now" in text
+        # where each agent's task is suspended, not just the event loop's select()
+        assert "Task 'lksup.daemon.supervisor.Supervisor._guard' (pending)" in text
+        assert "in wait_finished" in text
+        d.process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(30):
+            assert await d.process.wait() == 0
+
+
 async def test_sigkill_leaves_no_job_process() -> None:
     async with daemon("fleets/dev.yaml") as d:
         await d.wait_ready(3)

@@ -12,7 +12,7 @@ Signals, only ever turned into intents here:
 - a second SIGTERM or SIGINT: the stop sequence at once, exit 1;
 - SIGQUIT: the stop sequence at once, no drain, exit 1;
 - SIGHUP: re-apply the last applied source file (templates re-rendered, secrets re-read);
-- SIGUSR1: every thread's stack to the log (faulthandler).
+- SIGUSR1: every task's await chain and every thread's stack to the log (``daemon.stacks``).
 
 With ``--http`` or ``supervisor.http`` a read-only listener serves /livez, /readyz,
 /readyz/{agent}, /status and /metrics (``daemon.health``).
@@ -23,11 +23,9 @@ few seconds, STOPPING=1 when a drain starts and EXTEND_TIMEOUT_USEC repeated whi
 
 from __future__ import annotations
 
-import faulthandler
 import logging
 import os
 import signal
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +35,7 @@ import anyio.abc
 
 from lksup.control.api import ApplyRequest
 from lksup.control.server import ControlServer
-from lksup.daemon import state
+from lksup.daemon import stacks, state
 from lksup.daemon.agent import Environment
 from lksup.daemon.app import DaemonApp
 from lksup.daemon.health import HealthServer
@@ -206,7 +204,7 @@ class Daemon:
                 elif sig is signal.SIGHUP:
                     await self._reapply(app)
                 elif sig is signal.SIGUSR1:
-                    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+                    log.warning("SIGUSR1: what the supervisor is doing now\n%s", stacks.dump())
 
     async def _drain(self, supervisor: Supervisor) -> None:
         fleet = supervisor.fleet
