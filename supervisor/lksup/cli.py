@@ -589,6 +589,8 @@ def run(
         raise SystemExit(EXIT_FAILED) from None
     except LksupError as exc:
         fail(str(exc))
+    except OSError as exc:  # e.g. the state directory cannot be created
+        fail(f"cannot start: {exc}")
     raise SystemExit(code)
 
 

@@ -252,6 +252,42 @@ async def test_status_without_a_daemon_exits_4() -> None:
     assert result.returncode == 4
 
 
+async def test_startup_refusals_say_why_in_one_line(tmp_path: Path) -> None:
+    """An invalid fleet, another daemon on the socket, a port in use: one clear line, exit 1,
+    no traceback, and nothing left behind."""
+
+    async def run(*args: str, socket: Path) -> tuple[int, str]:
+        env = {**os.environ, "LKSUP_SOCKET": str(socket), "LKSUP_STATE_DIR": str(tmp_path / "s")}
+        with anyio.fail_after(30):
+            result = await anyio.run_process(
+                [sys.executable, "-m", "lksup", "run", *args], env=env, cwd=ROOT, check=False
+            )
+        return result.returncode, result.stderr.decode()
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        (ROOT / "fleets" / "dev.yaml").read_text().replace("max_jobs: 4", "max_jobs: 0", 1)
+    )
+    code, err = await run(str(bad), socket=tmp_path / "a.sock")
+    assert code == 1
+    assert "bad.yaml:" in err and "max_jobs" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "a.sock").exists()  # refused before anything started
+
+    async with daemon("fleets/dev.yaml") as d:
+        await d.wait_ready(3)
+        code, err = await run(socket=d.socket)
+        assert code == 1
+        assert f"lksup: error: another lksup daemon is running on {d.socket}" in err
+        assert "Traceback" not in err
+        port = d.url.rsplit(":", 1)[1]
+        code, err = await run("--dev-server", f"127.0.0.1:{port}", socket=tmp_path / "b.sock")
+        assert code == 1
+        assert f"cannot start the dev server on 127.0.0.1:{port}: Address already in use" in err
+        assert "Traceback" not in err
+        assert (await d.cli("status"))[0] == 0  # the running daemon never noticed
+
+
 async def test_diff_apply_in_place_prune_all_simulate_and_sighup(tmp_path: Path) -> None:
     fleet = tmp_path / "fleet.yaml"
     original = (ROOT / "fleets" / "dev.yaml").read_text()

@@ -23,6 +23,7 @@ few seconds, STOPPING=1 when a drain starts and EXTEND_TIMEOUT_USEC repeated whi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -41,7 +42,7 @@ from lksup.daemon.app import DaemonApp
 from lksup.daemon.health import HealthServer
 from lksup.daemon.notify import Notifier
 from lksup.daemon.supervisor import Supervisor
-from lksup.errors import FleetError
+from lksup.errors import FleetError, LksupError
 from lksup.fleet.loading import load_fleet
 from lksup.fleet.normalize import REVEAL
 from lksup.fleet.schema import Fleet
@@ -100,6 +101,7 @@ class Daemon:
         """Run until a signal ends it; the exit status."""
         settings = self.settings
         base_dir = Path(settings.fleet).resolve().parent if settings.fleet else Path.cwd()
+        initial = self._initial_fleet()  # an invalid file stops here, before anything started
         async with anyio.create_task_group() as tg:
             env = Environment(environ=settings.environ, base_dir=base_dir)
             if settings.dev_server is not None:
@@ -110,12 +112,16 @@ class Daemon:
             await tg.start(supervisor.run)
             app = DaemonApp(supervisor, settings.state_dir)
             await tg.start(ControlServer(settings.socket, app).run)
-            await self._initial_fleet(app)
+            if initial is not None:
+                await app.apply(initial)
             fleet = supervisor.fleet
             address = settings.http or (fleet.supervisor.http if fleet is not None else None)
             if address:
                 host, _, port = address.rpartition(":")
-                await tg.start(HealthServer(host or "127.0.0.1", int(port), app).run)
+                try:
+                    await tg.start(HealthServer(host or "127.0.0.1", int(port), app).run)
+                except OSError as exc:
+                    raise LksupError(f"cannot listen on {address}: {exc.strerror}") from None
             log.info("lksup is running; control socket %s", settings.socket)
             tg.start_soon(self._announce_ready, supervisor)
             tg.start_soon(app.observe_forever)
@@ -130,8 +136,14 @@ class Daemon:
         from lksup.devserver.server import DevServer  # only when asked for
 
         host, _, port = (self.settings.dev_server or "127.0.0.1:7880").rpartition(":")
-        server = DevServer({DEV_KEY: DEV_SECRET}, host=host or "127.0.0.1", port=int(port or 7880))
-        await tg.start(server.run)
+        host, port = host or "127.0.0.1", port or "7880"
+        server = DevServer({DEV_KEY: DEV_SECRET}, host=host, port=int(port))
+        try:
+            await tg.start(server.run)
+        except OSError as exc:
+            raise LksupError(
+                f"cannot start the dev server on {host}:{port}: {exc.strerror}"
+            ) from None
         log.info("dev server listening on %s (API key %s; no media)", server.url, DEV_KEY)
         return Environment(
             environ=env.environ,
@@ -141,7 +153,8 @@ class Daemon:
             default_api_secret=DEV_SECRET,
         )
 
-    async def _initial_fleet(self, app: DaemonApp) -> None:
+    def _initial_fleet(self) -> ApplyRequest | None:
+        """The fleet to apply at start: the file given, else the last applied one, else none."""
         settings = self.settings
         source: str | None
         if settings.fleet is not None:
@@ -152,16 +165,15 @@ class Daemon:
                 applied = state.load(settings.state_dir)
             except ValueError as exc:
                 log.error("%s", exc)
-                return
+                return None
             if applied is None:
                 log.info("no fleet yet: apply one with `lksup apply FLEET`")
-                return
+                return None
             fleet, source = applied.fleet, applied.source
             log.info("resuming the last applied fleet (revision %s)", applied.revision)
-        request = ApplyRequest(
+        return ApplyRequest(
             fleet=fleet.model_dump(mode="json", by_alias=True, context=REVEAL), source=source
         )
-        await app.apply(request)
 
     async def _announce_ready(self, supervisor: Supervisor) -> None:
         # each session says when it registered (the supervisor's own changes do not)
@@ -244,6 +256,30 @@ class Daemon:
         log.info("SIGHUP: re-applied %s (%s)", source, summary)
 
 
+def _only_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one real error in a task group's exception group (cancellations aside), if one."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        elif not isinstance(exc, asyncio.CancelledError):  # run_daemon runs on asyncio
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else None
+
+
 def run_daemon(settings: DaemonSettings) -> int:
-    """Run the daemon on the asyncio backend; the exit status."""
-    return anyio.run(Daemon(settings).run)
+    """Run the daemon on the asyncio backend; the exit status.
+
+    A startup failure (an invalid fleet, another daemon on the socket, a port in use) is
+    raised as itself, not wrapped in the task group's exception group, so the CLI can say it
+    in one line.
+    """
+    try:
+        return anyio.run(Daemon(settings).run)
+    except BaseExceptionGroup as group:
+        error = _only_error(group)
+        if error is None:
+            raise
+        raise error from None
