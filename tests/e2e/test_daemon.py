@@ -270,7 +270,8 @@ async def test_startup_refusals_say_why_in_one_line(tmp_path: Path) -> None:
     )
     code, err = await run(str(bad), socket=tmp_path / "a.sock")
     assert code == 1
-    assert "bad.yaml:" in err and "max_jobs" in err
+    assert "bad.yaml:" in err
+    assert "max_jobs" in err
     assert "Traceback" not in err
     assert not (tmp_path / "a.sock").exists()  # refused before anything started
 
