@@ -600,7 +600,12 @@ def run(
 @_socket_option
 @click.option("--dry-run", is_flag=True, help="Show the plan; change nothing.")
 @click.option("--prune-all", is_flag=True, help="Allow a fleet that removes every agent.")
-@click.option("--wait", is_flag=True, help="Wait until every agent is ready.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Show progress until converged: every agent ready (or drained by an operator) and "
+    "every removed agent gone.",
+)
 @click.option(
     "--timeout",
     "timeout_text",
@@ -653,7 +658,8 @@ def apply(
     else:
         click.echo(_plan_text(plan))
     if wait and not dry_run:
-        _wait_ready(socket_path, parse_duration(timeout_text))
+        removed = [a["name"] for a in plan["agents"] if a["action"] == "drain-and-remove"]
+        _wait_converged(socket_path, parse_duration(timeout_text), removed)
 
 
 def _plan_text(plan: dict[str, Any]) -> str:
@@ -674,24 +680,52 @@ def _plan_text(plan: dict[str, Any]) -> str:
             f"{plan_render.format_value(c['new'])}"
             for c in agent.get("changes", [])
         )
+    lines.extend(
+        f"  {name}: the apply changes it, so its drain override is cleared"
+        for name in plan.get("overridesCleared", [])
+    )
     if plan.get("revision"):
         lines.append(f"applied revision {plan['revision']}")
     return "\n".join(lines)
 
 
-def _wait_ready(socket_path: str | None, timeout: float) -> None:
+def _converged(item: Any, removed: list[str]) -> bool:
+    if item.name in removed:
+        return False  # still draining away
+    return bool(item.sync == "override" or (item.ready and item.sync == "synced"))
+
+
+def _wait_converged(socket_path: str | None, timeout: float, removed: list[str]) -> None:
+    """Print what is still converging whenever it changes, until nothing is (or timeout)."""
+
     async def call(client: Any) -> Any:
+        last = ""
         with anyio.move_on_after(timeout):
             while True:
                 items = (await client.status()).items
-                if all(item.ready for item in items):
-                    return True
+                waiting = [item for item in items if not _converged(item, removed)]
+                if not waiting:
+                    return items
+                line = "; ".join(
+                    f"{item.name} {'draining away' if item.name in removed else item.state}"
+                    + (f" ({item.message})" if item.message else "")
+                    for item in waiting
+                )
+                if line != last:
+                    click.echo(f"waiting for {len(waiting)} agent(s): {line}")
+                    last = line
                 await anyio.sleep(0.2)  # polling the daemon's status, the CLI's only view
-        return False
+        return None
 
-    if not _control(socket_path, call):
-        fail(f"not every agent was ready within {timeout:g}s (see lksup status)")
-    click.echo("every agent is ready")
+    items = _control(socket_path, call)
+    if items is None:
+        fail(f"not converged within {timeout:g}s (see lksup status)")
+    drained = sum(1 for item in items if item.sync == "override")
+    ready = len(items) - drained
+    click.echo(
+        f"converged: {ready} agent(s) ready"
+        + (f", {drained} drained by an operator" if drained else "")
+    )
 
 
 @main.command()
@@ -907,7 +941,10 @@ def reload(agent: str | None, all_agents: bool, socket_path: str | None) -> None
         return await client.reload(agent)
 
     result = _control(socket_path, call)
-    click.echo(f"reloading {', '.join(result['reloading'])}")
+    if result["reloading"]:
+        click.echo(f"reloading {', '.join(result['reloading'])}")
+    for name in result.get("skipped_drained", []):
+        click.echo(f"skipped {name}: drained by an operator (lksup undrain {name} first)")
 
 
 @main.command()

@@ -21,7 +21,7 @@ from lksup.fleet.loading import load_fleet
 from lksup.fleet.schema import Fleet
 from lksup.monitors.monitor import Monitor
 from lksup.protocol.backoff import Backoff
-from lksup.reconcile.diff import Action
+from lksup.reconcile.diff import Action, Plan, diff
 from tests.pool.conftest import AGENT
 
 pytestmark = [pytest.mark.anyio, pytest.mark.process]
@@ -267,3 +267,115 @@ async def test_an_agent_drained_by_the_operator_is_not_restarted(tmp_path: Path)
         sup.undrain("alpha")  # undrain starts it again at once
         assert slot.restarts == restarts
         assert sup.agent_state(slot) in ("starting", "connecting", "backoff", "failed")
+
+
+async def test_a_drained_agent_removed_by_apply_goes_away(tmp_path: Path) -> None:
+    """Regression: a runtime that had already ended stayed on the draining list forever."""
+    async with supervised(tmp_path) as (sup, server):
+        await sup.apply(fleet(tmp_path, {"alpha": "", "beta": ""}))
+        with anyio.fail_after(30):
+            await server.wait_workers(lambda ws: {w.agent_name for w in ws} == {"alpha", "beta"})
+        sup.drain("beta")
+        with anyio.fail_after(10):
+            await sup.wait_until(lambda: sup.agent_state(sup.slots["beta"]) == "drained")
+        await sup.apply(fleet(tmp_path, {"alpha": ""}))
+        with anyio.fail_after(10):
+            await sup.wait_until(lambda: "beta" not in sup.slots)
+
+
+async def test_reload_leaves_a_drained_agent_drained_and_undrain_brings_it_back(
+    tmp_path: Path,
+) -> None:
+    async with supervised(tmp_path) as (sup, server):
+        app = DaemonApp(sup, tmp_path / "state")
+        await sup.apply(fleet(tmp_path, {"alpha": ""}))
+        with anyio.fail_after(30):
+            await server.wait_workers(lambda ws: bool(registered(server, "alpha")))
+        sup.drain("alpha")
+        with anyio.fail_after(10):
+            await server.wait_workers(lambda ws: not registered(server, "alpha"))
+        assert sup.reload("alpha") is False  # a reload does not make it take jobs again
+        assert (await app.reload(None))["skipped_drained"] == ["alpha"]
+        row = app.agent_status(sup.slots["alpha"])
+        assert (row.state, row.sync) == ("drained", "override")
+        sup.undrain("alpha")
+        runtime = sup.slots["alpha"].runtime
+        assert runtime is not None
+        with anyio.fail_after(30):
+            await runtime.session.wait_registered()
+        row = app.agent_status(sup.slots["alpha"])
+        assert (row.state, row.sync, row.message) == ("running", "synced", "")
+
+
+async def test_a_replacement_that_cannot_register_leaves_the_old_worker_serving(
+    tmp_path: Path,
+) -> None:
+    """No offer is missed: the old worker drains only once the new one registered."""
+    dead = f"livekit: {{url: 'ws://127.0.0.1:{unused_port()}'}}\n"
+    async with supervised(tmp_path, restart_backoff=QUICK) as (sup, server):
+        await sup.apply(fleet(tmp_path, {"alpha": ""}))
+        old = sup.slots["alpha"].runtime
+        assert old is not None
+        with anyio.fail_after(30):
+            await old.session.wait_registered()
+        plan = await sup.apply(fleet(tmp_path, {"alpha": "max_retry: 1\n" + dead}))
+        assert plan.agents[0].action is Action.REPLACE
+        slot = sup.slots["alpha"]
+        with anyio.fail_after(10):  # the new worker fails, again and again
+            await sup.wait_until(lambda: slot.restarts >= 2)
+        assert slot.previous == [old]
+        assert not old.session.machine.draining
+        await server.create_dispatch("room-meanwhile", "alpha")  # the old worker still serves
+        with anyio.fail_after(30):
+            await old.pool.wait_until(lambda: old.pool.stats.jobs_succeeded == 1)
+        plan = await sup.apply(fleet(tmp_path, {"alpha": "max_retry: 2\n"}))  # fixed
+        new = slot.runtime
+        assert new is not None
+        with anyio.fail_after(30):
+            await new.session.wait_registered()
+            await sup.wait_until(lambda: not slot.previous and not slot.draining)
+        assert old.done
+        assert registered(server, "alpha") == [new.session.machine.worker_id]
+
+
+async def test_a_removed_agent_is_stopped_at_its_drain_timeout(tmp_path: Path) -> None:
+    async with supervised(tmp_path) as (sup, server):
+        await sup.apply(fleet(tmp_path, {"alpha": "drain_timeout: 1\n", "beta": ""}))
+        alpha = sup.slots["alpha"].runtime
+        assert alpha is not None
+        with anyio.fail_after(30):
+            await alpha.session.wait_registered()
+        await server.create_dispatch("room-hold", "alpha", metadata="hold")
+        with anyio.fail_after(30):
+            await alpha.pool.wait_until(lambda: len(alpha.pool.running) == 1)
+        await sup.apply(fleet(tmp_path, {"beta": ""}))
+        assert sup.agent_state(sup.slots["alpha"]) == "draining"
+        with anyio.fail_after(15):  # the held job would run forever: the deadline stops it
+            await sup.wait_until(lambda: "alpha" not in sup.slots)
+        assert not alpha.pool.running
+
+
+async def test_an_apply_that_changes_a_drained_agent_clears_its_override(
+    tmp_path: Path,
+) -> None:
+    async with supervised(tmp_path) as (sup, server):
+        await sup.apply(fleet(tmp_path, {"alpha": "", "beta": ""}))
+        with anyio.fail_after(30):
+            await server.wait_workers(lambda ws: {w.agent_name for w in ws} == {"alpha", "beta"})
+        sup.drain("alpha")
+        sup.drain("beta")
+        with anyio.fail_after(10):
+            await server.wait_workers(lambda ws: not ws)
+        same = fleet(tmp_path, {"alpha": "", "beta": ""})
+        changed = fleet(tmp_path, {"alpha": "load_threshold: 0.5\n", "beta": ""})
+        assert sup.overrides_cleared_by(diff_plan(sup, same)) == []
+        assert sup.overrides_cleared_by(diff_plan(sup, changed)) == ["alpha"]
+        await sup.apply(changed)
+        assert not sup.slots["alpha"].override_drained
+        assert sup.slots["beta"].override_drained  # unchanged: still drained
+        with anyio.fail_after(30):
+            await server.wait_workers(lambda ws: [w.agent_name for w in ws] == ["alpha"])
+
+
+def diff_plan(sup: Supervisor, new: Fleet) -> Plan:
+    return diff(sup.fleet, new)

@@ -173,6 +173,7 @@ class AgentRuntime:
         )
         self.load = 0.0
         self.full = False
+        self.done = False  # run() returned (set by its supervisor)
 
     def reconfigure(self, agent: Agent) -> None:
         """Take settings that need no new process or registration (an update in place)."""

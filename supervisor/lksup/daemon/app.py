@@ -223,7 +223,10 @@ class DaemonApp:
                 "this fleet removes every agent; pass --prune-all to do that",
                 409,
             )
-        document = plan_render.to_json(plan)
+        document = {
+            **plan_render.to_json(plan),
+            "overridesCleared": self.supervisor.overrides_cleared_by(plan),
+        }
         if request.dry_run:
             return {**document, "dryRun": True}
         applied = state.save(self.state_dir, fleet, source=request.source)
@@ -265,8 +268,15 @@ class DaemonApp:
         names = [agent] if agent is not None else sorted(self.supervisor.slots)
         for name in names:
             self._known(name)
-            self.supervisor.reload(name)
-        return {"reloading": names}
+        if agent is not None and self.supervisor.slots[agent].override_drained:
+            raise ControlError(
+                "drained",
+                f"agent {agent!r} is drained by an operator; `lksup undrain {agent}` first",
+                409,
+            )
+        reloading = [name for name in names if self.supervisor.reload(name)]
+        skipped = [name for name in names if name not in reloading]
+        return {"reloading": reloading, "skipped_drained": skipped}
 
     async def simulate(self, agent: str, request: SimulateRequest) -> dict[str, Any]:
         """Ask the server for a job on the agent's own connection."""

@@ -58,6 +58,7 @@ class AgentSlot:
     name: str
     agent: Agent
     runtime: AgentRuntime | None = None
+    previous: list[AgentRuntime] = field(default_factory=list)  # serving until the new registers
     draining: list[AgentRuntime] = field(default_factory=list)
     state: str = "pending"
     message: str = ""
@@ -71,8 +72,8 @@ class AgentSlot:
     conditions: ConditionTracker = field(default_factory=ConditionTracker)
 
     def runtimes(self) -> list[AgentRuntime]:
-        """The current runtime and the ones draining away."""
-        return [r for r in [self.runtime, *self.draining] if r is not None]
+        """The current runtime, the old ones still serving, and the ones draining away."""
+        return [r for r in [self.runtime, *self.previous, *self.draining] if r is not None]
 
 
 class Supervisor:
@@ -129,6 +130,9 @@ class Supervisor:
         limit = fleet.supervisor.max_concurrent_initializations
         self.limiter.total_tokens = auto_idle_processes() if limit == "auto" else limit
         self.monitor.set_memory_budget(fleet.supervisor.memory_budget_mb)
+        for name in self.overrides_cleared_by(plan):
+            log.info("Agent %s: the apply changes it, so its drain override is cleared", name)
+            self.slots[name].override_drained = False
         for item in plan.agents:
             if item.action is Action.CREATE:
                 self._create(item.name, fleet.agents[item.name])
@@ -140,6 +144,20 @@ class Supervisor:
                 self._remove(item.name)
         self._notify()
         return plan
+
+    def overrides_cleared_by(self, plan: Plan) -> list[str]:
+        """Agents drained by an operator that this plan changes.
+
+        The apply says otherwise, so their drain override ends; an unchanged agent keeps it.
+        """
+        changes = (Action.UPDATE_IN_PLACE, Action.REPLACE)
+        return [
+            item.name
+            for item in plan.agents
+            if item.action in changes
+            and item.name in self.slots
+            and self.slots[item.name].override_drained
+        ]
 
     def _require_tg(self) -> anyio.abc.TaskGroup:
         if self._tg is None:
@@ -177,8 +195,10 @@ class Supervisor:
             log.exception("Agent %s stopped: %s", slot.name, exc, extra={"agent": slot.name})
             error = f"{type(exc).__name__}: {exc}"
         finally:
-            if runtime in slot.draining:
-                slot.draining.remove(runtime)
+            runtime.done = True
+            for old in (slot.draining, slot.previous):
+                if runtime in old:
+                    old.remove(runtime)
             if slot.runtime is runtime:
                 machine = runtime.session.machine
                 if machine.state is State.FAILED and error is None:
@@ -192,7 +212,7 @@ class Supervisor:
                     self._schedule_restart(slot, error)
                 else:
                     slot.state = "drained" if machine.draining else "stopped"
-            if slot.removed and slot.runtime is None and not slot.draining:
+            if slot.removed and not slot.runtimes():
                 self.slots.pop(slot.name, None)
             self._notify()
 
@@ -228,49 +248,109 @@ class Supervisor:
             if self.stopping or slot.removed or self.slots.get(slot.name) is not slot:
                 return
             slot.restarts += 1
-            slot.runtime = self._start_runtime(slot)
+            self._swap_in(slot)
             self._notify()
 
     def _update(self, name: str, agent: Agent) -> None:
         slot = self.slots[name]
         slot.agent = agent
-        if slot.runtime is not None:
-            slot.runtime.reconfigure(agent)
+        runtime = slot.runtime
+        if runtime is not None:
+            runtime.reconfigure(agent)
+        if not slot.override_drained and (runtime is None or runtime.session.machine.draining):
+            self.undrain(name)  # its drain override was just cleared
 
     def _replace(self, name: str, agent: Agent) -> None:
         slot = self.slots[name]
-        old = slot.runtime
         slot.agent = agent
         slot.restarts += 1
+        self._swap_in(slot)
+
+    def _swap_in(self, slot: AgentSlot) -> None:
+        """Start a new runtime; the current one keeps serving until the new one is ready."""
+        old = slot.runtime
         new = self._start_runtime(slot)
         if new is None:
-            return
+            return  # the old one (if any) keeps serving; a restart is scheduled
         slot.runtime = new
-        if old is not None:
-            self._require_tg().start_soon(self._retire_when_ready, slot, old, new)
+        if old is None or old.done:
+            return
+        if old.session.machine.worker_id is None:
+            self._retire(slot, old)  # not registered: nothing to hand over
+            return
+        slot.previous.append(old)
+        self._require_tg().start_soon(self._retire_when_ready, slot, old)
 
-    async def _retire_when_ready(
-        self, slot: AgentSlot, old: AgentRuntime, new: AgentRuntime
-    ) -> None:
-        """Drain ``old`` once ``new`` is registered and warm (or failed to get there)."""
-        with anyio.move_on_after(READY_TIMEOUT):
-            await new.session.wait_registered()
-            await new.pool.wait_until(lambda: len(new.pool.idle) >= min(1, new.pool.target_idle))
-        slot.draining.append(old)
-        old.session.drain()
+    async def _retire_when_ready(self, slot: AgentSlot, old: AgentRuntime) -> None:
+        """Drain ``old`` once the agent's current runtime is registered and warm.
+
+        Never on a timer: while the new worker cannot register (wrong URL, server down, a
+        restart backoff), the old one keeps taking jobs, so no offer is missed; a warning says
+        so after ``READY_TIMEOUT``.
+        """
+        started, warned = anyio.current_time(), False
+        while old in slot.previous and not (slot.removed or self.stopping):
+            current = slot.runtime
+            if current is not None and current.session.machine.worker_id is not None:
+                pool = current.pool
+                if len(pool.idle) >= min(1, pool.target_idle):
+                    break
+            if not warned and anyio.current_time() - started > READY_TIMEOUT:
+                warned = True
+                log.warning(
+                    "Agent %s: the new worker is not ready after %.0fs; the old one keeps "
+                    "taking jobs",
+                    slot.name,
+                    READY_TIMEOUT,
+                    extra={"agent": slot.name},
+                )
+            with anyio.move_on_after(0.5):  # registration and warm-up are not notified
+                await self._changed.wait()
+        if old in slot.previous:
+            slot.previous.remove(old)
+            self._retire(slot, old)
         self._notify()
+
+    def _retire(self, slot: AgentSlot, runtime: AgentRuntime) -> None:
+        """Drain a runtime away: it ends with its last job, or at the agent's drain deadline."""
+        if runtime.done or runtime in slot.draining:
+            return
+        slot.draining.append(runtime)
+        runtime.session.drain()
+        self._require_tg().start_soon(self._drain_deadline, slot, runtime)
+
+    async def _drain_deadline(self, slot: AgentSlot, runtime: AgentRuntime) -> None:
+        """At the agent's ``drain_timeout`` the jobs still running get the stop sequence."""
+        timeout = runtime.agent.drain_timeout
+        if not timeout:
+            return
+        with anyio.move_on_after(timeout):
+            await runtime.session.wait_finished()
+            return
+        jobs = len(runtime.session.machine.running_jobs)
+        log.warning(
+            "Agent %s: drain deadline (%.0fs) reached; stopping %d job(s)",
+            slot.name,
+            timeout,
+            jobs,
+            extra={"agent": slot.name},
+        )
+        runtime.session.stop()
+        await runtime.pool.aclose()
 
     def _remove(self, name: str) -> None:
         slot = self.slots.get(name)
         if slot is None:
             return
         slot.removed = True
-        if slot.runtime is not None:
-            slot.draining.append(slot.runtime)
-            slot.runtime.session.drain()
-            slot.runtime = None
-            slot.state = "draining"
-        if not slot.draining:
+        self._cancel_restart(slot)
+        for runtime in [*slot.previous, slot.runtime]:
+            if runtime is not None:
+                self._retire(slot, runtime)
+        slot.previous.clear()
+        slot.runtime = None
+        slot.state = "draining"
+        if not slot.runtimes():
             self.slots.pop(name, None)
 
     # --- operations --------------------------------------------------------------------------
@@ -282,8 +362,10 @@ class Supervisor:
             slot = self.slots[agent_name]
             slot.override_drained = True
             self._cancel_restart(slot)
-            if slot.runtime is not None:
-                slot.runtime.session.drain()
+            for runtime in [*slot.previous, slot.runtime]:
+                if runtime is not None and not runtime.session.machine.draining:
+                    runtime.session.drain()
+                    self._require_tg().start_soon(self._drain_deadline, slot, runtime)
         self._notify()
         return names
 
@@ -298,11 +380,18 @@ class Supervisor:
             runtime.session.undrain()
         self._notify()
 
-    def reload(self, name: str) -> None:
-        """Rolling replace with the same configuration (new worker first, then drain)."""
+    def reload(self, name: str) -> bool:
+        """Rolling replace with the same configuration (new worker first, then drain).
+
+        An agent drained by an operator is left as it is (False): a reload must not make it
+        take jobs again; ``undrain`` does that.
+        """
         slot = self.slots[name]
+        if slot.override_drained:
+            return False
         self._replace(name, slot.agent)
         self._notify()
+        return True
 
     def running_jobs(self) -> int:
         """Jobs running on every agent, old runtimes included."""

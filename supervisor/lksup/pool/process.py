@@ -172,12 +172,19 @@ class WorkerProcess:
         except OSError as exc:
             parent.close()
             raise InitFailed(f"cannot start a job process: {exc}") from None
+        except BaseException:  # cancelled while spawning: no socket left open
+            parent.close()
+            raise
         finally:
             child.close()
         self.pid = self._process.pid
-        self._stream = await UNIXSocketStream.from_socket(parent)
         failure: str | None = None
         try:
+            try:
+                self._stream = await UNIXSocketStream.from_socket(parent)
+            except BaseException:
+                parent.close()
+                raise
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._reader)
                 tg.start_soon(self._drain, self._process.stdout, logging.INFO, "stdout")
@@ -234,18 +241,20 @@ class WorkerProcess:
         return reason
 
     async def _reap(self) -> None:
-        if self._process is not None:
-            if self._process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    self._process.kill()
-            await self._process.wait()
-            self.exit_code = self._process.returncode
-            await self._process.aclose()
-        if self._stream is not None:
-            await self._stream.aclose()
-        self.state = ProcessState.EXITED
-        self._exited.set()
-        self._settle_job()
+        try:
+            if self._process is not None:
+                if self._process.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        self._process.kill()
+                await self._process.wait()
+                self.exit_code = self._process.returncode
+                await self._process.aclose()
+        finally:  # whatever happened above, the socket is closed and the state settled
+            if self._stream is not None:
+                await self._stream.aclose()
+            self.state = ProcessState.EXITED
+            self._exited.set()
+            self._settle_job()
 
     async def _waiter(self) -> None:
         assert self._process is not None

@@ -1,0 +1,447 @@
+"""Day-two operations through the real `lksup` CLI against a real `lksup run` daemon: status
+(--check, --jobs, -o wide), reload, drain and undrain, apply (dry run, JSON, prune, import
+check, update in place), the signals an operator sends, and the fleet's own HTTP listener.
+
+Every wait polls something an operator can see (the CLI, the log, the process table)."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from tests.conftest import ROOT
+from tests.e2e.test_daemon import Daemon, daemon, descendants, free_port, gone
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+AGENTS = ("customer-service", "sales", "survey")
+HEADER = [
+    "AGENT",
+    "STATE",
+    "READY",
+    "JOBS",
+    "IDLE",
+    "LOAD/THR",
+    "MEM",
+    "RESTARTS",
+    "AGE",
+    "SYNC",
+    "MESSAGE",
+]
+DEV_FLEET = (ROOT / "fleets" / "dev.yaml").read_text()
+SALES_REQUEST = "    request_fnc: fleets.agents.sales:request\n"
+EMPTY_FLEET = "apiVersion: lksup/v1\nkind: Fleet\nmetadata: {name: dev}\nagents: {}\n"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def fleet_file(directory: Path, name: str, text: str) -> Path:
+    """A fleet file in ``directory``; its agents import ``fleets.agents.*`` from the daemon's and
+    the CLI's working directory (the repository root: no agent sets ``working_dir``)."""
+    path = directory / name
+    path.write_text(text)
+    return path
+
+
+def with_sales_threshold(text: str, threshold: float) -> str:
+    assert SALES_REQUEST in text
+    return text.replace(SALES_REQUEST, f"{SALES_REQUEST}    load_threshold: {threshold}\n")
+
+
+async def items(d: Daemon, *args: str) -> list[dict[str, Any]]:
+    """``lksup status [ARGS] -o json``: the agents, by name order."""
+    code, out, err = await d.cli("status", *args, "-o", "json")
+    assert code == 0, err
+    document = json.loads(out)
+    assert document["kind"] == "StatusList"
+    found: list[dict[str, Any]] = document["items"]
+    return found
+
+
+async def by_name(d: Daemon) -> dict[str, dict[str, Any]]:
+    return {item["name"]: item for item in await items(d)}
+
+
+async def until_warm(d: Daemon, timeout: float = 30) -> dict[str, dict[str, Any]]:
+    """Every agent ready with its idle pool at its target (so the process set is settled)."""
+    with anyio.fail_after(timeout):
+        while True:
+            agents = await by_name(d)
+            if agents and all(
+                a["ready"] and a["idle_target"] > 0 and a["idle"] == a["idle_target"]
+                for a in agents.values()
+            ):
+                return agents
+            await anyio.sleep(0.1)  # status is the observable
+
+
+async def until_logged(d: Daemon, text: str, timeout: float = 20) -> None:
+    with anyio.fail_after(timeout):
+        while text not in d.log.read_text():
+            await anyio.sleep(0.05)  # the log is the observable
+
+
+async def until_jobs(d: Daemon, agent: str, count: int, timeout: float = 20) -> None:
+    with anyio.fail_after(timeout):
+        while [i["jobs"] for i in await items(d, agent)] != [count]:
+            await anyio.sleep(0.1)  # status is the observable
+
+
+def records(d: Daemon) -> list[dict[str, Any]]:
+    """The daemon's JSON log lines (it logs JSON when stdout is not a terminal)."""
+    found = []
+    for line in d.log.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            found.append(record)
+    return found
+
+
+def table(out: str) -> tuple[list[str], dict[str, list[str]]]:
+    """The header and the rows (by agent) of a status table; MESSAGE is '-' when empty."""
+    lines = out.splitlines()
+    rows: dict[str, list[str]] = {}
+    for line in lines[1:]:
+        if not line.strip():
+            break  # --jobs sections follow a blank line
+        cells = line.split()
+        rows[cells[0]] = cells
+    return lines[0].split(), rows
+
+
+def identity(agents: dict[str, dict[str, Any]]) -> dict[str, tuple[Any, ...]]:
+    """What a change that touches no process leaves alone, per agent."""
+    return {
+        name: (a["worker_id"], a["restarts"], a["started_at"], a["registered"])
+        for name, a in agents.items()
+    }
+
+
+async def test_status_check_jobs_wide_reload_drain_undrain_and_sigquit() -> None:
+    async with daemon("fleets/dev.yaml", "--set", "hold_seconds=60") as d:
+        await d.wait_ready(3)
+        before = await until_warm(d)
+
+        # the table: exactly the documented columns, one row per agent
+        code, out, err = await d.cli("status")
+        assert code == 0, err
+        header, rows = table(out)
+        assert header == HEADER
+        assert sorted(rows) == list(AGENTS)
+        assert all(rows[name][1:3] == ["running", "1/1"] for name in AGENTS)
+        # -o wide: every table column and more, with each agent's worker id
+        code, out, err = await d.cli("status", "-o", "wide")
+        assert code == 0, err
+        wide_header, wide_rows = table(out)
+        assert len(wide_header) > len(HEADER)
+        assert [c for c in wide_header if c in HEADER] == HEADER
+        for name in AGENTS:
+            assert len(wide_rows[name]) > len(rows[name])
+            assert before[name]["worker_id"] in wide_rows[name]
+        code, _, err = await d.cli("status", "--check")
+        assert code == 0, err
+
+        # reload: a new worker registers with the server, the old one goes, RESTARTS is 1
+        old = before["sales"]["worker_id"]
+        code, out, err = await d.cli("reload", "sales")
+        assert code == 0, err
+        assert "reloading sales" in out
+        with anyio.fail_after(40):
+            while True:
+                (sales,) = await items(d, "sales")
+                fresh = sales["worker_id"] not in (None, old)
+                if sales["restarts"] == 1 and sales["ready"] and fresh:
+                    break
+                await anyio.sleep(0.1)  # status is the observable
+        new = sales["worker_id"]
+        await until_logged(d, f"Worker {new} registered (agent 'sales').")
+        await until_logged(d, f"Worker {old} closed", timeout=30)
+        code, out, err = await d.cli("status")
+        assert code == 0, err
+        rows = table(out)[1]
+        assert rows["sales"][HEADER.index("RESTARTS")] == "1"
+        assert rows["sales"][HEADER.index("READY")] == "1/1"
+        after = await by_name(d)
+        for name in ("customer-service", "survey"):  # the others were not touched
+            assert identity({name: after[name]}) == identity({name: before[name]})
+
+        # a job on the reloaded agent: --jobs shows job, room, pid, state, age and memory
+        code, _, err = await d.cli("dispatch", "sales", "--room", "sales-jobs")
+        assert code == 0, err
+        await until_jobs(d, "sales", 1)
+        pattern = re.compile(
+            r"^\s+(?P<job>AJ_\S+)\s+room=sales-jobs\s+pid=(?P<pid>\d+)\s+(?P<state>\S+)\s+"
+            r"age=(?P<age>\S+)\s+mem=(?P<mem>\d+)Mi$",
+            re.MULTILINE,
+        )
+        with anyio.fail_after(20):  # the memory sweep fills in the job's memory
+            while True:
+                code, out, err = await d.cli("status", "--jobs")
+                assert code == 0, err
+                match = pattern.search(out)
+                assert match is not None, out
+                if int(match["mem"]) > 0:
+                    break
+                await anyio.sleep(0.2)  # status is the observable
+        assert "sales: 1 job(s)" in out
+        assert "customer-service: 0 job(s)" in out
+        assert match["state"] == "running"
+        assert re.fullmatch(r"[0-9.]+(ms|s|m)([0-9.]+s)?", match["age"]), match["age"]
+        pid = int(match["pid"])
+        assert pid in descendants(d.process.pid)  # a real job process of this daemon
+        started = [r for r in records(d) if "sales job started: room=sales-jobs" in r["msg"]]
+        assert [r.get("pid") for r in started] == [pid]
+        await until_logged(d, f"Job {match['job']} assigned to worker {new}.")
+
+        # drain one agent: --check says 3 for the fleet and for it, 0 for the others
+        code, out, err = await d.cli("drain", "sales")
+        assert code == 0, err
+        assert "draining sales (1 job(s) running)" in out
+        code, out, _ = await d.cli("status", "--check")
+        assert code == 3
+        assert table(out)[1]["sales"][HEADER.index("READY")] == "0/1"  # still prints the table
+        assert (await d.cli("status", "sales", "--check"))[0] == 3
+        assert (await d.cli("status", "survey", "--check"))[0] == 0
+
+        # drain --all, then undrain each: every agent is ready again
+        code, out, err = await d.cli("drain", "--all")
+        assert code == 0, err
+        assert "draining customer-service, sales, survey" in out
+        agents = await by_name(d)
+        assert not any(a["ready"] for a in agents.values())
+        assert all(a["sync"] == "override" for a in agents.values())
+        for name in AGENTS:
+            code, out, err = await d.cli("undrain", name)
+            assert code == 0, err
+            assert f"{name} takes jobs again" in out
+        await d.wait_ready(3, timeout=20)
+        code, out, err = await d.cli("status", "--check")
+        assert code == 0, out + err
+        agents = await by_name(d)
+        assert all(a["sync"] == "synced" and not a["draining"] for a in agents.values())
+        assert agents["sales"]["jobs"] == 1  # drain and undrain did not touch the running job
+
+        # SIGQUIT with that job still running: no drain, exit 1 at once, nothing left behind
+        children = descendants(d.process.pid)
+        assert pid in children
+        d.process.send_signal(signal.SIGQUIT)
+        with anyio.fail_after(2):
+            assert await d.process.wait() == 1
+        await gone(children, 2)
+        assert "sales job done" not in d.log.read_text()
+
+
+async def test_apply_dry_run_json_update_in_place_import_check_and_prune(tmp_path: Path) -> None:
+    fleet = fleet_file(tmp_path, "fleet.yaml", DEV_FLEET)
+    async with daemon(str(fleet)) as d:
+        await d.wait_ready(3)
+        before = await until_warm(d)
+        processes = set(descendants(d.process.pid))
+        assert len(processes) >= 3  # one warm process per agent at least
+        assert before["sales"]["threshold"] == pytest.approx(0.7)
+
+        threshold = fleet_file(tmp_path, "threshold.yaml", with_sales_threshold(DEV_FLEET, 0.5))
+        # --dry-run: the plan, and nothing changes
+        code, out, err = await d.cli("apply", str(threshold), "--dry-run")
+        assert code == 0, err
+        assert "1 update-in-place" in out
+        assert "dry run: nothing changed" in out
+        assert re.search(r"update-in-place\s+sales", out), out
+        assert "load_threshold: 0.7 -> 0.5" in out
+        assert (await d.cli("diff", str(threshold)))[0] == 1  # still the old fleet applied
+        assert (await by_name(d))["sales"]["threshold"] == pytest.approx(0.7)
+
+        # -o json: the plan as JSON; a threshold is updated in place, no process changes
+        code, out, err = await d.cli("apply", str(threshold), "-o", "json")
+        assert code == 0, err
+        plan = json.loads(out)
+        assert plan["kind"] == "Plan"
+        assert plan["summary"]["update-in-place"] == 1
+        assert plan["summary"]["unchanged"] == 2
+        actions = {a["name"]: a["action"] for a in plan["agents"]}
+        assert actions["sales"] == "update-in-place"
+        assert not plan.get("dryRun")
+        with anyio.fail_after(10):
+            while (await by_name(d))["sales"]["threshold"] != pytest.approx(0.5):
+                await anyio.sleep(0.1)  # status is the observable
+        code, out, err = await d.cli("status", "sales")
+        assert code == 0, err
+        assert table(out)[1]["sales"][HEADER.index("LOAD/THR")].endswith("/0.50")
+        after = await by_name(d)
+        assert identity(after) == identity(before)
+        assert set(descendants(d.process.pid)) == processes
+        assert (await d.cli("diff", str(threshold)))[0] == 0
+
+        # an entrypoint that cannot be imported: refused before the daemon sees it
+        broken = fleet_file(
+            tmp_path,
+            "broken.yaml",
+            with_sales_threshold(DEV_FLEET, 0.5).replace(
+                "entrypoint: fleets.agents.{{ module }}:entrypoint",
+                "entrypoint: {{ 'no_such_module' if module == 'sales' "
+                "else 'fleets.agents.' ~ module }}:entrypoint",
+            ),
+        )
+        code, out, err = await d.cli("apply", str(broken))
+        assert code == 1, out + err
+        assert "no_such_module" in err
+        assert "'sales'" in err
+        assert "entrypoint" in err
+        assert "Plan:" not in out
+        assert identity(await by_name(d)) == identity(before)
+        assert set(descendants(d.process.pid)) == processes
+        assert (await d.cli("diff", str(threshold)))[0] == 0  # the applied fleet is unchanged
+
+        # removing every agent needs --prune-all
+        empty = fleet_file(tmp_path, "empty.yaml", EMPTY_FLEET)
+        code, out, err = await d.cli("apply", str(empty))
+        assert code == 1, out + err
+        assert "--prune-all" in err
+        assert identity(await by_name(d)) == identity(before)
+        code, out, err = await d.cli("apply", str(empty), "--prune-all")
+        assert code == 0, err
+        assert "3 drain-and-remove" in out
+        with anyio.fail_after(30):
+            while await items(d):
+                await anyio.sleep(0.1)  # status is the observable
+        await gone(list(processes), 30)  # the removed agents' processes stopped
+        d.process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(30):
+            assert await d.process.wait() == 0
+
+
+async def test_sighup_with_an_invalid_file_changes_nothing_then_sigint_drains(
+    tmp_path: Path,
+) -> None:
+    fleet = fleet_file(tmp_path, "fleet.yaml", DEV_FLEET)
+    saved = fleet_file(tmp_path, "saved.yaml", DEV_FLEET)
+    async with daemon(str(fleet), "--set", "hold_seconds=2") as d:
+        await d.wait_ready(3)
+        before = await until_warm(d)
+        processes = set(descendants(d.process.pid))
+
+        fleet.write_text(DEV_FLEET.replace("max_jobs: 4", "max_jobs: 0"))
+        d.process.send_signal(signal.SIGHUP)
+        with anyio.fail_after(20):
+            while not (
+                errors := [
+                    r
+                    for r in records(d)
+                    if r.get("level") == "error" and "SIGHUP" in str(r.get("msg"))
+                ]
+            ):
+                await anyio.sleep(0.05)  # the log is the observable
+        assert "max_jobs" in errors[0]["msg"]
+        assert d.process.returncode is None  # still running
+        assert identity(await by_name(d)) == identity(before)
+        assert set(descendants(d.process.pid)) == processes
+        code, out, err = await d.cli("diff", str(saved), "--set", "hold_seconds=2")
+        assert code == 0, out + err  # the applied fleet is the one before the SIGHUP
+        code, _, err = await d.cli("status", "--check")
+        assert code == 0, err
+
+        # SIGINT first: a drain like SIGTERM's; the running job finishes and the exit is 0
+        code, _, err = await d.cli("dispatch", "survey", "--room", "survey-sigint")
+        assert code == 0, err
+        await until_logged(d, "survey job started: room=survey-sigint")
+        children = descendants(d.process.pid)
+        d.process.send_signal(signal.SIGINT)
+        with anyio.fail_after(30):
+            assert await d.process.wait() == 0
+        text = d.log.read_text()
+        assert "draining:" in text
+        assert "survey job done: room=survey-sigint" in text
+        await gone(children, 2)
+
+
+async def test_drain_deadline_stops_held_jobs_and_exits_1(tmp_path: Path) -> None:
+    assert "drain_timeout: 1m" in DEV_FLEET
+    fleet = fleet_file(
+        tmp_path, "fleet.yaml", DEV_FLEET.replace("drain_timeout: 1m", "drain_timeout: 1")
+    )
+    async with daemon(str(fleet), "--set", "hold_seconds=120") as d:
+        await d.wait_ready(3)
+        code, _, err = await d.cli("dispatch", "sales", "--room", "sales-deadline")
+        assert code == 0, err
+        await until_jobs(d, "sales", 1)
+        children = descendants(d.process.pid)
+        started = time.monotonic()
+        d.process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(15):
+            assert await d.process.wait() == 1
+        assert time.monotonic() - started >= 0.9  # it drained until the deadline first
+        await gone(children, 2)
+        text = d.log.read_text()
+        assert "draining:" in text
+        assert "drain deadline reached" in text
+
+
+async def test_status_answers_during_a_sigterm_drain_and_shows_draining() -> None:
+    async with daemon("fleets/dev.yaml", "--set", "hold_seconds=10") as d:
+        await d.wait_ready(3)
+        for agent, room in (("customer-service", "cs-drain"), ("survey", "survey-drain")):
+            code, _, err = await d.cli("dispatch", agent, "--room", room)
+            assert code == 0, err
+        await until_jobs(d, "customer-service", 1)
+        await until_jobs(d, "survey", 1)
+        d.process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(8):  # well before the held jobs end
+            while True:
+                agents = await by_name(d)  # asserts that status answers (exit 0)
+                busy = (agents["customer-service"], agents["survey"])
+                if all(a["state"] == "draining" for a in busy):
+                    break
+                await anyio.sleep(0.1)  # status is the observable
+        assert all(a["jobs"] == 1 and not a["ready"] for a in busy)
+        code, out, err = await d.cli("status")
+        assert code == 0, err
+        rows = table(out)[1]
+        assert rows["customer-service"][1] == rows["survey"][1] == "draining"
+        children = descendants(d.process.pid)
+        with anyio.fail_after(40):
+            assert await d.process.wait() == 0
+        text = d.log.read_text()
+        assert "support job done: room=cs-drain" in text
+        assert "survey job done: room=survey-drain" in text
+        await gone(children, 2)
+
+
+async def test_supervisor_http_in_the_fleet_file_starts_the_listener(tmp_path: Path) -> None:
+    import httpx
+
+    port = free_port()
+    fleet = fleet_file(
+        tmp_path,
+        "fleet.yaml",
+        DEV_FLEET.replace(
+            "supervisor:\n  drain_timeout: 1m\n",
+            f"supervisor:\n  drain_timeout: 1m\n  http: 127.0.0.1:{port}\n",
+        ),
+    )
+    assert f"http: 127.0.0.1:{port}" in fleet.read_text()
+    async with daemon(str(fleet)) as d:  # no --http: the fleet's supervisor.http
+        await d.wait_ready(3)
+        base = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient() as client:
+            live = await client.get(base + "/livez")
+            assert live.status_code == 200
+            assert live.text == "ok\n"
+            ready = await client.get(base + "/readyz")
+            assert ready.status_code == 200
+            assert ready.json() == {"ready": True, "not_ready": []}
+        d.process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(30):
+            assert await d.process.wait() == 0
