@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import sys
@@ -139,7 +141,9 @@ async def test_dev_fleet_runs_takes_jobs_and_drains_on_sigterm() -> None:
         with anyio.fail_after(60):
             assert await d.process.wait() == 0
         text = d.log.read_text()
-        assert "draining:" in text
+        # one fleet-wide deadline, progress in the log, and the end of the drain
+        assert re.search(r"draining: 3 jobs left on 3 agents, deadline in \d+m", text), text
+        assert "drained: every job finished" in text
         # each dispatch ran the right agent's entrypoint, and every job finished in the drain
         assert "support job started: room=customer-service-room" in text
         assert "sales job started: room=sales-room" in text
@@ -182,6 +186,44 @@ async def test_sigusr1_logs_every_task_await_chain() -> None:
         d.process.send_signal(signal.SIGTERM)
         with anyio.fail_after(30):
             assert await d.process.wait() == 0
+
+
+def as_nobody(capability: str) -> list[str]:
+    """Run as uid/gid 65534 with one capability (inherited through exec as an ambient one)."""
+    return [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        f"--inh-caps=+{capability}",
+        f"--ambient-caps=+{capability}",
+    ]
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="acting as a second user needs root and setpriv (util-linux)",
+)
+async def test_the_control_socket_refuses_another_user() -> None:
+    """A real second uid. With CAP_DAC_OVERRIDE the socket's file mode cannot stop it, so the
+    refusal is the daemon's own SO_PEERCRED check; without it the 0600 socket stops it first."""
+    async with daemon("fleets/dev.yaml") as d:
+        await d.wait_ready(3)
+        command = [sys.executable, "-m", "lksup", "status"]
+        past_the_mode = await anyio.run_process(
+            [*as_nobody("dac_override"), *command], env=d.env(), cwd=ROOT, check=False
+        )
+        assert past_the_mode.returncode == 1
+        assert "uid 65534 may not use this control socket" in past_the_mode.stderr.decode()
+        assert "peer uid 65534 is not allowed" in d.log.read_text()
+        stopped_by_mode = await anyio.run_process(
+            [*as_nobody("dac_read_search"), *command], env=d.env(), cwd=ROOT, check=False
+        )
+        assert stopped_by_mode.returncode == 4
+        assert "permission denied on" in stopped_by_mode.stderr.decode()
+        code, out, _ = await d.cli("status")  # its own user still gets in
+        assert code == 0
+        assert "customer-service" in out
 
 
 async def test_sigkill_leaves_no_job_process() -> None:

@@ -61,7 +61,6 @@ AgentState = Literal[
     "full",
     "draining",
     "drained",
-    "stopping",
     "stopped",
     "backoff",
     "failed",

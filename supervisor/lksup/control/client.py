@@ -73,6 +73,10 @@ def _unreachable(path: Path, exc: httpx.TransportError) -> DaemonUnreachable:
     if isinstance(exc, httpx.TimeoutException):
         return DaemonUnreachable(f"the lksup daemon on {path} did not answer in time")
     if isinstance(exc, httpx.ConnectError):
+        if isinstance(exc.__cause__, PermissionError) or "Permission denied" in str(exc):
+            return DaemonUnreachable(
+                f"permission denied on {path}: only the daemon's user and root may use it"
+            )
         return DaemonUnreachable(f"no lksup daemon is listening on {path} ({exc})")
     return DaemonUnreachable(f"lost the connection to the lksup daemon on {path} ({exc})")
 

@@ -43,6 +43,7 @@ from lksup.daemon.health import HealthServer
 from lksup.daemon.notify import Notifier
 from lksup.daemon.supervisor import Supervisor
 from lksup.errors import FleetError, LksupError
+from lksup.fleet.durations import format_duration
 from lksup.fleet.loading import load_fleet
 from lksup.fleet.normalize import REVEAL
 from lksup.fleet.schema import Fleet
@@ -52,6 +53,9 @@ log = logging.getLogger("lksup.daemon")
 
 #: How often systemd gets a STATUS= line (and, while draining, more time).
 STATUS_INTERVAL = 5.0
+
+#: The longest a drain goes without a progress line in the log.
+PROGRESS_INTERVAL = 10.0
 
 #: The embedded dev server's credentials: a documented development constant, not a secret.
 DEV_KEY, DEV_SECRET = "devkey", "secret-for-local-development-only"
@@ -221,22 +225,52 @@ class Daemon:
     async def _drain(self, supervisor: Supervisor) -> None:
         fleet = supervisor.fleet
         timeout = fleet.supervisor.drain_timeout if fleet is not None else 0.0
-        jobs = supervisor.running_jobs()
-        log.info(
-            "draining: %d job(s) left on %d agent(s), deadline in %.0fs",
-            jobs,
-            len(supervisor.slots),
-            timeout,
-        )
-        self.notifier.stopping(f"draining {jobs} job(s)")
+        deadline = anyio.current_time() + timeout if timeout else None
+        self.notifier.stopping(f"draining {supervisor.running_jobs()} job(s)")
         if timeout:
             self.notifier.extend_timeout(timeout + 30)
-        finished = await supervisor.drain_all(timeout or None)
-        if not finished:
+        finished = False
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._drain_progress, supervisor, deadline)
+            finished = await supervisor.drain_all(timeout or None)
+            tg.cancel_scope.cancel()
+        if finished:
+            log.info("drained: every job finished")
+        else:
             log.warning("drain deadline reached: the remaining jobs were stopped")
         await supervisor.stop_all()
         self.exit_code = 0 if finished else 1
         self._done.set()
+
+    async def _drain_progress(self, supervisor: Supervisor, deadline: float | None) -> None:
+        """Log the drain's progress: at once, on each change, at least every PROGRESS_INTERVAL.
+
+        The line reads "draining: 3 jobs left on 2 agents, deadline in 29m12s" (the count is
+        checked every second).
+        """
+        last: tuple[int, int] | None = None
+        logged_at = 0.0
+        while True:
+            now = anyio.current_time()
+            jobs = supervisor.jobs_by_agent()
+            counts = (sum(jobs.values()), sum(1 for count in jobs.values() if count))
+            if counts != last or now - logged_at >= PROGRESS_INTERVAL:
+                total, agents = counts
+                left = (
+                    f", deadline in {format_duration(max(0.0, deadline - now))}"
+                    if deadline is not None
+                    else ", no deadline"
+                )
+                log.info(
+                    "draining: %d job%s left on %d agent%s%s",
+                    total,
+                    "" if total == 1 else "s",
+                    agents,
+                    "" if agents == 1 else "s",
+                    left,
+                )
+                last, logged_at = counts, now
+            await anyio.sleep(1.0)
 
     async def _reapply(self, app: DaemonApp) -> None:
         source = app.source

@@ -393,6 +393,13 @@ class Supervisor:
         self._notify()
         return True
 
+    def jobs_by_agent(self) -> dict[str, int]:
+        """Jobs running per agent, old runtimes included."""
+        return {
+            name: sum(len(r.session.machine.running_jobs) for r in slot.runtimes())
+            for name, slot in self.slots.items()
+        }
+
     def running_jobs(self) -> int:
         """Jobs running on every agent, old runtimes included."""
         return sum(
@@ -451,6 +458,10 @@ class Supervisor:
             return "backoff"
         if machine.state is State.READY:
             return "full" if runtime.full else "running"
-        if machine.state in (State.CONNECTING, State.REGISTERING, State.BACKOFF):
+        if machine.state is State.BACKOFF:
+            return "backoff"  # waiting to reconnect (the message says why and how long)
+        if machine.state in (State.CONNECTING, State.REGISTERING):
             return "connecting"
+        if machine.state is State.IDLE and not runtime.pool.processes:
+            return "pending"  # waiting for its turn to start (the initialisation cap)
         return "starting"
