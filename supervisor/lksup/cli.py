@@ -542,7 +542,7 @@ def _print_dispatches(dispatches: list[Any], output: str, *, verb: str | None = 
 @click.option(
     "--log-format",
     type=click.Choice(["json", "console"]),
-    help="Log format (default: console on a terminal, else JSON).",
+    help="Log format on stdout (default: console on a terminal, else JSON lines).",
 )
 def run(
     fleet: str | None,

@@ -1,6 +1,7 @@
 """Logging, configured in one place.
 
-JSON lines when stderr is not a terminal, readable lines on a terminal. Records about an agent,
+The daemon logs to stdout (what containers and journald collect): JSON lines when stdout is
+not a terminal, readable lines on a terminal. Records about an agent,
 a job or a process carry ``agent``, ``job_id`` and ``pid`` (set through ``extra=``); they appear
 as fields in JSON and as a prefix on a TTY. Wall-clock timestamps are for display only.
 """
@@ -11,7 +12,7 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 _FIELDS = ("agent", "job_id", "pid", "stream", "source_logger")
 
@@ -52,11 +53,20 @@ class ConsoleFormatter(logging.Formatter):
         return text
 
 
-def setup_logging(*, fmt: str | None = None, level: str = "INFO") -> None:
-    """Configure the root logger once: ``fmt`` is json, console, or None (json unless a TTY)."""
+def setup_logging(
+    *, fmt: str | None = None, level: str = "INFO", stream: TextIO | None = None
+) -> None:
+    """Configure the root logger once.
+
+    Args:
+        fmt: json, console, or None: json unless ``stream`` is a terminal.
+        level: the root level.
+        stream: where records go; stdout when None.
+    """
+    stream = stream or sys.stdout
     if fmt is None:
-        fmt = "console" if sys.stderr.isatty() else "json"
-    handler = logging.StreamHandler(sys.stderr)
+        fmt = "console" if stream.isatty() else "json"
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

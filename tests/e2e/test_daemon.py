@@ -144,6 +144,13 @@ async def test_dev_fleet_runs_takes_jobs_and_drains_on_sigterm() -> None:
         # one fleet-wide deadline, progress in the log, and the end of the drain
         assert re.search(r"draining: 3 jobs left on 3 agents, deadline in \d+m", text), text
         assert "drained: every job finished" in text
+        # stdout is not a terminal: JSON lines, job records carry agent, job_id and pid
+        records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        started = [r for r in records if "survey job started" in r["msg"]]
+        assert started
+        assert started[0]["agent"] == "survey"
+        assert started[0]["job_id"].startswith("AJ_")
+        assert isinstance(started[0]["pid"], int)
         # each dispatch ran the right agent's entrypoint, and every job finished in the drain
         assert "support job started: room=customer-service-room" in text
         assert "sales job started: room=sales-room" in text
