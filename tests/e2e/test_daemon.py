@@ -500,6 +500,19 @@ async def test_dev_mode_has_no_threshold_and_no_idle_processes() -> None:
             while "survey job started: room=survey-dev" not in d.log.read_text():
                 await anyio.sleep(0.05)
         assert '"level": "debug"' in d.log.read_text()
+        # the development defaults hold for an apply too, and only at run time: the fleet as
+        # written is what is persisted and compared
+        code, out, err = await d.cli("apply", "fleets/dev.yaml")
+        assert code == 0, err
+        assert "3 unchanged" in out
+        code, out, err = await d.cli("diff", "fleets/dev.yaml")
+        assert code == 0, out + err
+        code, out, _ = await d.cli("status", "-o", "json")
+        assert out.count('"threshold": 1.0') == 3
+        persisted = json.loads((d.state_dir / "applied.json").read_text())
+        agents = persisted["fleet"]["agents"]
+        assert {a["load_threshold"] for a in agents.values()} == {0.7}  # as written
+        assert {a["num_idle_processes"] for a in agents.values()} != {0}
 
 
 async def test_systemd_notifications() -> None:

@@ -44,12 +44,28 @@ def _wall(monotonic_at: float | None) -> str | None:
     return datetime.fromtimestamp(wall, UTC).isoformat(timespec="seconds")
 
 
-class DaemonApp:
-    """Implements the control API on a running ``Supervisor``."""
+def dev_defaults(fleet: Fleet) -> Fleet:
+    """``lksup run --dev``: no load threshold, no idle processes (development defaults)."""
+    agents = {
+        name: agent.model_copy(update={"load_threshold": 1.0, "num_idle_processes": 0})
+        for name, agent in fleet.agents.items()
+    }
+    return fleet.model_copy(update={"agents": agents})
 
-    def __init__(self, supervisor: Supervisor, state_dir: Path) -> None:
+
+class DaemonApp:
+    """Implements the control API on a running ``Supervisor``.
+
+    With ``dev`` every fleet applied (at start, by ``apply``, on SIGHUP) runs with the
+    development defaults, while what is persisted and compared (``applied``, ``lksup diff``)
+    stays the fleet as written: a restart without ``--dev`` runs it as written.
+    """
+
+    def __init__(self, supervisor: Supervisor, state_dir: Path, *, dev: bool = False) -> None:
         self.supervisor = supervisor
         self.state_dir = state_dir
+        self.dev = dev
+        self.fleet: Fleet | None = None  # as applied, before the development defaults
         self.source: str | None = None
         self.revision: str | None = None
 
@@ -211,7 +227,8 @@ class DaemonApp:
             raise ControlError(
                 "invalid", f"invalid fleet: {exc.error_count()} error(s)", 422
             ) from None
-        plan = diff(self.supervisor.fleet, fleet)
+        effective = dev_defaults(fleet) if self.dev else fleet
+        plan = diff(self.supervisor.fleet, effective)
         removes_all = (
             plan.agents
             and not fleet.agents
@@ -230,13 +247,13 @@ class DaemonApp:
         if request.dry_run:
             return {**document, "dryRun": True}
         applied = state.save(self.state_dir, fleet, source=request.source)
-        await self.supervisor.apply(fleet)
-        self.source, self.revision = request.source, applied.revision
+        await self.supervisor.apply(effective)
+        self.fleet, self.source, self.revision = fleet, request.source, applied.revision
         return {**document, "revision": applied.revision}
 
     async def applied(self) -> dict[str, Any] | None:
-        """The applied fleet, in display form (no secret values)."""
-        fleet = self.supervisor.fleet
+        """The applied fleet as written (display form: no secret values)."""
+        fleet = self.fleet
         if fleet is None:
             return None
         data: dict[str, Any] = fleet.model_dump(

@@ -75,15 +75,6 @@ class DaemonSettings:
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
-def dev_defaults(fleet: Fleet) -> Fleet:
-    """``--dev``: no load threshold, no idle processes (development defaults)."""
-    agents = {
-        name: agent.model_copy(update={"load_threshold": 1.0, "num_idle_processes": 0})
-        for name, agent in fleet.agents.items()
-    }
-    return fleet.model_copy(update={"agents": agents})
-
-
 class Daemon:
     """One run of the supervisor."""
 
@@ -98,8 +89,7 @@ class Daemon:
         loaded = load_fleet(path, values=self.settings.values, environ=self.settings.environ)
         for warning in loaded.warnings:
             log.warning("%s", warning.format())
-        fleet = loaded.fleet
-        return dev_defaults(fleet) if self.settings.dev else fleet
+        return loaded.fleet
 
     async def run(self) -> int:
         """Run until a signal ends it; the exit status."""
@@ -114,7 +104,7 @@ class Daemon:
             await tg.start(monitor.run)
             supervisor = Supervisor(env, monitor)
             await tg.start(supervisor.run)
-            app = DaemonApp(supervisor, settings.state_dir)
+            app = DaemonApp(supervisor, settings.state_dir, dev=settings.dev)
             await tg.start(ControlServer(settings.socket, app).run)
             if initial is not None:
                 await app.apply(initial)
