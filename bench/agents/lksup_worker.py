@@ -53,7 +53,7 @@ async def main() -> None:
             session.stop()
             await pool.aclose()
             tg.cancel_scope.cancel()
-    sys.stdout.write(json.dumps({"init": pool.stats.init_durations}) + "\n")
+    sys.stdout.write(json.dumps({"init": list(pool.stats.init_durations)}) + "\n")
     sys.stdout.flush()
 
 

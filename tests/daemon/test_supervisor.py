@@ -121,6 +121,11 @@ async def test_apply_create_update_replace_remove(tmp_path: Path) -> None:
         alpha.pool.terminate(job_id)  # the old job ends; the old runtime then goes away
         with anyio.fail_after(30):
             await sup.wait_until(lambda: not sup.slots["alpha"].draining)
+        # the counters span both runtimes: a replace never resets them (metrics are counters)
+        totals = sup.slots["alpha"].totals()
+        assert totals.jobs_succeeded + totals.jobs_failed == 2
+        assert totals.start_latency.count == 2
+        assert totals.offers["accepted"] == 2
 
         # remove: drained, then gone
         plan = await sup.apply(

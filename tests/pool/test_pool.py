@@ -12,7 +12,7 @@ import anyio
 import psutil
 import pytest
 
-from lksup.pool.pool import RequestPolicy
+from lksup.pool.pool import Histogram, RequestPolicy
 from lksup.pool.process import ProcessState
 from lksup.protocol.backoff import Backoff
 from lksup.protocol.events import Accept, Decline, JobAssigned, OfferReceived
@@ -53,7 +53,7 @@ async def test_running_is_reported_only_after_the_entrypoint_started(agent_dir: 
         reporter = Reporter()
         await offer_and_run(pool, reporter, make_job("AJ_1"))
         assert reporter.events == [("started", "AJ_1"), ("ended", "AJ_1")]
-        assert len(pool.stats.start_latencies) == 1
+        assert pool.stats.start_latency.count == 1
 
 
 @pytest.mark.parametrize(
@@ -231,3 +231,20 @@ async def test_initialisations_are_capped_fleet_wide(agent_dir: Path) -> None:
         spans = sorted((p.started_at, p.ready_at or 0.0) for p in [*first.idle, *second.idle])
     for (_, ready), (next_start, _) in itertools.pairwise(spans):
         assert ready <= next_start, f"initialisations overlapped: {spans}"
+
+
+def test_the_latency_histogram_is_bounded_and_cumulative() -> None:
+    histogram = Histogram()
+    for value in (0.0005, 0.001, 0.003, 7.0):
+        histogram.observe(value)
+    buckets = dict(histogram.cumulative())
+    assert buckets["0.001"] == 2  # <= 0.001, as Prometheus counts
+    assert buckets["0.005"] == 3
+    assert buckets["2.5"] == 3
+    assert buckets["+Inf"] == 4
+    other = Histogram()
+    other.observe(0.002)
+    histogram.add(other)
+    assert dict(histogram.cumulative())["+Inf"] == histogram.count == 5
+    assert histogram.total == pytest.approx(7.0065)
+    assert len(histogram.counts) == len(histogram.bounds) + 1  # whatever it saw

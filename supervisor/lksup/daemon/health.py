@@ -32,7 +32,6 @@ from lksup.daemon.app import DaemonApp
 log = logging.getLogger("lksup.health")
 
 MAX_REQUEST = 16 * 1024
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class FleetCollector(Collector):
@@ -74,21 +73,14 @@ class FleetCollector(Collector):
             ready.add_metric([name], 1.0 if status.ready else 0.0)
             draining.add_metric([name], 1.0 if status.draining else 0.0)
             memory.add_metric([name], status.memory_mb * 2**20)
-            runtime = slot.runtime
-            if runtime is None:
-                continue
-            for answer, count in runtime.session.offers.items():
-                offers.add_metric([name, answer], count)
-            stats = runtime.pool.stats
-            outcomes.add_metric([name, "success"], stats.jobs_succeeded)
-            outcomes.add_metric([name, "failure"], stats.jobs_failed)
-            reconnects.add_metric([name], runtime.session.reconnects)
-            buckets, total = [], 0
-            for bound in LATENCY_BUCKETS:
-                total = sum(1 for v in stats.start_latencies if v <= bound)
-                buckets.append((str(bound), total))
-            buckets.append(("+Inf", len(stats.start_latencies)))
-            latency.add_metric([name], buckets, sum_value=sum(stats.start_latencies))
+            totals = slot.totals()  # every runtime the agent had: replaces never reset them
+            for answer in ("accepted", "declined", "terminated"):
+                offers.add_metric([name, answer], totals.offers.get(answer, 0))
+            outcomes.add_metric([name, "success"], totals.jobs_succeeded)
+            outcomes.add_metric([name, "failure"], totals.jobs_failed)
+            reconnects.add_metric([name], totals.reconnects)
+            histogram = totals.start_latency
+            latency.add_metric([name], histogram.cumulative(), sum_value=histogram.total)
         yield from (
             load,
             jobs,

@@ -38,7 +38,7 @@ from lksup.daemon.agent import AgentConfigError, AgentRuntime, Environment
 from lksup.daemon.conditions import ConditionTracker
 from lksup.fleet.schema import Agent, Fleet
 from lksup.monitors.monitor import Monitor
-from lksup.pool.pool import auto_idle_processes
+from lksup.pool.pool import Histogram, auto_idle_processes
 from lksup.protocol.backoff import Backoff
 from lksup.protocol.machine import State
 from lksup.reconcile.diff import Action, Plan, diff
@@ -49,6 +49,27 @@ READY_TIMEOUT = 60.0  # how long a replacement may take to register and warm up
 
 #: Delay before a failed agent is started again: 5 s, doubling per consecutive failure, 5 min cap.
 RESTART_BACKOFF = Backoff(initial_delay=5.0, factor=2.0, max_delay=300.0, jitter=0.2)
+
+
+@dataclass
+class Totals:
+    """An agent's counters summed over runtimes (replaces and restarts never reset them)."""
+
+    offers: dict[str, int] = field(default_factory=dict)
+    jobs_succeeded: int = 0
+    jobs_failed: int = 0
+    reconnects: int = 0
+    start_latency: Histogram = field(default_factory=Histogram)
+
+    def add(self, runtime: AgentRuntime) -> None:
+        """Add one runtime's counters."""
+        for answer, count in runtime.session.offers.items():
+            self.offers[answer] = self.offers.get(answer, 0) + count
+        stats = runtime.pool.stats
+        self.jobs_succeeded += stats.jobs_succeeded
+        self.jobs_failed += stats.jobs_failed
+        self.reconnects += runtime.session.reconnects
+        self.start_latency.add(stats.start_latency)
 
 
 @dataclass
@@ -70,6 +91,22 @@ class AgentSlot:
     restart_at: float | None = None  # a restart is scheduled (state "backoff")
     restart_scope: anyio.CancelScope | None = None
     conditions: ConditionTracker = field(default_factory=ConditionTracker)
+    retired: Totals = field(default_factory=Totals)  # the counters of runtimes that ended
+
+    def totals(self) -> Totals:
+        """Counters over every runtime this agent had: ended ones and live ones."""
+        retired = self.retired
+        totals = Totals(
+            offers=dict(retired.offers),
+            jobs_succeeded=retired.jobs_succeeded,
+            jobs_failed=retired.jobs_failed,
+            reconnects=retired.reconnects,
+        )
+        totals.start_latency.add(retired.start_latency)
+        for runtime in self.runtimes():
+            if not runtime.done:  # an ended one is in ``retired`` already
+                totals.add(runtime)
+        return totals
 
     def runtimes(self) -> list[AgentRuntime]:
         """The current runtime, the old ones still serving, and the ones draining away."""
@@ -196,6 +233,7 @@ class Supervisor:
             error = f"{type(exc).__name__}: {exc}"
         finally:
             runtime.done = True
+            slot.retired.add(runtime)
             for old in (slot.draining, slot.previous):
                 if runtime in old:
                     old.remove(runtime)

@@ -17,11 +17,13 @@ initialisations across agents.
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import functools
 import logging
 import os
 import random
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -84,17 +86,51 @@ class RequestPolicy:
         return template.format(job_id=job_id, agent_name=agent_name, room=room)
 
 
+#: Job start latency buckets (seconds): assignment to entrypoint called.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+@dataclass
+class Histogram:
+    """Counts per bucket, a count and a sum: constant memory however many values it saw."""
+
+    bounds: tuple[float, ...] = LATENCY_BUCKETS
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    count: int = 0
+    total: float = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count one value (the last bucket is +Inf)."""
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.count += 1
+        self.total += value
+
+    def add(self, other: Histogram) -> None:
+        """Add another histogram's counts (same bounds) to this one."""
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.count += other.count
+        self.total += other.total
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """Prometheus buckets: ``(upper bound, values <= it)``, ending with ``+Inf``."""
+        running, buckets = 0, []
+        for bound, count in zip([*map(str, self.bounds), "+Inf"], self.counts, strict=True):
+            running += count
+            buckets.append((bound, running))
+        return buckets
+
+
 @dataclass
 class PoolStats:
-    """Counters for status and metrics."""
+    """Counters for status and metrics (bounded: a pool may run for months)."""
 
     spawned: int = 0
     init_failures: int = 0
     jobs_started: int = 0
     jobs_succeeded: int = 0
     jobs_failed: int = 0
-    start_latencies: list[float] = field(default_factory=list)
-    init_durations: list[float] = field(default_factory=list)
+    start_latency: Histogram = field(default_factory=Histogram)
+    init_durations: deque[float] = field(default_factory=lambda: deque(maxlen=256))
 
 
 class AgentPool:
@@ -387,7 +423,7 @@ class AgentPool:
             began = anyio.current_time()
             started = await process.start_job(start, job.id)
             if started:
-                self.stats.start_latencies.append(anyio.current_time() - began)
+                self.stats.start_latency.observe(anyio.current_time() - began)
                 self.stats.jobs_started += 1
                 session.job_started(job.id)
                 self._changed()
