@@ -442,6 +442,31 @@ async def test_supervisor_http_in_the_fleet_file_starts_the_listener(tmp_path: P
             ready = await client.get(base + "/readyz")
             assert ready.status_code == 200
             assert ready.json() == {"ready": True, "not_ready": []}
+            # an apply that moves supervisor.http moves the listener at once
+            moved = free_port()
+            code, out, err = await d.cli(
+                "apply",
+                str(
+                    fleet_file(
+                        tmp_path,
+                        "moved.yaml",
+                        fleet.read_text().replace(
+                            f"http: 127.0.0.1:{port}", f"http: 127.0.0.1:{moved}"
+                        ),
+                    )
+                ),
+            )
+            assert code == 0, out + err
+            with anyio.fail_after(10):
+                while True:
+                    try:
+                        answer = await client.get(f"http://127.0.0.1:{moved}/livez")
+                        break
+                    except httpx.ConnectError:
+                        await anyio.sleep(0.05)  # the new listener is the observable
+            assert answer.status_code == 200
+            with pytest.raises(httpx.ConnectError):
+                await client.get(base + "/livez")
         d.process.send_signal(signal.SIGTERM)
         with anyio.fail_after(30):
             assert await d.process.wait() == 0

@@ -106,8 +106,17 @@ class HealthServer:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Serve until cancelled; reports the bound port."""
+        """Bind, then serve until cancelled; reports the bound port."""
         listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
+        await self.serve(listener, task_status=task_status)
+
+    async def serve(
+        self,
+        listener: anyio.abc.Listener[anyio.abc.SocketStream],
+        *,
+        task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve on a bound listener until cancelled (it is closed then)."""
         async with listener:
             port = listener.extra(anyio.abc.SocketAttribute.local_port)
             log.info("Health and metrics on http://%s:%d", self.host, port)

@@ -108,14 +108,7 @@ class Daemon:
             await tg.start(ControlServer(settings.socket, app).run)
             if initial is not None:
                 await app.apply(initial)
-            fleet = supervisor.fleet
-            address = settings.http or (fleet.supervisor.http if fleet is not None else None)
-            if address:
-                host, _, port = address.rpartition(":")
-                try:
-                    await tg.start(HealthServer(host or "127.0.0.1", int(port), app).run)
-                except OSError as exc:
-                    raise LksupError(f"cannot listen on {address}: {exc.strerror}") from None
+            await tg.start(self._listener, tg, supervisor, app)
             log.info("lksup is running; control socket %s", settings.socket)
             tg.start_soon(self._announce_ready, supervisor)
             tg.start_soon(app.observe_forever)
@@ -125,6 +118,62 @@ class Daemon:
             await self._done.wait()
             tg.cancel_scope.cancel()
         return self.exit_code
+
+    async def _listener(
+        self,
+        tg: anyio.abc.TaskGroup,
+        supervisor: Supervisor,
+        app: DaemonApp,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Keep the read-only listener on ``--http``, else on the applied ``supervisor.http``.
+
+        An apply or SIGHUP that sets, moves or removes ``supervisor.http`` takes effect at
+        once. At start a port that cannot be bound stops the daemon; later it is logged and
+        the listener stays off until the next change.
+        """
+        current: str | None = None
+        scope: anyio.CancelScope | None = None
+        starting = True
+        while True:
+            fleet = supervisor.fleet
+            wanted = self.settings.http or (fleet.supervisor.http if fleet is not None else None)
+            if wanted != current:
+                if scope is not None:
+                    scope.cancel()
+                    log.info("Health and metrics listener on %s closed", current)
+                scope, current = None, wanted
+                if wanted:
+                    try:
+                        scope = await tg.start(self._serve_health, wanted, app)
+                    except LksupError as exc:
+                        if starting:
+                            raise
+                        log.error("%s; the listener stays off until supervisor.http changes", exc)
+            if starting:
+                starting = False
+                task_status.started()
+            await supervisor.wait_changed()
+
+    async def _serve_health(
+        self,
+        address: str,
+        app: DaemonApp,
+        *,
+        task_status: anyio.abc.TaskStatus[anyio.CancelScope] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        host, _, port = address.rpartition(":")
+        server = HealthServer(host or "127.0.0.1", int(port), app)
+        try:
+            listener = await anyio.create_tcp_listener(
+                local_host=server.host, local_port=server.port
+            )
+        except OSError as exc:
+            raise LksupError(f"cannot listen on {address}: {exc.strerror}") from None
+        with anyio.CancelScope() as scope:
+            task_status.started(scope)
+            await server.serve(listener)
 
     async def _start_dev_server(self, tg: anyio.abc.TaskGroup, env: Environment) -> Environment:
         from lksup.devserver.server import DevServer  # only when asked for
