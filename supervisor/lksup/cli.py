@@ -650,7 +650,9 @@ def apply(
     source = str(Path(fleet).resolve())
 
     async def call(client: Any) -> Any:
-        return await client.apply(document, source=source, dry_run=dry_run, prune_all=prune_all)
+        return await client.apply(
+            document, source=source, dry_run=dry_run, prune_all=prune_all, values=values
+        )
 
     plan = _control(socket_path, call)
     if output == "json":
@@ -683,6 +685,10 @@ def _plan_text(plan: dict[str, Any]) -> str:
     lines.extend(
         f"  {name}: the apply changes it, so its drain override is cleared"
         for name in plan.get("overridesCleared", [])
+    )
+    lines.extend(
+        f"  {name}: a secret it references changed: replaced"
+        for name in plan.get("secretsChanged", [])
     )
     if plan.get("revision"):
         lines.append(f"applied revision {plan['revision']}")

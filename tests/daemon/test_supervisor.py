@@ -384,3 +384,35 @@ async def test_an_apply_that_changes_a_drained_agent_clears_its_override(
 
 def diff_plan(sup: Supervisor, new: Fleet) -> Plan:
     return diff(sup.fleet, new)
+
+
+async def test_a_rotated_secret_file_replaces_the_agent_on_the_next_apply(
+    tmp_path: Path,
+) -> None:
+    """References compare equal in the plan; what they resolve to is read again each apply."""
+    token = tmp_path / "token"
+    token.write_text("first-token-value\n")
+    agents = {"alpha": f"env: {{TOKEN: {{file: {token}}}}}\n", "beta": ""}
+    async with supervised(tmp_path) as (sup, server):
+        await sup.apply(fleet(tmp_path, agents))
+        old = sup.slots["alpha"].runtime
+        assert old is not None
+        with anyio.fail_after(30):
+            await old.session.wait_registered()
+        plan = await sup.apply(fleet(tmp_path, agents))
+        assert sup.rotated == []  # nothing changed: nothing replaced
+        assert sup.slots["alpha"].runtime is old
+
+        token.write_text("rotated-token-value\n")
+        plan = await sup.apply(fleet(tmp_path, agents))
+        assert {a.action for a in plan.agents} == {Action.UNCHANGED}
+        assert sup.rotated == ["alpha"]
+        new = sup.slots["alpha"].runtime
+        assert new is not None
+        assert new is not old
+        assert new.pool.spec.env["TOKEN"] == "rotated-token-value"
+        with anyio.fail_after(30):  # a rolling replace: the new worker first, then the old goes
+            await new.session.wait_registered()
+            await sup.wait_until(lambda: old.done)
+        assert registered(server, "alpha") == [new.session.machine.worker_id]
+        assert sup.slots["beta"].restarts == 0

@@ -366,13 +366,23 @@ async def test_diff_apply_in_place_prune_all_simulate_and_sighup(tmp_path: Path)
         with anyio.fail_after(20):  # the sales agent takes it and its entrypoint logs the room
             while "room=sales-sim" not in d.log.read_text():
                 await anyio.sleep(0.05)
-        # SIGHUP re-applies the last applied source (changed.yaml), re-rendered
+        # a template value given to apply (HOLD_SECONDS in every agent's env: a replace)
+        code, out, err = await d.cli(
+            "apply", str(changed), "--set", "hold_seconds=9", "--wait", "--timeout", "60s"
+        )
+        assert code == 0, err
+        assert "3 replace" in out
+        # SIGHUP re-applies the last applied source (changed.yaml), re-rendered with the values
+        # it was applied with: only the file's own change shows
         changed.write_text(original.replace("max_jobs: 4", "max_jobs: 2"))
         d.process.send_signal(signal.SIGHUP)
         with anyio.fail_after(20):
-            while "3 update-in-place" not in d.log.read_text():
+            while "SIGHUP: re-applied" not in d.log.read_text():
                 await anyio.sleep(0.05)
-        code, out, _ = await d.cli("diff", str(changed))
+        (line,) = [x for x in d.log.read_text().splitlines() if "SIGHUP: re-applied" in x]
+        assert "3 update-in-place" in line
+        assert "replace" not in line.replace("0 replace", "")
+        code, out, _ = await d.cli("diff", str(changed), "--set", "hold_seconds=9")
         assert code == 0, out
 
 

@@ -168,6 +168,8 @@ class ApplyRequest(_Request):
     """The normalized fleet document, secrets revealed where the daemon needs them."""
     source: str | None = None
     """Where the fleet came from (a path), for SIGHUP re-applies and status messages."""
+    values: dict[str, Any] = Field(default_factory=dict)
+    """The template values ``source`` was rendered with (SIGHUP renders it again with them)."""
     dry_run: bool = False
     """Only compute the plan."""
     prune_all: bool = False

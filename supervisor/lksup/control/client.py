@@ -51,8 +51,16 @@ def _status(agent: str | None) -> _Call:
     return _Call("GET", "/v1/status", {"agent": agent} if agent is not None else {})
 
 
-def _apply(fleet: dict[str, Any], source: str | None, dry_run: bool, prune_all: bool) -> _Call:
-    request = ApplyRequest(fleet=fleet, source=source, dry_run=dry_run, prune_all=prune_all)
+def _apply(
+    fleet: dict[str, Any],
+    source: str | None,
+    dry_run: bool,
+    prune_all: bool,
+    values: dict[str, Any] | None,
+) -> _Call:
+    request = ApplyRequest(
+        fleet=fleet, source=source, dry_run=dry_run, prune_all=prune_all, values=values or {}
+    )
     return _Call("POST", "/v1/apply", body=request.model_dump(mode="json"))
 
 
@@ -154,9 +162,10 @@ class ControlClient:
         source: str | None = None,
         dry_run: bool = False,
         prune_all: bool = False,
+        values: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """``POST /v1/apply``; returns the Plan document."""
-        return await self._call(_apply(fleet, source, dry_run, prune_all))
+        return await self._call(_apply(fleet, source, dry_run, prune_all, values))
 
     async def applied(self) -> dict[str, Any] | None:
         """``GET /v1/fleet``: the applied fleet document, or None when none was applied."""
@@ -237,9 +246,10 @@ class SyncControlClient:
         source: str | None = None,
         dry_run: bool = False,
         prune_all: bool = False,
+        values: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """``POST /v1/apply``; returns the Plan document."""
-        return self._call(_apply(fleet, source, dry_run, prune_all))
+        return self._call(_apply(fleet, source, dry_run, prune_all, values))
 
     def applied(self) -> dict[str, Any] | None:
         """``GET /v1/fleet``: the applied fleet document, or None when none was applied."""

@@ -13,6 +13,8 @@ two samples (reservations count as jobs).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -83,10 +85,16 @@ def build_credentials(agent: Agent, env: Environment) -> Credentials:
 def build_spec(
     name: str, agent: Agent, env: Environment, *, log_level: str = "INFO"
 ) -> ProcessSpec:
-    """How this agent's job processes are started (env secrets resolved)."""
-    environment = agent_environment(
-        agent, environ=env.environ, base_dir=env.base_dir, redactor=Redactor()
-    )
+    """How this agent's job processes are started.
+
+    Secrets in ``env`` are resolved now; ``AgentConfigError`` when one cannot be.
+    """
+    try:
+        environment = agent_environment(
+            agent, environ=env.environ, base_dir=env.base_dir, redactor=Redactor()
+        )
+    except SecretError as exc:  # the message names the reference, never a value
+        raise AgentConfigError(str(exc)) from None
     return ProcessSpec(
         agent_name=name,
         entrypoint=agent.entrypoint,
@@ -98,6 +106,22 @@ def build_spec(
         shutdown_timeout=agent.shutdown_process_timeout,
         initialize_timeout=agent.initialize_process_timeout,
     )
+
+
+def resolved_fingerprint(name: str, agent: Agent, env: Environment) -> str:
+    """A digest of what the agent's secret references resolve to now.
+
+    It covers the connection credentials and the job processes' environment (raises
+    ``AgentConfigError`` when a reference cannot be resolved). Kept in memory only, to see
+    whether a referenced secret changed since the agent started (a rotated ``{file: ...}``);
+    it shows nothing of the values.
+    """
+    credentials = build_credentials(agent, env)
+    environment = build_spec(name, agent, env).env
+    material = json.dumps(
+        [credentials.url, credentials.api_key, credentials.api_secret, sorted(environment.items())]
+    )
+    return hashlib.sha256(material.encode()).hexdigest()
 
 
 def build_options(name: str, agent: Agent) -> Options:
@@ -171,6 +195,7 @@ class AgentRuntime:
         self.session = AgentSession(
             build_options(name, agent), build_credentials(agent, env), self.pool
         )
+        self.fingerprint = resolved_fingerprint(name, agent, env)
         self.load = 0.0
         self.full = False
         self.done = False  # run() returned (set by its supervisor)

@@ -67,6 +67,7 @@ class DaemonApp:
         self.dev = dev
         self.fleet: Fleet | None = None  # as applied, before the development defaults
         self.source: str | None = None
+        self.values: dict[str, Any] = {}  # the template values of ``source``
         self.revision: str | None = None
 
     # --- status --------------------------------------------------------------------------
@@ -246,10 +247,15 @@ class DaemonApp:
         }
         if request.dry_run:
             return {**document, "dryRun": True}
-        applied = state.save(self.state_dir, fleet, source=request.source)
+        applied = state.save(self.state_dir, fleet, source=request.source, values=request.values)
         await self.supervisor.apply(effective)
         self.fleet, self.source, self.revision = fleet, request.source, applied.revision
-        return {**document, "revision": applied.revision}
+        self.values = dict(request.values)
+        return {
+            **document,
+            "revision": applied.revision,
+            "secretsChanged": self.supervisor.rotated,
+        }
 
     async def applied(self) -> dict[str, Any] | None:
         """The applied fleet as written (display form: no secret values)."""

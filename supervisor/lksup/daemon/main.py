@@ -85,8 +85,8 @@ class Daemon:
         self._draining = False
         self._done = anyio.Event()
 
-    def _load(self, path: str) -> Fleet:
-        loaded = load_fleet(path, values=self.settings.values, environ=self.settings.environ)
+    def _load(self, path: str, values: dict[str, Any]) -> Fleet:
+        loaded = load_fleet(path, values=values, environ=self.settings.environ)
         for warning in loaded.warnings:
             log.warning("%s", warning.format())
         return loaded.fleet
@@ -200,8 +200,9 @@ class Daemon:
         """The fleet to apply at start: the file given, else the last applied one, else none."""
         settings = self.settings
         source: str | None
+        values = settings.values
         if settings.fleet is not None:
-            fleet = self._load(settings.fleet)
+            fleet = self._load(settings.fleet, values)
             source = str(Path(settings.fleet).resolve())
         else:
             try:
@@ -212,10 +213,12 @@ class Daemon:
             if applied is None:
                 log.info("no fleet yet: apply one with `lksup apply FLEET`")
                 return None
-            fleet, source = applied.fleet, applied.source
+            fleet, source, values = applied.fleet, applied.source, applied.values
             log.info("resuming the last applied fleet (revision %s)", applied.revision)
         return ApplyRequest(
-            fleet=fleet.model_dump(mode="json", by_alias=True, context=REVEAL), source=source
+            fleet=fleet.model_dump(mode="json", by_alias=True, context=REVEAL),
+            source=source,
+            values=values,
         )
 
     async def _announce_ready(self, supervisor: Supervisor) -> None:
@@ -316,16 +319,21 @@ class Daemon:
         if source is None:
             log.warning("SIGHUP: no fleet file to re-apply")
             return
-        try:
-            fleet = self._load(source)
+        try:  # rendered with the values it was applied with (by `apply --set`, or `run`)
+            fleet = self._load(source, app.values)
         except FleetError as exc:
             log.error("SIGHUP: %s is invalid; nothing changed:\n%s", source, exc)
             return
         request = ApplyRequest(
-            fleet=fleet.model_dump(mode="json", by_alias=True, context=REVEAL), source=source
+            fleet=fleet.model_dump(mode="json", by_alias=True, context=REVEAL),
+            source=source,
+            values=app.values,
         )
         plan = await app.apply(request)
         summary = ", ".join(f"{count} {action}" for action, count in plan["summary"].items())
+        rotated = plan.get("secretsChanged") or []
+        if rotated:
+            summary += f"; replaced for a changed secret: {', '.join(rotated)}"
         log.info("SIGHUP: re-applied %s (%s)", source, summary)
 
 

@@ -18,7 +18,7 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -64,9 +64,16 @@ class AppliedFleet:
     revision: str
     source: str | None
     applied_at: str  # RFC 3339
+    values: dict[str, Any] = field(default_factory=dict)  # the template values of ``source``
 
 
-def save(state_dir: Path, fleet: Fleet, *, source: str | None) -> AppliedFleet:
+def save(
+    state_dir: Path,
+    fleet: Fleet,
+    *,
+    source: str | None,
+    values: dict[str, Any] | None = None,
+) -> AppliedFleet:
     """Persist the applied fleet atomically (0600 in a 0700 directory)."""
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(state_dir, 0o700)
@@ -75,10 +82,12 @@ def save(state_dir: Path, fleet: Fleet, *, source: str | None) -> AppliedFleet:
         revision=revision(fleet),
         source=source,
         applied_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        values=dict(values or {}),
     )
     payload = {
         "revision": applied.revision,
         "source": source,
+        "values": applied.values,
         "applied_at": applied.applied_at,
         "fleet": fleet_document(fleet),
     }
@@ -118,4 +127,5 @@ def load(state_dir: Path) -> AppliedFleet | None:
         payload.get("revision") or revision(fleet),
         payload.get("source"),
         payload.get("applied_at", ""),
+        dict(payload.get("values") or {}),
     )

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import anyio
 import anyio.abc
 
-from lksup.daemon.agent import AgentConfigError, AgentRuntime, Environment
+from lksup.daemon.agent import AgentConfigError, AgentRuntime, Environment, resolved_fingerprint
 from lksup.daemon.conditions import ConditionTracker
 from lksup.fleet.schema import Agent, Fleet
 from lksup.monitors.monitor import Monitor
@@ -129,6 +129,7 @@ class Supervisor:
         self.restart_backoff = restart_backoff
         self._rand = rand
         self.stopping = False  # a coordinated drain or stop began: nothing is restarted
+        self.rotated: list[str] = []  # agents the last apply replaced for a changed secret
         self.fleet: Fleet | None = None
         self.slots: dict[str, AgentSlot] = {}
         self.limiter = anyio.CapacityLimiter(auto_idle_processes())
@@ -179,8 +180,40 @@ class Supervisor:
                 self._replace(item.name, fleet.agents[item.name])
             elif item.action is Action.DRAIN_AND_REMOVE:
                 self._remove(item.name)
+        self.rotated = self._replace_rotated(plan)
         self._notify()
         return plan
+
+    def _replace_rotated(self, plan: Plan) -> list[str]:
+        """Replace the agents whose secret references resolve to something new.
+
+        The plan compares references, not values, so a rotated ``{file: ...}`` or a changed
+        environment variable shows as unchanged; every apply (and so SIGHUP) reads them again
+        and gives such an agent a rolling replace. A reference that cannot be read now leaves
+        the agent as it is (its next start reports it).
+        """
+        rotated = []
+        for item in plan.agents:
+            if item.action not in (Action.UNCHANGED, Action.UPDATE_IN_PLACE):
+                continue
+            slot = self.slots.get(item.name)
+            runtime = slot.runtime if slot is not None else None
+            if slot is None or runtime is None or runtime.done or slot.override_drained:
+                continue
+            try:
+                fingerprint = resolved_fingerprint(slot.name, slot.agent, self.env)
+            except AgentConfigError as exc:
+                log.warning("Agent %s: %s", slot.name, exc, extra={"agent": slot.name})
+                continue
+            if fingerprint != runtime.fingerprint:
+                log.info(
+                    "Agent %s: a secret it references changed; replacing it",
+                    slot.name,
+                    extra={"agent": slot.name},
+                )
+                rotated.append(slot.name)
+                self._replace(slot.name, slot.agent)
+        return rotated
 
     def overrides_cleared_by(self, plan: Plan) -> list[str]:
         """Agents drained by an operator that this plan changes.
