@@ -416,3 +416,19 @@ async def test_a_rotated_secret_file_replaces_the_agent_on_the_next_apply(
             await sup.wait_until(lambda: old.done)
         assert registered(server, "alpha") == [new.session.machine.worker_id]
         assert sup.slots["beta"].restarts == 0
+
+
+async def test_an_agent_whose_secret_cannot_be_read_fails_alone(tmp_path: Path) -> None:
+    """Regression: an unreadable env secret raised out of apply instead of failing the agent."""
+    agents = {"alpha": "env: {TOKEN: {env: LKSUP_TEST_NOT_SET}}\n", "beta": ""}
+    async with supervised(tmp_path, restart_backoff=QUICK) as (sup, server):
+        app = DaemonApp(sup, tmp_path / "state")
+        await sup.apply(fleet(tmp_path, agents))
+        row = app.agent_status(sup.slots["alpha"])
+        assert row.state == "backoff"
+        assert "LKSUP_TEST_NOT_SET" in row.message
+        beta = sup.slots["beta"].runtime
+        assert beta is not None
+        with anyio.fail_after(30):
+            await beta.session.wait_registered()
+        assert [w.agent_name for w in server.workers()] == ["beta"]

@@ -425,6 +425,23 @@ async def test_health_readiness_status_and_metrics_over_http() -> None:
             assert 'lksup_offers_total{agent="survey",answer="accepted"} 1.0' in text
             assert 'lksup_agent_draining{agent="sales"} 1.0' in text
             assert 'lksup_job_start_seconds_count{agent="survey"} 1.0' in text
+            # one series per agent for every gauge, with the live values
+            for agent in ("customer-service", "sales", "survey"):
+                assert f'lksup_agent_ready{{agent="{agent}"}} ' in text
+                assert f'lksup_reconnects_total{{agent="{agent}"}} 0.0' in text
+            assert 'lksup_agent_ready{agent="sales"} 0.0' in text  # drained
+            assert 'lksup_agent_ready{agent="survey"} 1.0' in text
+            assert 'lksup_agent_jobs{agent="survey"} 0.0' in text
+            assert 'lksup_agent_idle_processes{agent="survey"} 1.0' in text
+            assert re.search(r'lksup_agent_load\{agent="survey"\} [0-9.]+', text)
+            pattern = re.compile(r'lksup_agent_memory_bytes\{agent="survey"\} ([0-9.e+]+)')
+            with anyio.fail_after(20):  # its warm process, once the memory sweep measured it
+                while True:
+                    memory = pattern.search((await client.get(base + "/metrics")).text)
+                    assert memory
+                    if float(memory.group(1)) > 1e6:
+                        break
+                    await anyio.sleep(0.2)  # the next sweep is the observable
 
 
 async def test_drain_wait_reports_jobs_left_until_drained() -> None:
