@@ -465,47 +465,61 @@ async def test_replace_while_a_job_runs_then_remove(tmp_path: Path) -> None:
     original = (ROOT / "fleets" / "dev.yaml").read_text()
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text(original)
-    async with daemon(str(fleet), "--set", "hold_seconds=4") as d:
+    async with daemon(str(fleet), "--set", "hold_seconds=8") as d:
         await d.wait_ready(3)
         code, _, err = await d.cli("dispatch", "customer-service", "--room", "cs-old")
         assert code == 0, err
         with anyio.fail_after(20):
             while "support job started: room=cs-old" not in d.log.read_text():
                 await anyio.sleep(0.05)
-        # a change that needs a replace: the entrypoint's environment
+        # change customer-service's entrypoint (to the survey module's): a replace
         replaced = tmp_path / "replaced.yaml"
         replaced.write_text(
-            original.replace("HOLD_SECONDS:", "MODEL_NAME: large\n    HOLD_SECONDS:")
+            original.replace('("customer-service", "support")', '("customer-service", "survey")')
         )
-        code, out, err = await d.cli("apply", str(replaced), "--set", "hold_seconds=4")
+        code, out, err = await d.cli("apply", str(replaced), "--set", "hold_seconds=8")
         assert code == 0, err
-        assert "3 replace" in out
-        with anyio.fail_after(30):  # the new workers register; a new offer goes to them
-            while "restarts" not in (status := (await d.cli("status", "-o", "json"))[1]) or (
-                '"restarts": 1' not in status
+        assert "1 replace" in out
+        assert "entrypoint: fleets.agents.support:entrypoint -> fleets.agents.survey" in out
+        # a new offer while the old worker still runs its job goes to the new entrypoint
+        with anyio.fail_after(30):
+            while (
+                '"restarts": 1' not in (await d.cli("status", "customer-service", "-o", "json"))[1]
             ):
-                await anyio.sleep(0.1)
+                await anyio.sleep(0.1)  # status is the observable
         code, _, err = await d.cli("dispatch", "customer-service", "--room", "cs-new")
         assert code == 0, err
         with anyio.fail_after(30):
-            while "model=large" not in d.log.read_text():
+            while "survey job started: room=cs-new" not in d.log.read_text():
                 await anyio.sleep(0.05)
-        with anyio.fail_after(30):  # the job on the old worker was not disturbed
+        code, out, _ = await d.cli("status", "customer-service", "-o", "json")
+        # that was during the replace: the old worker is still draining its job
+        assert "1 old worker(s) draining" in json.loads(out)["items"][0]["message"]
+        with anyio.fail_after(30):  # the job on the old worker completes, undisturbed
             while "support job done: room=cs-old" not in d.log.read_text():
                 await anyio.sleep(0.05)
-        # remove an agent: drained, then gone
+        # remove an agent with a job running: drained (the job finishes), then gone
+        code, _, err = await d.cli("dispatch", "survey", "--room", "survey-last")
+        assert code == 0, err
+        with anyio.fail_after(20):
+            while "survey job started: room=survey-last" not in d.log.read_text():
+                await anyio.sleep(0.05)
         removed = tmp_path / "removed.yaml"
         removed.write_text(
             replaced.read_text()
             .replace('("survey", "survey")', "")
             .replace('("sales", "sales"), ', '("sales", "sales")')
         )
-        code, out, err = await d.cli("apply", str(removed), "--set", "hold_seconds=4")
+        code, out, err = await d.cli("apply", str(removed), "--set", "hold_seconds=8")
         assert code == 0, err
         assert "1 drain-and-remove" in out
+        code, out, _ = await d.cli("status", "survey", "-o", "json")
+        assert code == 0
+        assert json.loads(out)["items"][0]["state"] == "draining"
         with anyio.fail_after(30):
             while "survey" in (await d.cli("status"))[1]:
                 await anyio.sleep(0.1)
+        assert "survey job done: room=survey-last" in d.log.read_text()
         d.process.send_signal(signal.SIGTERM)
         with anyio.fail_after(30):
             assert await d.process.wait() == 0
