@@ -1,0 +1,148 @@
+"""What every ``lksup`` command shares.
+
+The group, exit codes, options, output helpers and the call into the daemon's socket.
+
+Exit codes (shared by every command): 0 success / valid / no changes; 1 invalid or (for
+``diff``) changes found; 2 usage error or, for ``diff``, an error; 3 and 4 are reserved for
+``status`` (not ready / unknown), following LSB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import anyio
+import click
+
+from lksup import __version__
+from lksup.errors import Diagnostic, FleetError
+from lksup.fleet.loading import load_values
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _colour() -> bool:
+    return sys.stdout.isatty() and "NO_COLOR" not in os.environ
+
+
+def _emit(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def _print_diagnostics(diagnostics: list[Diagnostic]) -> None:
+    for diagnostic in diagnostics:
+        click.echo(diagnostic.format(), err=True)
+
+
+def _values(values_files: tuple[str, ...], assignments: tuple[str, ...]) -> dict[str, Any]:
+    try:
+        return load_values(list(values_files), list(assignments))
+    except FleetError as exc:
+        _print_diagnostics(exc.diagnostics)
+        raise SystemExit(EXIT_USAGE) from None
+
+
+def _template_options(func: F) -> F:
+    func = click.option(
+        "--set",
+        "assignments",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Set a template value (dotted keys: --set region.name=eu). Repeatable.",
+    )(func)
+    return click.option(
+        "--values",
+        "values_files",
+        multiple=True,
+        type=click.Path(dir_okay=False),
+        metavar="FILE",
+        help="YAML file of template values, merged in order. Repeatable.",
+    )(func)
+
+
+def _output_option(choices: list[str], default: str) -> Callable[[F], F]:
+    return click.option(
+        "-o",
+        "--output",
+        type=click.Choice(choices),
+        default=default,
+        show_default=True,
+        help="Output format.",
+    )
+
+
+EXIT_NOT_READY, EXIT_UNKNOWN = 3, 4
+
+
+def _socket_option(func: F) -> F:
+    return click.option(
+        "--socket",
+        "socket_path",
+        metavar="PATH",
+        help="Control socket [env: LKSUP_SOCKET; default /run/lksup/lksup.sock as root, "
+        "else $XDG_RUNTIME_DIR/lksup/lksup.sock].",
+    )(func)
+
+
+def _socket(explicit: str | None) -> Any:
+    from lksup.control.errors import SocketPathError
+    from lksup.control.paths import resolve_socket_path
+
+    try:
+        return resolve_socket_path(explicit, environ=os.environ, uid=os.getuid())
+    except SocketPathError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+def _control(explicit: str | None, call: Any) -> Any:
+    """Run ``call(client)`` against the daemon; unreachable -> exit 4, errors -> exit 1/4."""
+    from lksup.control.client import ControlClient
+    from lksup.control.errors import ControlError, DaemonUnreachable
+
+    path = _socket(explicit)
+
+    async def run() -> Any:
+        async with ControlClient(path) as client:
+            return await call(client)
+
+    try:
+        return anyio.run(run)
+    except DaemonUnreachable as exc:
+        fail(str(exc), EXIT_UNKNOWN)
+    except ControlError as exc:
+        fail(exc.message, EXIT_UNKNOWN if exc.code == "not_found" else EXIT_FAILED)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="lksup")
+def main() -> None:
+    """lksup: a declarative supervisor for fleets of LiveKit agent workers.
+
+    A fleet file (YAML, optionally a jinja2 template) declares named agents; lksup checks it,
+    shows what applying it would change, and runs the fleet in one supervisor process.
+
+    \b
+    Offline commands (for pull requests and CI):
+      lksup validate fleets/prod.yaml --strict
+      lksup render fleets/prod.yaml --values values/eu.yaml
+      lksup diff fleets/prod.yaml --against previous.yaml
+      lksup schema > schemas/fleet.schema.json
+
+    \b
+    Running a fleet:
+      lksup run fleets/dev.yaml --dev-server   # the supervisor, with a local LiveKit stand-in
+      lksup apply fleets/prod.yaml --wait      # change what a running supervisor runs
+      lksup status                             # agents, jobs, load, sync (exit 3 not ready)
+      lksup drain customer-service --wait      # stop taking jobs, let running ones finish
+    """
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    """Print ``lksup: error: message`` and exit."""
+    click.echo(f"lksup: error: {message}", err=True)
+    raise SystemExit(code)

@@ -1,0 +1,493 @@
+"""The supervisor and its verbs: run, apply, status, drain, undrain, reload, simulate."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import click
+
+from lksup.cli.common import (
+    EXIT_FAILED,
+    EXIT_NOT_READY,
+    EXIT_USAGE,
+    _control,
+    _emit,
+    _output_option,
+    _print_diagnostics,
+    _socket,
+    _socket_option,
+    _template_options,
+    _values,
+    fail,
+    main,
+)
+from lksup.errors import FleetError, LksupError
+from lksup.fleet.checks import validate_file
+from lksup.reconcile import render as plan_render
+
+
+@main.command()
+@click.argument("fleet", required=False, metavar="[FLEET]")
+@_template_options
+@_socket_option
+@click.option(
+    "--state-dir", type=click.Path(file_okay=False), help="State directory [env: LKSUP_STATE_DIR]."
+)
+@click.option(
+    "--dev",
+    is_flag=True,
+    help="Development defaults: no load threshold, no idle processes, debug logs.",
+)
+@click.option(
+    "--dev-server",
+    is_flag=False,
+    flag_value="127.0.0.1:7880",
+    default=None,
+    metavar="[HOST:PORT]",
+    help="Start the embedded dev server in this process (default 127.0.0.1:7880); agents "
+    "without a LiveKit URL use it.",
+)
+@click.option(
+    "--http",
+    metavar="HOST:PORT",
+    help="Read-only listener for /livez, /readyz, /status and /metrics (else supervisor.http).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["json", "console"]),
+    help="Log format on stdout (default: console on a terminal, else JSON lines).",
+)
+def run(
+    fleet: str | None,
+    values_files: tuple[str, ...],
+    assignments: tuple[str, ...],
+    socket_path: str | None,
+    state_dir: str | None,
+    dev: bool,
+    dev_server: str | None,
+    http: str | None,
+    log_format: str | None,
+) -> None:
+    """Run the supervisor in the foreground (for containers and systemd).
+
+    With FLEET it applies that file at start; without, it resumes the last applied fleet from
+    the state directory. The first SIGTERM or SIGINT drains every agent against the fleet's
+    drain_timeout (exit 0 when every job finished, 1 otherwise); a second one stops at once.
+    SIGHUP re-applies the fleet file; SIGQUIT stops at once; SIGUSR1 dumps stacks.
+
+    \b
+    Examples:
+      lksup run fleets/prod.yaml
+      lksup run fleets/dev.yaml --dev-server          # no LiveKit deployment needed
+    """
+    from lksup.daemon.main import DaemonSettings, run_daemon
+    from lksup.daemon.state import default_state_dir
+    from lksup.logs import setup_logging
+
+    setup_logging(fmt=log_format, level="DEBUG" if dev else "INFO")
+    values = _values(values_files, assignments)
+    settings = DaemonSettings(
+        socket=_socket(socket_path),
+        state_dir=Path(state_dir) if state_dir else default_state_dir(),
+        fleet=fleet,
+        values=values,
+        dev=dev,
+        dev_server=dev_server,
+        http=http,
+    )
+    try:
+        code = run_daemon(settings)
+    except FleetError as exc:
+        _print_diagnostics(exc.diagnostics)
+        raise SystemExit(EXIT_FAILED) from None
+    except LksupError as exc:
+        fail(str(exc))
+    except OSError as exc:  # e.g. the state directory cannot be created
+        fail(f"cannot start: {exc}")
+    raise SystemExit(code)
+
+
+@main.command()
+@click.argument("fleet", metavar="FLEET")
+@_template_options
+@_socket_option
+@click.option("--dry-run", is_flag=True, help="Show the plan; change nothing.")
+@click.option("--prune-all", is_flag=True, help="Allow a fleet that removes every agent.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Show progress until converged: every agent ready (or drained by an operator) and "
+    "every removed agent gone.",
+)
+@click.option(
+    "--timeout",
+    "timeout_text",
+    default="5m",
+    show_default=True,
+    help="With --wait: give up after this long.",
+)
+@click.option("--skip-import-check", is_flag=True, help="Do not import-check entrypoints first.")
+@_output_option(["text", "json"], "text")
+def apply(
+    fleet: str,
+    values_files: tuple[str, ...],
+    assignments: tuple[str, ...],
+    socket_path: str | None,
+    dry_run: bool,
+    prune_all: bool,
+    wait: bool,
+    timeout_text: str,
+    skip_import_check: bool,
+    output: str,
+) -> None:
+    """Validate FLEET, send it to the running supervisor and print the plan.
+
+    The same checks as `validate --check-imports` run first; a fleet that fails any of them
+    changes nothing. Secret references ({env: NAME}, {file: PATH}) are resolved by the
+    supervisor, in its own environment.
+
+    \b
+    Examples:
+      lksup apply fleets/prod.yaml --dry-run
+      lksup apply fleets/prod.yaml --wait --timeout 2m
+    """
+    from lksup.fleet.durations import parse_duration
+    from lksup.fleet.normalize import REVEAL
+
+    values = _values(values_files, assignments)
+    result = validate_file(fleet, values=values, check_imports=not skip_import_check)
+    _print_diagnostics(result.diagnostics)
+    if not result.valid or result.loaded is None:
+        raise SystemExit(EXIT_FAILED)
+    document = result.loaded.fleet.model_dump(mode="json", by_alias=True, context=REVEAL)
+    source = str(Path(fleet).resolve())
+
+    async def call(client: Any) -> Any:
+        return await client.apply(
+            document, source=source, dry_run=dry_run, prune_all=prune_all, values=values
+        )
+
+    plan = _control(socket_path, call)
+    if output == "json":
+        _emit(plan)
+    else:
+        click.echo(_plan_text(plan))
+    if wait and not dry_run:
+        removed = [a["name"] for a in plan["agents"] if a["action"] == "drain-and-remove"]
+        _wait_converged(socket_path, parse_duration(timeout_text), removed)
+
+
+def _plan_text(plan: dict[str, Any]) -> str:
+    lines = []
+    summary = plan.get("summary", {})
+    lines.append(
+        "Plan: "
+        + ", ".join(
+            f"{summary.get(k, 0)} {k}"
+            for k in ("create", "update-in-place", "replace", "drain-and-remove", "unchanged")
+        )
+        + ("" if not plan.get("dryRun") else " (dry run: nothing changed)")
+    )
+    for agent in plan.get("agents", []):
+        lines.append(f"  {agent['action']:<17} {agent['name']}")
+        lines.extend(
+            f"      {c['path']}: {plan_render.format_value(c['old'])} -> "
+            f"{plan_render.format_value(c['new'])}"
+            for c in agent.get("changes", [])
+        )
+    lines.extend(
+        f"  {name}: the apply changes it, so its drain override is cleared"
+        for name in plan.get("overridesCleared", [])
+    )
+    lines.extend(
+        f"  {name}: a secret it references changed: replaced"
+        for name in plan.get("secretsChanged", [])
+    )
+    if plan.get("revision"):
+        lines.append(f"applied revision {plan['revision']}")
+    return "\n".join(lines)
+
+
+def _converged(item: Any, removed: list[str]) -> bool:
+    if item.name in removed:
+        return False  # still draining away
+    return bool(item.sync == "override" or (item.ready and item.sync == "synced"))
+
+
+def _wait_converged(socket_path: str | None, timeout: float, removed: list[str]) -> None:
+    """Print what is still converging whenever it changes, until nothing is (or timeout)."""
+
+    async def call(client: Any) -> Any:
+        last = ""
+        with anyio.move_on_after(timeout):
+            while True:
+                items = (await client.status()).items
+                waiting = [item for item in items if not _converged(item, removed)]
+                if not waiting:
+                    return items
+                line = "; ".join(
+                    f"{item.name} {'draining away' if item.name in removed else item.state}"
+                    + (f" ({item.message})" if item.message else "")
+                    for item in waiting
+                )
+                if line != last:
+                    click.echo(f"waiting for {len(waiting)} agent(s): {line}")
+                    last = line
+                await anyio.sleep(0.2)  # polling the daemon's status, the CLI's only view
+        return None
+
+    items = _control(socket_path, call)
+    if items is None:
+        fail(f"not converged within {timeout:g}s (see lksup status)")
+    drained = sum(1 for item in items if item.sync == "override")
+    ready = len(items) - drained
+    click.echo(
+        f"converged: {ready} agent(s) ready"
+        + (f", {drained} drained by an operator" if drained else "")
+    )
+
+
+@main.command()
+@click.argument("agent", required=False, metavar="[AGENT]")
+@_socket_option
+@click.option("--jobs", "show_jobs", is_flag=True, help="List each agent's running jobs.")
+@click.option("--check", is_flag=True, help="Exit 3 when an agent is not ready.")
+@click.option("-w", "--watch", is_flag=True, help="Redraw every 2 seconds until Ctrl+C.")
+@_output_option(["table", "wide", "json"], "table")
+def status(
+    agent: str | None,
+    socket_path: str | None,
+    show_jobs: bool,
+    check: bool,
+    watch: bool,
+    output: str,
+) -> None:
+    """Show the agents of the running supervisor.
+
+    Exit status: 0; 3 with --check when an agent is not ready; 4 when the supervisor is
+    unreachable or AGENT is unknown.
+
+    \b
+    Examples:
+      lksup status
+      lksup status customer-service --jobs
+      lksup status -o json | jq '.items[] | select(.state != "running")'
+    """
+
+    async def call(client: Any) -> Any:
+        return await client.status(agent)
+
+    if watch:
+        _watch_status(socket_path, agent, wide=output == "wide", show_jobs=show_jobs)
+        return
+    result = _control(socket_path, call)
+    if output == "json":
+        _emit(result.model_dump(mode="json", by_alias=True))
+    else:
+        click.echo(_status_table(result.items, wide=output == "wide", show_jobs=show_jobs))
+    if check and not all(item.ready for item in result.items):
+        raise SystemExit(EXIT_NOT_READY)
+
+
+def _watch_status(
+    socket_path: str | None, agent: str | None, *, wide: bool, show_jobs: bool
+) -> None:
+    async def call(client: Any) -> Any:
+        while True:
+            items = (await client.status(agent)).items
+            table = _status_table(items, wide=wide, show_jobs=show_jobs)
+            if sys.stdout.isatty():
+                click.clear()
+            click.echo(table + ("\n" if not sys.stdout.isatty() else ""))
+            await anyio.sleep(2.0)  # the refresh interval of the view
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _control(socket_path, call)
+
+
+def _age(started_at: str | None) -> str:
+    if not started_at:
+        return "-"
+    from datetime import UTC, datetime
+
+    from lksup.fleet.durations import format_duration
+
+    seconds = (datetime.now(UTC) - datetime.fromisoformat(started_at)).total_seconds()
+    text = format_duration(max(0.0, seconds))
+    return text[: text.find("m") + 1] if "h" in text or "d" in text else text
+
+
+def _status_table(items: list[Any], *, wide: bool, show_jobs: bool) -> str:
+    header = [
+        "AGENT",
+        "STATE",
+        "READY",
+        "JOBS",
+        "IDLE",
+        "LOAD/THR",
+        "MEM",
+        "RESTARTS",
+        "AGE",
+        "SYNC",
+        "MESSAGE",
+    ]
+    if wide:
+        header[-1:-1] = ["WORKER_ID"]
+    rows = []
+    for item in items:
+        row = [
+            item.name,
+            item.state,
+            "1/1" if item.ready else "0/1",
+            str(item.jobs),
+            f"{item.idle}/{item.idle_target}",
+            f"{item.load:.2f}/{item.threshold:.2f}",
+            f"{item.memory_mb:.0f}Mi",
+            str(item.restarts),
+            _age(item.started_at),
+            item.sync,
+            item.message or "-",
+        ]
+        if wide:
+            row[-1:-1] = [item.worker_id or "-"]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in [header, *rows]
+    ]
+    if show_jobs:
+        for item in items:
+            lines.append("")
+            lines.append(f"{item.name}: {len(item.jobs_detail)} job(s)")
+            lines.extend(
+                f"  {job.job_id}  room={job.room}  pid={job.pid}  {job.state}  "
+                f"age={_age(job.started_at)}  mem={job.memory_mb:.0f}Mi"
+                for job in item.jobs_detail
+            )
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("agent", required=False, metavar="[AGENT]")
+@click.option("--all", "all_agents", is_flag=True, help="Drain every agent.")
+@click.option("--wait", is_flag=True, help="Wait until the drained agents have no job left.")
+@click.option(
+    "--timeout",
+    "timeout_text",
+    default="1h",
+    show_default=True,
+    help="With --wait: give up after this long (exit 1).",
+)
+@_socket_option
+def drain(
+    agent: str | None, all_agents: bool, wait: bool, timeout_text: str, socket_path: str | None
+) -> None:
+    """Stop AGENT (or --all) taking jobs; running jobs finish. Recorded as an override.
+
+    \b
+    Example:
+      lksup drain sales && lksup status sales --jobs
+    """
+    if bool(agent) == all_agents:
+        fail("give AGENT or --all", EXIT_USAGE)
+
+    async def call(client: Any) -> Any:
+        return await client.drain(agent)
+
+    result = _control(socket_path, call)
+    click.echo(f"draining {', '.join(result['draining'])} ({result['jobs']} job(s) running)")
+    if wait:
+        from lksup.fleet.durations import format_duration, parse_duration
+
+        names = set(result["draining"])
+        timeout = parse_duration(timeout_text)
+
+        async def until_drained(client: Any) -> Any:
+            last = None
+            with anyio.move_on_after(timeout):
+                while True:
+                    items = [i for i in (await client.status()).items if i.name in names]
+                    left = sum(i.jobs for i in items)
+                    if left == 0:
+                        return True
+                    if left != last:
+                        click.echo(f"  {left} job(s) left")
+                        last = left
+                    await anyio.sleep(0.5)  # polling the daemon's status, the CLI's only view
+            return False
+
+        if not _control(socket_path, until_drained):
+            fail(f"jobs were still running after {format_duration(timeout)}")
+        click.echo("drained")
+
+
+@main.command()
+@click.argument("agent", metavar="AGENT")
+@_socket_option
+def undrain(agent: str, socket_path: str | None) -> None:
+    """Let AGENT take jobs again (clears the drain override).
+
+    \b
+    Example:
+      lksup undrain sales
+    """
+
+    async def call(client: Any) -> Any:
+        return await client.undrain(agent)
+
+    _control(socket_path, call)
+    click.echo(f"{agent} takes jobs again")
+
+
+@main.command()
+@click.argument("agent", required=False, metavar="[AGENT]")
+@click.option("--all", "all_agents", is_flag=True, help="Reload every agent.")
+@_socket_option
+def reload(agent: str | None, all_agents: bool, socket_path: str | None) -> None:
+    """Rolling replace of AGENT (or --all) with the same configuration.
+
+    The new worker registers and warms up first, then the old one drains.
+
+    \b
+    Example:
+      lksup reload customer-service
+    """
+    if bool(agent) == all_agents:
+        fail("give AGENT or --all", EXIT_USAGE)
+
+    async def call(client: Any) -> Any:
+        return await client.reload(agent)
+
+    result = _control(socket_path, call)
+    if result["reloading"]:
+        click.echo(f"reloading {', '.join(result['reloading'])}")
+    for name in result.get("skipped_drained", []):
+        click.echo(f"skipped {name}: drained by an operator (lksup undrain {name} first)")
+
+
+@main.command()
+@click.argument("agent", metavar="AGENT")
+@click.option("--room", required=True, help="The room the simulated job is for.")
+@click.option("--participant", metavar="IDENTITY", help="A participant: a publisher job.")
+@_socket_option
+def simulate(agent: str, room: str, participant: str | None, socket_path: str | None) -> None:
+    """Ask the server for a job on AGENT's own connection (SimulateJobRequest).
+
+    Works on a real server too, like the SDK's simulate_job: the job is offered to this agent
+    only, and runs like any other.
+
+    \b
+    Example:
+      lksup simulate customer-service --room support-test
+    """
+
+    async def call(client: Any) -> Any:
+        return await client.simulate(agent, room, participant)
+
+    _control(socket_path, call)
+    click.echo(f"asked the server for a job on {agent} (room {room})")

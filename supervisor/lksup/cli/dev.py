@@ -1,0 +1,189 @@
+"""Working without a LiveKit deployment: ``dev-server`` and ``dispatch``."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import signal
+from typing import Any
+
+import anyio
+import click
+
+from lksup.cli.common import (
+    EXIT_USAGE,
+    _emit,
+    _output_option,
+    fail,
+    main,
+)
+from lksup.fleet.schema import API_VERSION
+
+
+@main.command()
+@click.argument("agent", required=False, metavar="[AGENT]")
+@click.option("--room", required=True, help="Room name (created when missing).")
+@click.option("--metadata", default="", help="Job metadata handed to the agent (create only).")
+@click.option("--list", "list_", is_flag=True, help="List the room's dispatches instead.")
+@click.option("--delete", "delete_id", metavar="ID", help="Delete this dispatch (ends its jobs).")
+@click.option("--url", envvar="LIVEKIT_URL", help="Server URL [env: LIVEKIT_URL].")
+@click.option("--api-key", envvar="LIVEKIT_API_KEY", help="API key [env: LIVEKIT_API_KEY].")
+@click.option(
+    "--api-secret",
+    envvar="LIVEKIT_API_SECRET",
+    help="API secret [env: LIVEKIT_API_SECRET; prefer the variable: flags show in ps].",
+)
+@_output_option(["text", "json"], "text")
+def dispatch(
+    agent: str | None,
+    room: str,
+    metadata: str,
+    list_: bool,
+    delete_id: str | None,
+    url: str | None,
+    api_key: str | None,
+    api_secret: str | None,
+    output: str,
+) -> None:
+    """Create, list or delete explicit agent dispatches (LiveKit's AgentDispatchService).
+
+    Works against any LiveKit server, including `lksup dev-server`. The job goes to a worker
+    registered under AGENT; there is no queue: with no such worker, nothing happens.
+
+    \b
+    Examples:
+      lksup dispatch customer-service --room support-42 --metadata '{"lang": "fr"}'
+      lksup dispatch --list --room support-42 -o json
+      lksup dispatch --delete AD_x8Jw2 --room support-42
+    """
+    from lksup.transport import dispatch as api  # lazily: offline commands stay fast
+
+    modes = sum([bool(agent), list_, delete_id is not None])
+    if modes != 1:
+        fail("give exactly one of AGENT, --list or --delete ID", EXIT_USAGE)
+    try:
+        settings = api.ApiSettings.resolve(url=url, api_key=api_key, api_secret=api_secret)
+        if list_:
+            found = asyncio.run(api.list_dispatches(settings, room=room))
+            _print_dispatches(found, output)
+            return
+        if delete_id is not None:
+            deleted = asyncio.run(api.delete_dispatch(settings, dispatch_id=delete_id, room=room))
+            _print_dispatches([deleted], output, verb="deleted")
+            return
+        assert agent is not None
+        created = asyncio.run(
+            api.create_dispatch(settings, agent_name=agent, room=room, metadata=metadata)
+        )
+        _print_dispatches([created], output, verb="created")
+    except api.DispatchError as exc:
+        fail(str(exc))
+
+
+#: The dev server's default credentials: a documented development constant, not a secret.
+DEV_KEYS = "devkey:secret-for-local-development-only"
+
+
+def _parse_keys(value: str) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    for item in value.split(","):
+        key, sep, secret = item.strip().partition(":")
+        if not sep or not key.strip() or not secret.strip():
+            raise click.BadParameter("expected KEY:SECRET[,KEY:SECRET...]", param_hint="--keys")
+        keys[key.strip()] = secret.strip()
+    return keys
+
+
+@main.command("dev-server")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=7880, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--keys",
+    envvar="LKSUP_DEV_KEYS",
+    default=DEV_KEYS,
+    show_default=True,
+    metavar="KEY:SECRET[,...]",
+    help="API keys workers and API calls sign with [env: LKSUP_DEV_KEYS].",
+)
+@click.option(
+    "--target-load",
+    default=0.7,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="A worker reporting this load or more gets no jobs (the server's agents.target_load).",
+)
+@click.option(
+    "--dispatch-timeout",
+    default=3.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds all workers together get to accept a job (the real server's ~3 s).",
+)
+def dev_server(
+    host: str, port: int, keys: str, target_load: float, dispatch_timeout: float
+) -> None:
+    """Run the embedded LiveKit dev server: the agent protocol and the dispatch API, no media.
+
+    For development, demos and tests without a LiveKit deployment. Workers (lksup, or the
+    livekit-agents SDK) connect to ws://HOST:PORT; `lksup dispatch` and livekit-api's
+    AgentDispatchService / RoomService.CreateRoom work against it. It behaves like a single-node
+    livekit-server for agents: load-based worker choice, the ~3 s answer budget, no queueing.
+    It carries no audio or video: agents cannot actually join rooms. Stop it with Ctrl+C.
+
+    \b
+    Examples:
+      lksup dev-server
+      lksup dev-server --port 7881 --keys "devkey:$(openssl rand -hex 24)"
+      LIVEKIT_URL=ws://127.0.0.1:7880 LIVEKIT_API_KEY=devkey \\
+        LIVEKIT_API_SECRET=secret-for-local-development-only lksup dispatch my-agent --room r1
+    """
+    from lksup.devserver.main import serve  # lazily: offline commands stay fast
+
+    parsed = _parse_keys(keys)
+
+    async def run() -> None:
+        async with anyio.create_task_group() as tg:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                try:
+                    await tg.start(
+                        functools.partial(
+                            serve,
+                            host,
+                            port,
+                            parsed,
+                            target_load=target_load,
+                            dispatch_timeout=dispatch_timeout,
+                            announce=click.echo,
+                        )
+                    )
+                except OSError as exc:
+                    fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+                async for _ in signals:
+                    click.echo("stopping the dev server", err=True)
+                    tg.cancel_scope.cancel()
+                    break
+
+    anyio.run(run)
+
+
+def _print_dispatches(dispatches: list[Any], output: str, *, verb: str | None = None) -> None:
+    from lksup.transport.dispatch import dispatch_to_dict
+
+    if output == "json":
+        items = [dispatch_to_dict(d) for d in dispatches]
+        if verb is None:
+            _emit({"apiVersion": API_VERSION, "kind": "AgentDispatchList", "items": items})
+        else:
+            _emit({"apiVersion": API_VERSION, "kind": "AgentDispatch", **items[0]})
+        return
+    if verb is not None:
+        (item,) = dispatches
+        click.echo(f"dispatch {item.id} {verb}: agent {item.agent_name!r}, room {item.room!r}")
+        return
+    if not dispatches:
+        click.echo("no dispatches")
+        return
+    click.echo(f"{'ID':<20} {'AGENT':<24} {'ROOM':<24} JOBS")
+    for item in dispatches:
+        jobs = ", ".join(job.id for job in item.state.jobs) or "-"
+        click.echo(f"{item.id:<20} {item.agent_name or '(automatic)':<24} {item.room:<24} {jobs}")
