@@ -287,3 +287,20 @@ def test_python_dash_m_entry_point() -> None:
         [sys.executable, "-m", "lksup", "--version"], capture_output=True, text=True, check=True
     )
     assert result.stdout.startswith("lksup, version ")
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--http", "nonsense"), ("--http", "127.0.0.1:70000"), ("--dev-server", ":7880")],
+)
+def test_run_checks_its_addresses_before_starting_anything(
+    tmp_path: Path, option: str, value: str
+) -> None:
+    """Regression: `run --http nonsense` failed with a traceback after the agents started."""
+    result = run_cli(
+        "run", option, value, "--socket", str(tmp_path / "s.sock"), "--state-dir", str(tmp_path)
+    )
+    assert result.exit_code == 2
+    assert f"Invalid value for '{option}'" in result.stderr
+    assert "HOST:PORT" in result.stderr
+    assert not (tmp_path / "s.sock").exists()

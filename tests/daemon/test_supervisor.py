@@ -13,11 +13,14 @@ from pathlib import Path
 import anyio
 import pytest
 
-from lksup.daemon.agent import Environment
+from lksup.control.api import ApplyRequest, SimulateRequest
+from lksup.control.errors import ControlError
+from lksup.daemon.agent import AgentRuntime, Environment
 from lksup.daemon.app import DaemonApp
 from lksup.daemon.supervisor import RESTART_BACKOFF, Supervisor
 from lksup.devserver.server import DevServer
 from lksup.fleet.loading import load_fleet
+from lksup.fleet.normalize import REVEAL
 from lksup.fleet.schema import Fleet
 from lksup.monitors.monitor import Monitor
 from lksup.protocol.backoff import Backoff
@@ -190,6 +193,7 @@ def unused_port() -> int:
         return int(sock.getsockname()[1])
 
 
+SIM = SimulateRequest(room="room-sim")
 QUICK = Backoff(initial_delay=0.2, factor=2.0, max_delay=0.4, jitter=0.0)
 
 
@@ -432,3 +436,99 @@ async def test_an_agent_whose_secret_cannot_be_read_fails_alone(tmp_path: Path) 
         with anyio.fail_after(30):
             await beta.session.wait_registered()
         assert [w.agent_name for w in server.workers()] == ["beta"]
+
+
+async def hold_a_job(sup: Supervisor, server: DevServer, name: str) -> AgentRuntime:
+    runtime = sup.slots[name].runtime
+    assert runtime is not None
+    with anyio.fail_after(30):
+        await runtime.session.wait_registered()
+    await server.create_dispatch(f"room-{name}", name, metadata="hold")
+    with anyio.fail_after(30):
+        await runtime.pool.wait_until(lambda: len(runtime.pool.running) == 1)
+    return runtime
+
+
+async def test_undrain_calls_off_the_drain_deadline(tmp_path: Path) -> None:
+    """Regression: the deadline of a drain that was undone still stopped the agent later."""
+    async with supervised(tmp_path) as (sup, server):
+        await sup.apply(fleet(tmp_path, {"alpha": "drain_timeout: 1\n"}))
+        alpha = await hold_a_job(sup, server, "alpha")
+        sup.drain("alpha")
+        sup.undrain("alpha")
+        with anyio.move_on_after(2.0):  # twice the deadline: nothing may happen
+            await sup.wait_until(lambda: not alpha.pool.running)
+        assert len(alpha.pool.running) == 1
+        assert sup.agent_state(sup.slots["alpha"]) == "running"
+
+
+async def test_an_agent_deadline_in_a_coordinated_drain_means_not_in_time(
+    tmp_path: Path,
+) -> None:
+    """Regression: jobs stopped at an agent's own drain_timeout still gave exit 0."""
+    async with supervised(tmp_path) as (sup, server):
+        await sup.apply(fleet(tmp_path, {"alpha": "drain_timeout: 1\n"}))  # fleet-wide: 20 s
+        await hold_a_job(sup, server, "alpha")
+        with anyio.fail_after(10):
+            assert await sup.drain_all(20) is False
+
+
+async def test_an_agent_being_removed_cannot_be_undrained_or_reloaded(tmp_path: Path) -> None:
+    """Regression: undrain or reload brought a removed agent back for good."""
+    async with supervised(tmp_path) as (sup, server):
+        app = DaemonApp(sup, tmp_path / "state")
+        await sup.apply(fleet(tmp_path, {"alpha": "", "beta": ""}))
+        beta = await hold_a_job(sup, server, "beta")
+        await sup.apply(fleet(tmp_path, {"alpha": ""}))
+        row = app.agent_status(sup.slots["beta"])
+        assert row.state == "draining"
+        assert row.jobs == 1  # the old runtime's job is still the agent's
+        assert [j.room for j in row.jobs_detail] == ["room-beta"]
+        for call in (app.undrain("beta"), app.reload("beta"), app.simulate("beta", SIM)):
+            with pytest.raises(ControlError) as refused:
+                await call
+            assert refused.value.code == "removed"
+        assert (await app.reload(None))["reloading"] == ["alpha"]
+        assert (await app.drain("alpha"))["jobs"] == 0  # alpha's jobs only, not beta's
+        assert sup.slots["beta"].runtime is None
+        beta.pool.terminate(next(iter(beta.pool.running)))
+        with anyio.fail_after(10):
+            await sup.wait_until(lambda: "beta" not in sup.slots)
+
+
+async def test_nothing_changes_once_the_supervisor_is_shutting_down(tmp_path: Path) -> None:
+    async with supervised(tmp_path) as (sup, _server):
+        app = DaemonApp(sup, tmp_path / "state")
+        await sup.apply(fleet(tmp_path, {"alpha": ""}))
+        with anyio.fail_after(10):
+            assert await sup.drain_all(5) is True
+        request = ApplyRequest(
+            fleet=fleet(tmp_path, {"alpha": "", "beta": ""}).model_dump(
+                mode="json", by_alias=True, context=REVEAL
+            )
+        )
+        for call in (app.apply(request), app.undrain("alpha"), app.reload(None)):
+            with pytest.raises(ControlError) as refused:
+                await call
+            assert refused.value.code == "shutting_down"
+        assert "beta" not in sup.slots
+
+
+async def test_relative_secret_files_resolve_from_the_applied_file(tmp_path: Path) -> None:
+    """Regression: {file: tok.txt} next to the fleet resolved against the daemon's start dir."""
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "tok.txt").write_text("from-the-fleet-folder\n")
+    written = fleet(conf, {"alpha": "env: {TOKEN: {file: tok.txt}}\n"})
+    async with supervised(tmp_path) as (sup, _server):  # started from another folder
+        app = DaemonApp(sup, tmp_path / "state")
+        request = ApplyRequest(
+            fleet=written.model_dump(mode="json", by_alias=True, context=REVEAL),
+            source=str(conf / "fleet.yaml"),
+        )
+        await app.apply(request)
+        runtime = sup.slots["alpha"].runtime
+        assert runtime is not None
+        assert runtime.pool.spec.env["TOKEN"] == "from-the-fleet-folder"
+        with anyio.fail_after(30):
+            await runtime.session.wait_registered()

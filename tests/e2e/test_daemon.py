@@ -243,23 +243,42 @@ async def test_sigkill_leaves_no_job_process() -> None:
         await gone(children, 2)
 
 
-async def test_restart_without_a_file_resumes_the_last_applied_fleet() -> None:
+async def test_restart_without_a_file_resumes_the_last_applied_fleet(tmp_path: Path) -> None:
+    """What resumes is what `lksup apply` applied last, not the file `run` started with."""
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(
+        (ROOT / "fleets" / "dev.yaml")
+        .read_text()
+        .replace('("sales", "sales"), ', "")
+        .replace("max_jobs: 4", "max_jobs: 3\n  load_threshold: 0.5")
+    )
     async with daemon("fleets/dev.yaml") as first:
         await first.wait_ready(3)
+        code, out, err = await first.cli("apply", str(changed), "--wait")
+        assert code == 0, out + err
+        assert "1 drain-and-remove" in out
         state_dir = first.state_dir
         first.process.send_signal(signal.SIGTERM)
         with anyio.fail_after(30):
             assert await first.process.wait() == 0
     async with daemon(state_dir=state_dir) as second:
-        await second.wait_ready(3)
-        code, out, _ = await second.cli("status")
+        await second.wait_ready(2)
+        code, out, _ = await second.cli("status", "-o", "json")
         assert code == 0
-        assert "customer-service" in out
+        items = {item["name"]: item for item in json.loads(out)["items"]}
+        assert sorted(items) == ["customer-service", "survey"]
+        assert {item["threshold"] for item in items.values()} == {0.5}
+        code, out, err = await second.cli("diff", str(changed))
+        assert code == 0, out + err
 
 
 async def test_a_bad_apply_changes_nothing_and_unknown_agents_exit_4(tmp_path: Path) -> None:
     async with daemon("fleets/dev.yaml") as d:
         await d.wait_ready(3)
+        workers = {
+            i["name"]: i["worker_id"]
+            for i in json.loads((await d.cli("status", "-o", "json"))[1])["items"]
+        }
         bad = tmp_path / "bad.yaml"
         bad.write_text(
             (ROOT / "fleets" / "dev.yaml").read_text().replace("max_jobs: 4", "max_jobs: 0")
@@ -267,9 +286,12 @@ async def test_a_bad_apply_changes_nothing_and_unknown_agents_exit_4(tmp_path: P
         code, _, err = await d.cli("apply", str(bad))
         assert code == 1
         assert "max_jobs" in err
+        # nothing was applied: the same workers, and the daemon still runs fleets/dev.yaml
         code, out, _ = await d.cli("status", "-o", "json")
         assert code == 0
-        assert '"max_jobs"' not in out  # nothing was applied: still the old fleet's agents
+        assert {i["name"]: i["worker_id"] for i in json.loads(out)["items"]} == workers
+        code, out, err = await d.cli("diff", "fleets/dev.yaml")
+        assert code == 0, out + err
         code, _, err = await d.cli("status", "nobody")
         assert code == 4
         code, _, _ = await d.cli("status", "--check")
@@ -278,6 +300,12 @@ async def test_a_bad_apply_changes_nothing_and_unknown_agents_exit_4(tmp_path: P
         assert code == 0, err
         code, out, _ = await d.cli("status", "sales")
         assert "override" in out
+        # the others keep accepting: a dispatch to survey runs
+        code, _, err = await d.cli("dispatch", "survey", "--room", "survey-while-sales-drained")
+        assert code == 0, err
+        with anyio.fail_after(20):
+            while "survey job started: room=survey-while-sales-drained" not in d.log.read_text():
+                await anyio.sleep(0.05)  # the log is the observable
         code, out, _ = await d.cli("status", "sales", "-o", "json")
         (sales,) = json.loads(out)["items"]
         conditions = {c["type"]: c for c in sales["conditions"]}

@@ -353,6 +353,39 @@ async def test_sighup_with_an_invalid_file_changes_nothing_then_sigint_drains(
         code, _, err = await d.cli("status", "--check")
         assert code == 0, err
 
+        # a file that would remove every agent, then one whose entrypoint cannot be imported:
+        # each is refused with a logged error, the daemon keeps running, nothing changes
+        for text, says in (
+            (
+                "apiVersion: lksup/v1\nkind: Fleet\nmetadata: {name: dev}\nagents: {}\n",
+                "--prune-all",
+            ),
+            (
+                DEV_FLEET.replace("fleets.agents.{{ module }}:entrypoint", "no_such_module:go"),
+                "no_such_module",
+            ),
+        ):
+            seen = len(errors)
+            fleet.write_text(text)
+            d.process.send_signal(signal.SIGHUP)
+            with anyio.fail_after(30):
+                while (
+                    len(
+                        errors := [
+                            r
+                            for r in records(d)
+                            if r.get("level") == "error" and "SIGHUP" in str(r.get("msg"))
+                        ]
+                    )
+                    <= seen
+                ):
+                    await anyio.sleep(0.05)  # the log is the observable
+            assert says in errors[-1]["msg"]
+            assert d.process.returncode is None
+            assert identity(await by_name(d)) == identity(before)
+        code, out, err = await d.cli("diff", str(saved), "--set", "hold_seconds=2")
+        assert code == 0, out + err
+
         # SIGINT first: a drain like SIGTERM's; the running job finishes and the exit is 0
         code, _, err = await d.cli("dispatch", "survey", "--room", "survey-sigint")
         assert code == 0, err

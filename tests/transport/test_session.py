@@ -313,3 +313,48 @@ async def test_an_accept_the_machine_turns_into_a_decline_releases_the_reservati
         await again.register()
         await session.wait_registered()
         assert agent.released == ["AJ_1"]
+
+
+async def test_a_session_drained_before_it_ran_ends_at_once() -> None:
+    """Regression: drained before run() (a SIGTERM right after an apply), it raised out of
+    run() without ever saying it had finished, so a coordinated drain waited to its deadline."""
+    async with fake_server() as server:
+        session = AgentSession(
+            Options(agent_name="tester", version="0.1.0", backoff=FAST),
+            Credentials(server.url, "devkey", SECRET),
+            Agent(),
+        )
+        session.drain()
+        with anyio.fail_after(5):
+            await session.run()
+            assert await session.wait_finished() is State.CLOSED
+
+
+async def test_a_session_stopped_while_connecting_ends_cleanly() -> None:
+    """Regression: stop() while the WebSocket handshake was in flight made run() raise."""
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        accepted = anyio.Event()
+        held: list[anyio.abc.SocketStream] = []
+
+        async def hold(stream: anyio.abc.SocketStream) -> None:  # accept, never answer
+            held.append(stream)
+            accepted.set()
+            await anyio.sleep_forever()
+
+        session = AgentSession(
+            Options(agent_name="tester", version="0.1.0", backoff=FAST),
+            Credentials(f"ws://127.0.0.1:{port}", "devkey", SECRET),
+            Agent(),
+            timeouts=Timeouts(open_timeout=1),
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, hold)
+            await tg.start(session.run)
+            with anyio.fail_after(5):
+                await accepted.wait()
+                session.stop()
+                assert await session.wait_finished() is State.CLOSED
+            tg.cancel_scope.cancel()
+        for stream in held:
+            await stream.aclose()

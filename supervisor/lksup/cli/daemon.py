@@ -27,7 +27,18 @@ from lksup.cli.common import (
 )
 from lksup.errors import FleetError, LksupError
 from lksup.fleet.checks import validate_file
+from lksup.fleet.schema import check_host_port
 from lksup.reconcile import render as plan_render
+
+
+def _host_port(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A HOST:PORT option, checked before anything starts."""
+    if value is None:
+        return None
+    try:
+        return check_host_port(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
 
 
 @main.command()
@@ -48,12 +59,14 @@ from lksup.reconcile import render as plan_render
     flag_value="127.0.0.1:7880",
     default=None,
     metavar="[HOST:PORT]",
+    callback=_host_port,
     help="Start the embedded dev server in this process (default 127.0.0.1:7880); agents "
     "without a LiveKit URL use it.",
 )
 @click.option(
     "--http",
     metavar="HOST:PORT",
+    callback=_host_port,
     help="Read-only listener for /livez, /readyz, /status and /metrics (else supervisor.http).",
 )
 @click.option(

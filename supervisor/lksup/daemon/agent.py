@@ -116,8 +116,11 @@ def resolved_fingerprint(name: str, agent: Agent, env: Environment) -> str:
     whether a referenced secret changed since the agent started (a rotated ``{file: ...}``);
     it shows nothing of the values.
     """
-    credentials = build_credentials(agent, env)
-    environment = build_spec(name, agent, env).env
+    return fingerprint(build_credentials(agent, env), build_spec(name, agent, env).env)
+
+
+def fingerprint(credentials: Credentials, environment: Mapping[str, str]) -> str:
+    """The digest ``resolved_fingerprint`` compares (of values already resolved)."""
     material = json.dumps(
         [credentials.url, credentials.api_key, credentials.api_secret, sorted(environment.items())]
     )
@@ -195,10 +198,11 @@ class AgentRuntime:
         self.session = AgentSession(
             build_options(name, agent), build_credentials(agent, env), self.pool
         )
-        self.fingerprint = resolved_fingerprint(name, agent, env)
+        self.fingerprint = fingerprint(self.session.credentials, self.pool.spec.env)
         self.load = 0.0
         self.full = False
         self.done = False  # run() returned (set by its supervisor)
+        self.drain_deadline: anyio.CancelScope | None = None  # a drain's deadline is running
 
     def reconfigure(self, agent: Agent) -> None:
         """Take settings that need no new process or registration (an update in place)."""

@@ -9,6 +9,7 @@ given back in display form (references and digests).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,15 +81,18 @@ class DaemonApp:
         jobs: list[JobStatus] = []
         memory = 0.0
         fields: dict[str, Any] = {}
-        if runtime is not None:
-            machine = runtime.session.machine
-            pool = runtime.pool
-            for process in pool.processes:
+        # jobs and memory count every runtime the agent has: old ones finishing their jobs
+        # during a replace or a removal are still the agent's
+        for live in slot.runtimes():
+            if live.done:
+                continue
+            live_machine = live.session.machine
+            for process in live.pool.processes:
                 sample = sup.monitor.sample(process.pid) if process.pid is not None else None
                 if sample is not None:
                     memory += sample.mb
-            for job_id, process in pool.running.items():
-                job = machine.running_jobs.get(job_id)
+            for job_id, process in live.pool.running.items():
+                job = live_machine.running_jobs.get(job_id)
                 sample = sup.monitor.sample(process.pid) if process.pid is not None else None
                 jobs.append(
                     JobStatus(
@@ -100,10 +104,13 @@ class DaemonApp:
                         memory_mb=round(sample.mb, 1) if sample else 0.0,
                     )
                 )
-            fields = {
+        fields["jobs"] = sup.jobs_by_agent().get(slot.name, 0)
+        if runtime is not None:
+            machine = runtime.session.machine
+            pool = runtime.pool
+            fields |= {
                 "registered": machine.worker_id is not None,
                 "worker_id": machine.worker_id,
-                "jobs": len(machine.running_jobs),
                 "idle": len(pool.idle),
                 "idle_target": pool.target_idle,
                 "load": round(runtime.load, 3),
@@ -228,6 +235,7 @@ class DaemonApp:
             raise ControlError(
                 "invalid", f"invalid fleet: {exc.error_count()} error(s)", 422
             ) from None
+        self._not_stopping()
         effective = dev_defaults(fleet) if self.dev else fleet
         plan = diff(self.supervisor.fleet, effective)
         removes_all = (
@@ -248,6 +256,11 @@ class DaemonApp:
         if request.dry_run:
             return {**document, "dryRun": True}
         applied = state.save(self.state_dir, fleet, source=request.source, values=request.values)
+        if request.source is not None:  # relative {file: ...} and working_dir: from its folder
+            env = self.supervisor.env
+            self.supervisor.env = dataclasses.replace(
+                env, base_dir=Path(request.source).resolve().parent
+            )
         await self.supervisor.apply(effective)
         self.fleet, self.source, self.revision = fleet, request.source, applied.revision
         self.values = dict(request.values)
@@ -273,24 +286,44 @@ class DaemonApp:
         if agent not in self.supervisor.slots:
             raise ControlError("not_found", f"no agent named {agent!r}", 404)
 
+    def _applied(self, agent: str) -> None:
+        """The agent exists and is part of the applied fleet (not being removed)."""
+        self._known(agent)
+        if self.supervisor.slots[agent].removed:
+            raise ControlError(
+                "removed",
+                f"agent {agent!r} is being removed (it is not in the applied fleet)",
+                409,
+            )
+
+    def _not_stopping(self) -> None:
+        if self.supervisor.stopping:
+            raise ControlError(
+                "shutting_down", "the supervisor is shutting down; nothing can change now", 409
+            )
+
     async def drain(self, agent: str | None) -> dict[str, Any]:
         """Start draining one agent or all (recorded as overrides)."""
         if agent is not None:
             self._known(agent)
         names = self.supervisor.drain(agent)
-        return {"draining": names, "jobs": self.supervisor.running_jobs()}
+        per_agent = self.supervisor.jobs_by_agent()
+        return {"draining": names, "jobs": sum(per_agent.get(name, 0) for name in names)}
 
     async def undrain(self, agent: str) -> dict[str, Any]:
         """Take jobs again."""
-        self._known(agent)
+        self._not_stopping()
+        self._applied(agent)
         self.supervisor.undrain(agent)
         return {"undrained": agent}
 
     async def reload(self, agent: str | None) -> dict[str, Any]:
-        """Rolling replace with the same configuration."""
-        names = [agent] if agent is not None else sorted(self.supervisor.slots)
-        for name in names:
-            self._known(name)
+        """Rolling replace with the same configuration (agents being removed are left)."""
+        self._not_stopping()
+        if agent is not None:
+            self._applied(agent)
+        slots = self.supervisor.slots
+        names = [agent] if agent is not None else sorted(n for n in slots if not slots[n].removed)
         if agent is not None and self.supervisor.slots[agent].override_drained:
             raise ControlError(
                 "drained",
@@ -303,7 +336,8 @@ class DaemonApp:
 
     async def simulate(self, agent: str, request: SimulateRequest) -> dict[str, Any]:
         """Ask the server for a job on the agent's own connection."""
-        self._known(agent)
+        self._not_stopping()
+        self._applied(agent)
         runtime = self.supervisor.slots[agent].runtime
         if runtime is None or runtime.session.machine.worker_id is None:
             raise ControlError("not_ready", f"agent {agent!r} is not registered", 409)

@@ -24,6 +24,7 @@ few seconds, STOPPING=1 when a drain starts and EXTEND_TIMEOUT_USEC repeated whi
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -42,7 +43,8 @@ from lksup.daemon.app import DaemonApp
 from lksup.daemon.health import HealthServer
 from lksup.daemon.notify import Notifier
 from lksup.daemon.supervisor import Supervisor
-from lksup.errors import FleetError, LksupError
+from lksup.errors import LksupError
+from lksup.fleet.checks import validate_file
 from lksup.fleet.durations import format_duration
 from lksup.fleet.loading import load_fleet
 from lksup.fleet.normalize import REVEAL
@@ -137,6 +139,7 @@ class Daemon:
         scope: anyio.CancelScope | None = None
         starting = True
         while True:
+            changed = supervisor.change_event()  # before reading: no apply slips past
             fleet = supervisor.fleet
             wanted = self.settings.http or (fleet.supervisor.http if fleet is not None else None)
             if wanted != current:
@@ -154,7 +157,7 @@ class Daemon:
             if starting:
                 starting = False
                 task_status.started()
-            await supervisor.wait_changed()
+            await changed.wait()
 
     async def _serve_health(
         self,
@@ -222,10 +225,21 @@ class Daemon:
         )
 
     async def _announce_ready(self, supervisor: Supervisor) -> None:
-        # each session says when it registered (the supervisor's own changes do not)
-        for slot in list(supervisor.slots.values()):
-            if slot.runtime is not None:
-                await slot.runtime.session.wait_registered()
+        """READY=1 once every agent's *current* worker is registered.
+
+        An agent restarted or replaced before its first registration counts with its new one.
+        """
+        while True:
+            changed = supervisor.change_event()
+            slots = list(supervisor.slots.values())
+            if all(
+                slot.override_drained
+                or (slot.runtime is not None and slot.runtime.session.machine.worker_id)
+                for slot in slots
+            ):
+                break
+            with anyio.move_on_after(0.5):  # registrations are not supervisor changes
+                await changed.wait()
         count = len(supervisor.slots)
         self.notifier.ready(f"{count} agent(s) registered")
         log.info("every agent is registered (%d)", count)
@@ -315,21 +329,42 @@ class Daemon:
             await anyio.sleep(1.0)
 
     async def _reapply(self, app: DaemonApp) -> None:
+        """SIGHUP: the checks ``lksup apply`` runs (imports included), then apply.
+
+        Any failure is logged and changes nothing; it never stops the daemon.
+        """
         source = app.source
         if source is None:
             log.warning("SIGHUP: no fleet file to re-apply")
             return
-        try:  # rendered with the values it was applied with (by `apply --set`, or `run`)
-            fleet = self._load(source, app.values)
-        except FleetError as exc:
-            log.error("SIGHUP: %s is invalid; nothing changed:\n%s", source, exc)
+        if app.supervisor.stopping:
+            log.warning("SIGHUP: ignored while shutting down")
+            return
+        # rendered with the values it was applied with (by `apply --set`, or `run`), checked
+        # like `lksup apply` does (the import check spawns a process: off the event loop)
+        result = await anyio.to_thread.run_sync(
+            functools.partial(
+                validate_file,
+                source,
+                values=app.values,
+                check_imports=True,
+                environ=self.settings.environ,
+            )
+        )
+        if not result.valid or result.loaded is None:
+            problems = "\n".join(d.format() for d in result.diagnostics)
+            log.error("SIGHUP: %s does not pass its checks; nothing changed:\n%s", source, problems)
             return
         request = ApplyRequest(
-            fleet=fleet.model_dump(mode="json", by_alias=True, context=REVEAL),
+            fleet=result.loaded.fleet.model_dump(mode="json", by_alias=True, context=REVEAL),
             source=source,
             values=app.values,
         )
-        plan = await app.apply(request)
+        try:
+            plan = await app.apply(request)
+        except (LksupError, OSError) as exc:  # e.g. it would remove every agent
+            log.error("SIGHUP: %s was not applied; nothing changed: %s", source, exc)
+            return
         summary = ", ".join(f"{count} {action}" for action, count in plan["summary"].items())
         rotated = plan.get("secretsChanged") or []
         if rotated:

@@ -130,6 +130,7 @@ class Supervisor:
         self._rand = rand
         self.stopping = False  # a coordinated drain or stop began: nothing is restarted
         self.rotated: list[str] = []  # agents the last apply replaced for a changed secret
+        self.deadline_stops = 0  # jobs stopped because an agent's drain deadline passed
         self.fleet: Fleet | None = None
         self.slots: dict[str, AgentSlot] = {}
         self.limiter = anyio.CapacityLimiter(auto_idle_processes())
@@ -152,6 +153,13 @@ class Supervisor:
     async def wait_changed(self) -> None:
         """Wait for the next change (an apply, an operation, a runtime that ended)."""
         await self._changed.wait()
+
+    def change_event(self) -> anyio.Event:
+        """The event the next change sets.
+
+        Take it *before* reading state, then wait on it: no change slips in between.
+        """
+        return self._changed
 
     async def wait_until(self, predicate: object) -> None:
         """Wait until ``predicate()`` holds, re-checked on every change."""
@@ -281,6 +289,9 @@ class Supervisor:
                     slot.runtime = None
                 elif error is not None:
                     self._schedule_restart(slot, error)
+                elif not (slot.override_drained or self.stopping):
+                    # nobody asked it to stop: level-triggered, it comes back
+                    self._schedule_restart(slot, "the worker stopped")
                 else:
                     slot.state = "drained" if machine.draining else "stopped"
             if slot.removed and not slot.runtimes():
@@ -292,6 +303,7 @@ class Supervisor:
     def _schedule_restart(self, slot: AgentSlot, reason: str) -> None:
         """Record the failure; start the agent again after the backoff (level-triggered)."""
         slot.state, slot.message = "failed", reason
+        self._cancel_restart(slot)  # one pending restart per agent at most
         if self.stopping or slot.removed or slot.override_drained or self._tg is None:
             return
         delay = self.restart_backoff.delay(slot.failures, self._rand())
@@ -388,21 +400,35 @@ class Supervisor:
             return
         slot.draining.append(runtime)
         runtime.session.drain()
-        self._require_tg().start_soon(self._drain_deadline, slot, runtime)
+        self._start_drain_deadline(slot, runtime)
 
-    async def _drain_deadline(self, slot: AgentSlot, runtime: AgentRuntime) -> None:
-        """At the agent's ``drain_timeout`` the jobs still running get the stop sequence."""
-        timeout = runtime.agent.drain_timeout
-        if not timeout:
-            return
-        with anyio.move_on_after(timeout):
-            await runtime.session.wait_finished()
+    def _start_drain_deadline(self, slot: AgentSlot, runtime: AgentRuntime) -> None:
+        if runtime.drain_deadline is None and runtime.agent.drain_timeout:
+            runtime.drain_deadline = anyio.CancelScope()
+            self._require_tg().start_soon(
+                self._drain_deadline, slot, runtime, runtime.drain_deadline
+            )
+
+    async def _drain_deadline(
+        self, slot: AgentSlot, runtime: AgentRuntime, scope: anyio.CancelScope
+    ) -> None:
+        """At the agent's ``drain_timeout`` the jobs still running get the stop sequence.
+
+        Unless the drain was called off: ``undrain`` cancels ``runtime.drain_deadline``.
+        """
+        with scope:
+            with anyio.move_on_after(runtime.agent.drain_timeout):
+                await runtime.session.wait_finished()
+                return
+        if scope.cancel_called:
             return
         jobs = len(runtime.session.machine.running_jobs)
+        if jobs:
+            self.deadline_stops += jobs
         log.warning(
             "Agent %s: drain deadline (%.0fs) reached; stopping %d job(s)",
             slot.name,
-            timeout,
+            runtime.agent.drain_timeout,
             jobs,
             extra={"agent": slot.name},
         )
@@ -436,7 +462,7 @@ class Supervisor:
             for runtime in [*slot.previous, slot.runtime]:
                 if runtime is not None and not runtime.session.machine.draining:
                     runtime.session.drain()
-                    self._require_tg().start_soon(self._drain_deadline, slot, runtime)
+                    self._start_drain_deadline(slot, runtime)
         self._notify()
         return names
 
@@ -449,6 +475,9 @@ class Supervisor:
             slot.runtime = self._start_runtime(slot)
         else:
             runtime.session.undrain()
+            if runtime.drain_deadline is not None:  # the drain is called off, its deadline too
+                runtime.drain_deadline.cancel()
+                runtime.drain_deadline = None
         self._notify()
 
     def reload(self, name: str) -> bool:
@@ -482,6 +511,7 @@ class Supervisor:
     async def drain_all(self, timeout: float | None) -> bool:
         """Drain every agent against one deadline; True when every job ended in time."""
         self.stopping = True
+        stopped_before = self.deadline_stops
         for slot in self.slots.values():
             self._cancel_restart(slot)
         self.drain()
@@ -493,7 +523,7 @@ class Supervisor:
         if scope.cancelled_caught:
             await self.stop_all()
             return False
-        return True
+        return self.deadline_stops == stopped_before  # an agent's deadline stopped jobs: late
 
     async def stop_all(self, *, force: bool = False) -> None:
         """The stop sequence for every job process (short when ``force``); close connections."""

@@ -450,7 +450,8 @@ class Agent(AgentOptions):
     """The job's entrypoint, ``async def entrypoint(ctx: JobContext)``, as module:attribute."""
 
 
-def _check_http(value: str) -> str:
+def check_host_port(value: str) -> str:
+    """``HOST:PORT`` with a host and a port in 1..65535 (``ValueError`` says what is wrong)."""
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:8081), not {value!r}")
@@ -462,7 +463,7 @@ def _check_http(value: str) -> str:
 class SupervisorSettings(_Model):
     """Settings of the supervisor process itself."""
 
-    http: Annotated[str, AfterValidator(_check_http)] | None = None
+    http: Annotated[str, AfterValidator(check_host_port)] | None = None
     """Optional read-only listener for /livez, /readyz and /metrics, as HOST:PORT."""
 
     drain_timeout: Duration = 3600.0

@@ -217,9 +217,10 @@ class AgentSession:
         """Run until drained, stopped or given up; running job tasks are awaited."""
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            self.machine.start(anyio.current_time())
-            task_status.started()
             try:
+                if self.machine.state is not State.CLOSED:  # drained or stopped before it ran
+                    self.machine.start(anyio.current_time())
+                task_status.started()
                 await self._drive()
             finally:
                 self._finished.set()
@@ -310,7 +311,11 @@ class AgentSession:
             reason = str(exc)
             if isinstance(exc, HandshakeError) and exc.status == 401:
                 reason = "HTTP 401: the server refused the API key or secret"
-            self.machine.connection_failed(anyio.current_time(), reason)
+            if self.machine.state is State.CONNECTING:  # not stopped or drained meanwhile
+                self.machine.connection_failed(anyio.current_time(), reason)
+            return None
+        if self.machine.state is not State.CONNECTING:  # stopped or drained while connecting
+            await socket.aclose()
             return None
         self.machine.connection_opened(anyio.current_time())
         return socket

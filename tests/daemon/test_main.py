@@ -1,0 +1,57 @@
+"""The daemon's own duties around the supervisor: systemd readiness."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import anyio
+import pytest
+
+from lksup.daemon.main import Daemon, DaemonSettings
+from lksup.devserver.server import DevServer
+from tests.daemon.test_supervisor import KEY, QUICK, SECRET, fleet, supervised, unused_port
+
+pytestmark = [pytest.mark.anyio, pytest.mark.process]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def test_ready_follows_a_restarted_agent_and_waits_for_it(tmp_path: Path) -> None:
+    """Regression: READY=1 waited on the first worker of an agent; once that worker gave up
+    and a restart registered instead, READY=1 never came (systemd killed the service)."""
+    notify = tmp_path / "notify.sock"
+    port = unused_port()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(str(notify))
+        receiver.setblocking(False)
+        daemon = Daemon(
+            DaemonSettings(
+                socket=tmp_path / "ctl.sock",
+                state_dir=tmp_path / "state",
+                environ={"NOTIFY_SOCKET": str(notify)},
+            )
+        )
+        async with supervised(tmp_path, restart_backoff=QUICK) as (sup, _server):
+            await sup.apply(
+                fleet(
+                    tmp_path,
+                    {"alpha": f"max_retry: 1\nlivekit: {{url: 'ws://127.0.0.1:{port}'}}\n"},
+                )
+            )
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(daemon._announce_ready, sup)
+                with anyio.fail_after(10):  # its first worker gave up: not ready
+                    await sup.wait_until(lambda: sup.slots["alpha"].restarts >= 1)
+                with pytest.raises(BlockingIOError):
+                    receiver.recv(4096)
+                late = DevServer({KEY: SECRET}, port=port, claim_delay=0.0)
+                await tg.start(late.run)
+                with anyio.fail_after(30):  # a restart registers: now it is
+                    await anyio.wait_readable(receiver)
+                assert receiver.recv(4096).decode().startswith("READY=1")
+                await sup.stop_all()
+                tg.cancel_scope.cancel()
