@@ -310,8 +310,9 @@ async def test_reload_leaves_a_drained_agent_drained_and_undrain_brings_it_back(
         sup.undrain("alpha")
         runtime = sup.slots["alpha"].runtime
         assert runtime is not None
-        with anyio.fail_after(30):
+        with anyio.fail_after(30):  # registered, and the old worker's processes are gone
             await runtime.session.wait_registered()
+            await sup.wait_until(lambda: not sup.slots["alpha"].draining)
         row = app.agent_status(sup.slots["alpha"])
         assert (row.state, row.sync, row.message) == ("running", "synced", "")
 
@@ -532,3 +533,35 @@ async def test_relative_secret_files_resolve_from_the_applied_file(tmp_path: Pat
         assert runtime.pool.spec.env["TOKEN"] == "from-the-fleet-folder"
         with anyio.fail_after(30):
             await runtime.session.wait_registered()
+
+
+async def test_reloads_of_a_replacement_that_cannot_warm_up_never_pile_up_workers(
+    tmp_path: Path,
+) -> None:
+    """Regression: each reload left one more registered worker while the replacement's
+    prewarm kept failing; status showed one and said synced."""
+    async with supervised(tmp_path) as (sup, server):
+        app = DaemonApp(sup, tmp_path / "state")
+        await sup.apply(fleet(tmp_path, {"alpha": ""}))
+        old = sup.slots["alpha"].runtime
+        assert old is not None
+        with anyio.fail_after(30):
+            await old.session.wait_registered()
+        broken = "prewarm: pool_test_agent:prewarm\nenv: {FAIL_PREWARM: '1'}\n"
+        await sup.apply(fleet(tmp_path, {"alpha": broken}))
+        for _ in range(3):
+            new = sup.slots["alpha"].runtime
+            assert new is not None
+            with anyio.fail_after(30):
+                await new.session.wait_registered()  # registers, but never warms up
+            sup.reload("alpha")
+        slot = sup.slots["alpha"]
+        assert slot.previous == [old]  # the one that works keeps serving
+        current = slot.runtime
+        assert current is not None
+        with anyio.fail_after(30):  # the unready replacements went away
+            await current.session.wait_registered()
+            await server.wait_workers(lambda ws: len(registered(server, "alpha")) == 2)
+        row = app.agent_status(slot)
+        assert row.sync == "pending"
+        assert "the new worker is not ready yet; the old one keeps taking jobs" in row.message

@@ -82,15 +82,20 @@ class Daemon:
 
 
 @asynccontextmanager
-async def daemon(*args: str, state_dir: Path | None = None) -> AsyncIterator[Daemon]:
+async def daemon(
+    *args: str, state_dir: Path | None = None, fd_limit: int | None = None
+) -> AsyncIterator[Daemon]:
     scratch = Path(tempfile.mkdtemp(dir="/tmp", prefix="lksup-e2e-"))
     port = free_port()
     state = state_dir or scratch / "state"
     log = scratch / "daemon.log"
     env = {**os.environ, "LKSUP_SOCKET": str(scratch / "ctl.sock"), "LKSUP_STATE_DIR": str(state)}
+    command = [sys.executable, "-m", "lksup", "run", *args, "--dev-server", f"127.0.0.1:{port}"]
+    if fd_limit is not None:  # the shell sets the limit, then becomes the daemon
+        command = ["sh", "-c", f'ulimit -n {fd_limit} && exec "$@"', "sh", *command]
     with log.open("wb") as sink:
         process = await anyio.open_process(
-            [sys.executable, "-m", "lksup", "run", *args, "--dev-server", f"127.0.0.1:{port}"],
+            command,
             env=env,
             cwd=ROOT,
             stdout=sink,
@@ -470,6 +475,31 @@ async def test_health_readiness_status_and_metrics_over_http() -> None:
                     if float(memory.group(1)) > 1e6:
                         break
                     await anyio.sleep(0.2)  # the next sweep is the observable
+
+
+async def test_a_flood_of_idle_connections_to_the_listener_never_kills_the_daemon() -> None:
+    """Regression: with a low descriptor limit, idle connections to /metrics made accept()
+    fail with EMFILE out of the listener, and the daemon exited."""
+    port = free_port()
+    async with daemon("fleets/dev.yaml", "--http", f"127.0.0.1:{port}", fd_limit=128) as d:
+        await d.wait_ready(3)
+        idle = [await anyio.connect_tcp("127.0.0.1", port) for _ in range(200)]
+        try:
+            code, _, err = await d.cli("status")  # the control socket still answers
+            assert code == 0, err
+            assert d.process.returncode is None
+        finally:
+            for stream in idle:
+                await stream.aclose()
+        import httpx
+
+        async with httpx.AsyncClient() as client:
+            with anyio.fail_after(30):  # once they are gone the listener serves again
+                assert (await client.get(f"http://127.0.0.1:{port}/livez")).status_code == 200
+        assert d.process.returncode is None
+        d.process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(30):
+            assert await d.process.wait() == 0
 
 
 async def test_drain_wait_reports_jobs_left_until_drained() -> None:

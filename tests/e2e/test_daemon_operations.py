@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import psutil
 import pytest
 
 from tests.conftest import ROOT
@@ -398,6 +399,37 @@ async def test_sighup_with_an_invalid_file_changes_nothing_then_sigint_drains(
         assert "draining:" in text
         assert "survey job done: room=survey-sigint" in text
         await gone(children, 2)
+
+
+async def test_a_stop_signal_never_waits_for_a_sighup_import_check(tmp_path: Path) -> None:
+    """Regression: SIGHUP's checks ran inline in the signal loop, so a SIGQUIT sent while an
+    agent module took a minute to import was handled only after it."""
+    marker = tmp_path / "importing"
+    (tmp_path / "slow_import_agent.py").write_text(
+        f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\ntime.sleep(60)\n"
+        "async def entrypoint(ctx):\n    pass\n"
+    )
+    fleet = fleet_file(tmp_path, "fleet.yaml", DEV_FLEET)
+    async with daemon(str(fleet)) as d:
+        await d.wait_ready(3)
+        children = descendants(d.process.pid)
+        fleet.write_text(
+            DEV_FLEET + f"  slow:\n    entrypoint: slow_import_agent:entrypoint\n"
+            f"    working_dir: {tmp_path}\n"
+        )
+        d.process.send_signal(signal.SIGHUP)
+        with anyio.fail_after(30):
+            while not marker.exists():
+                await anyio.sleep(0.05)  # the import check has started: the observable
+        d.process.send_signal(signal.SIGQUIT)
+        with anyio.fail_after(5):
+            assert await d.process.wait() == 1
+        await gone(children, 2)
+        # the import check (run in the agent's working_dir) was killed too, not orphaned
+        checkers = [
+            proc.pid for proc in psutil.process_iter(["cwd"]) if proc.info["cwd"] == str(tmp_path)
+        ]
+        await gone(checkers, 2)
 
 
 async def test_drain_deadline_stops_held_jobs_and_exits_1(tmp_path: Path) -> None:

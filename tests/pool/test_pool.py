@@ -96,6 +96,25 @@ async def test_termination_runs_shutdown_callbacks_and_succeeds(
     assert "shutdown callback: terminated by the server" in messages
 
 
+async def test_closing_the_pool_gives_running_jobs_the_stop_sequence(
+    agent_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: aclose cancelled the task group holding the processes, which SIGKILLed
+    them at once: a job at a drain deadline never saw its shutdown callbacks."""
+    caplog.set_level(logging.INFO, logger="lksup.job")
+    async with running_pool(spec(agent_dir)) as pool:
+        reporter = Reporter()
+        job = make_job("AJ_1", metadata="hold")
+        await pool.decide(OfferReceived(job))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pool.run_job, JobAssigned(job, token="jwt"), reporter)
+            await wait_for(pool, lambda: "AJ_1" in pool.running and reporter.started == ["AJ_1"])
+            with anyio.fail_after(15):
+                await pool.aclose()
+    messages = [r.getMessage() for r in caplog.records]
+    assert "shutdown callback: supervisor stopping" in messages
+
+
 async def test_stop_sequence_escalates_to_sigkill(
     agent_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -157,6 +157,9 @@ class DaemonApp:
                 message = f"{pool.last_failure}; retry in {pool.backoff_remaining:.0f}s"
             elif machine.last_error and not machine.connected:
                 message = machine.last_error
+        if slot.previous:
+            waiting = "the new worker is not ready yet; the old one keeps taking jobs"
+            message = f"{message}; {waiting}" if message else waiting
         if slot.draining and not message:
             message = f"{len(slot.draining)} old worker(s) draining"
         return message
@@ -210,6 +213,7 @@ class DaemonApp:
         if (
             slot.restart_at is not None
             or slot.draining
+            or slot.previous
             or runtime is None
             or runtime.session.registrations == 0
         ):

@@ -15,6 +15,7 @@ Nothing here can change the fleet. Secrets never appear (status carries none).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from collections.abc import Iterable
@@ -32,6 +33,8 @@ from lksup.daemon.app import DaemonApp
 log = logging.getLogger("lksup.health")
 
 MAX_REQUEST = 16 * 1024
+MAX_CONNECTIONS = 64  # clients served at once (scrapers and probes need a handful)
+ACCEPT_RETRY = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class FleetCollector(Collector):
@@ -100,6 +103,7 @@ class HealthServer:
 
     def __init__(self, host: str, port: int, app: DaemonApp) -> None:
         self.host, self.port, self.app = host, port, app
+        self._slots = anyio.Semaphore(MAX_CONNECTIONS)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(FleetCollector(app))
 
@@ -117,20 +121,47 @@ class HealthServer:
         task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve on a bound listener until cancelled (it is closed then)."""
-        async with listener:
+        # accept loops of our own (not Listener.serve, whose accept error would end it)
+        sockets: list[anyio.abc.SocketListener] = list(
+            getattr(listener, "listeners", None) or [listener]
+        )
+        async with listener, anyio.create_task_group() as tg:
             port = listener.extra(anyio.abc.SocketAttribute.local_port)
             log.info("Health and metrics on http://%s:%d", self.host, port)
             task_status.started(port)
-            await listener.serve(self._connection)
+            for sock in sockets:
+                tg.start_soon(self._accept_loop, sock, tg)
+
+    async def _accept_loop(
+        self, listener: anyio.abc.SocketListener, tg: anyio.abc.TaskGroup
+    ) -> None:
+        while True:
+            # a bounded number of clients at once: a flood of idle connections waits in the
+            # kernel's backlog instead of taking the daemon's file descriptors
+            await self._slots.acquire()
+            try:
+                stream = await listener.accept()
+            except OSError as exc:  # out of descriptors or buffers: wait, never die
+                self._slots.release()
+                if exc.errno not in ACCEPT_RETRY:
+                    raise
+                log.warning("Health listener accept failed: %s; retrying.", exc)
+                await anyio.sleep(0.1)
+                continue
+            tg.start_soon(self._connection, stream)
 
     async def _connection(self, stream: anyio.abc.SocketStream) -> None:
         """One client connection; nothing a client sends can harm the daemon."""
-        async with stream:
-            try:
+        try:
+            async with stream:
                 with anyio.move_on_after(10):
                     await self._serve(stream)
-            except (h11.ProtocolError, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                return  # a broken or hostile client: drop it
+        except (h11.ProtocolError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return  # a broken or hostile client: drop it
+        except Exception:  # whatever else: this connection only
+            log.exception("Health listener: a request failed")
+        finally:
+            self._slots.release()
 
     async def _serve(self, stream: anyio.abc.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST)

@@ -24,10 +24,14 @@ few seconds, STOPPING=1 when a drain starts and EXTEND_TIMEOUT_USEC repeated whi
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
+import json
 import logging
 import os
 import signal
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +48,6 @@ from lksup.daemon.health import HealthServer
 from lksup.daemon.notify import Notifier
 from lksup.daemon.supervisor import Supervisor
 from lksup.errors import LksupError
-from lksup.fleet.checks import validate_file
 from lksup.fleet.durations import format_duration
 from lksup.fleet.loading import load_fleet
 from lksup.fleet.normalize import REVEAL
@@ -86,6 +89,8 @@ class Daemon:
         self.exit_code = 0
         self._draining = False
         self._done = anyio.Event()
+        self._reapplying: anyio.CancelScope | None = None  # a SIGHUP re-apply in progress
+        self._reapply_running = False
 
     def _load(self, path: str, values: dict[str, Any]) -> Fleet:
         loaded = load_fleet(path, values=values, environ=self.settings.environ)
@@ -265,6 +270,8 @@ class Daemon:
         with anyio.open_signal_receiver(*wanted) as signals:
             async for number in signals:
                 sig = signal.Signals(number)
+                if sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT) and self._reapplying:
+                    self._reapplying.cancel()  # a SIGHUP's checks never hold up a stop
                 if sig in (signal.SIGTERM, signal.SIGINT) and not self._draining:
                     self._draining = True
                     tg.start_soon(self._drain, supervisor)
@@ -274,7 +281,11 @@ class Daemon:
                     self.exit_code = 1
                     self._done.set()
                 elif sig is signal.SIGHUP:
-                    await self._reapply(app)
+                    if self._reapply_running:
+                        log.warning("SIGHUP: a re-apply is already running; ignored")
+                    else:
+                        self._reapplying = anyio.CancelScope()
+                        tg.start_soon(self._reapply_guarded, app, self._reapplying)
                 elif sig is signal.SIGUSR1:
                     log.warning("SIGUSR1: what the supervisor is doing now\n%s", stacks.dump())
 
@@ -328,6 +339,57 @@ class Daemon:
                 last, logged_at = counts, now
             await anyio.sleep(1.0)
 
+    async def _check_source(self, source: str, values: dict[str, Any]) -> str | None:
+        """``lksup validate --check-imports`` on ``source`` with ``values``.
+
+        The problems as the command printed them, or None when the file passes.
+        """
+        self.settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        scratch = str(self.settings.state_dir)
+        with (  # 0600 files, removed when done
+            tempfile.NamedTemporaryFile(
+                "w", suffix=".json", prefix=".sighup-", dir=scratch
+            ) as values_file,
+            tempfile.TemporaryFile(prefix=".sighup-", dir=scratch) as output,
+        ):
+            json.dump(values, values_file)
+            values_file.flush()
+            command = [sys.executable, "-m", "lksup", "validate", "--check-imports", source]
+            process = await anyio.open_process(
+                [*command, "--values", values_file.name],
+                env=self.settings.environ,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own group: a stop kills the import checks too
+            )
+            try:
+                await process.wait()
+            finally:
+                if process.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, signal.SIGKILL)
+                    with anyio.CancelScope(shield=True):
+                        await process.wait()
+                await process.aclose()
+            output.seek(0)
+            text = output.read().decode(errors="replace").strip()
+        return None if process.returncode == 0 else text
+
+    async def _reapply_guarded(self, app: DaemonApp, scope: anyio.CancelScope) -> None:
+        """SIGHUP in a task of its own, so signals keep being handled meanwhile.
+
+        Whatever goes wrong is logged, and the daemon goes on.
+        """
+        self._reapply_running = True
+        try:
+            with scope:
+                await self._reapply(app)
+        except Exception:
+            log.exception("SIGHUP: the re-apply failed; nothing changed")
+        finally:
+            self._reapply_running = False
+
     async def _reapply(self, app: DaemonApp) -> None:
         """SIGHUP: the checks ``lksup apply`` runs (imports included), then apply.
 
@@ -341,22 +403,23 @@ class Daemon:
             log.warning("SIGHUP: ignored while shutting down")
             return
         # rendered with the values it was applied with (by `apply --set`, or `run`), checked
-        # like `lksup apply` does (the import check spawns a process: off the event loop)
-        result = await anyio.to_thread.run_sync(
-            functools.partial(
-                validate_file,
-                source,
-                values=app.values,
-                check_imports=True,
-                environ=self.settings.environ,
-            )
-        )
-        if not result.valid or result.loaded is None:
-            problems = "\n".join(d.format() for d in result.diagnostics)
+        # like `lksup apply` does: `lksup validate --check-imports` in a child process, which
+        # a stop signal kills at once (user code imported in a thread could not be)
+        revision = app.revision
+        problems = await self._check_source(source, app.values)
+        if app.revision != revision:  # an `lksup apply` landed meanwhile: it wins
+            log.warning("SIGHUP: superseded by an apply during its checks; nothing changed")
+            return
+        if problems is not None:
             log.error("SIGHUP: %s does not pass its checks; nothing changed:\n%s", source, problems)
             return
+        try:
+            fleet = self._load(source, app.values)
+        except LksupError as exc:  # changed again since the check
+            log.error("SIGHUP: %s is invalid; nothing changed:\n%s", source, exc)
+            return
         request = ApplyRequest(
-            fleet=result.loaded.fleet.model_dump(mode="json", by_alias=True, context=REVEAL),
+            fleet=fleet.model_dump(mode="json", by_alias=True, context=REVEAL),
             source=source,
             values=app.values,
         )

@@ -294,8 +294,8 @@ class Supervisor:
                     self._schedule_restart(slot, "the worker stopped")
                 else:
                     slot.state = "drained" if machine.draining else "stopped"
-            if slot.removed and not slot.runtimes():
-                self.slots.pop(slot.name, None)
+            if slot.removed and not slot.runtimes() and self.slots.get(slot.name) is slot:
+                del self.slots[slot.name]  # only this slot: a newer one may have the name now
             self._notify()
 
     # --- restarts ------------------------------------------------------------------------------
@@ -358,8 +358,11 @@ class Supervisor:
         slot.runtime = new
         if old is None or old.done:
             return
-        if old.session.machine.worker_id is None:
-            self._retire(slot, old)  # not registered: nothing to hand over
+        if old.session.machine.worker_id is None or slot.previous:
+            # not registered, or itself a replacement still not ready while an older worker
+            # serves: nothing to hand over, so it goes now (a storm of reloads never piles up
+            # workers)
+            self._retire(slot, old)
             return
         slot.previous.append(old)
         self._require_tg().start_soon(self._retire_when_ready, slot, old)
@@ -472,6 +475,8 @@ class Supervisor:
         slot.override_drained = False
         runtime = slot.runtime
         if runtime is None or runtime.session.machine.state in (State.CLOSED, State.FAILED):
+            if runtime is not None and not runtime.done and runtime not in slot.draining:
+                slot.draining.append(runtime)  # still stopping its processes: keep it tracked
             slot.runtime = self._start_runtime(slot)
         else:
             runtime.session.undrain()

@@ -107,12 +107,7 @@ def render(text: str, *, env: Mapping[str, str], values: Mapping[str, Any]) -> R
         raise TemplateError(
             f"template syntax error: {exc.message}", line, _first_tag_col(lines, line)
         ) from None
-    except (
-        jinja2.TemplateError,
-        jinja2.exceptions.SecurityError,
-        ArithmeticError,
-        TypeError,
-    ) as exc:
+    except Exception as exc:  # anything the template's expressions raise is the template's error
         line = _template_line(exc)
         message = str(exc) or type(exc).__name__
         col = _name_col(lines, line, message)

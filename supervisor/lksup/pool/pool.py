@@ -171,6 +171,7 @@ class AgentPool:
         self._changed_event = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
         self._closed = False
+        self._stopped = anyio.Event()  # aclose ran the stop sequence
 
     # --- status -------------------------------------------------------------------------------
 
@@ -232,6 +233,9 @@ class AgentPool:
                         tg.start_soon(self._spawn_idle)
                 with anyio.move_on_after(wait):
                     await self._wake.wait()
+            # closing: the processes live in this task group, so it stays open until
+            # ``aclose`` ran their stop sequence (cancelling it would SIGKILL them at once)
+            await self._stopped.wait()
             tg.cancel_scope.cancel()
         if self.monitor is not None:
             self.monitor.remove_listener(self._on_monitor)
@@ -305,9 +309,11 @@ class AgentPool:
 
     async def _watch(self, process: WorkerProcess) -> None:
         """Drop a process from the pool's sets when it exits on its own."""
-        await process.wait_exited()
-        if self.monitor is not None and process.pid is not None:
-            self.monitor.unwatch(process.pid)
+        try:
+            await process.wait_exited()
+        finally:  # also when the pool closes: a dead pid must not stay in the memory sweep
+            if self.monitor is not None and process.pid is not None:
+                self.monitor.unwatch(process.pid)
         if process in self.idle:
             self.idle.remove(process)
             log.warning(
@@ -334,6 +340,7 @@ class AgentPool:
                     tg.start_soon(
                         functools.partial(process.stop, "supervisor stopping", **timeouts)
                     )
+        self._stopped.set()
 
     # --- offers -------------------------------------------------------------------------------
 
