@@ -99,3 +99,16 @@ async def test_over_the_fleet_budget_offers_are_declined_until_it_falls(agent_di
             pool.terminate("AJ_1")
         await wait_for(pool, lambda: not monitor.over_budget and len(pool.idle) == 1, timeout=30)
         assert isinstance(await pool.decide(OfferReceived(make_job("AJ_3"))), Accept)
+
+
+async def test_a_closed_pool_leaves_nothing_in_the_memory_sweep(agent_dir: Path) -> None:
+    """Regression: closing a pool cancelled the tasks that unwatch its processes, so every
+    reload or replace left dead pids in the sweep (and a reused pid in the fleet's budget)."""
+    async with pool_with_monitor(agent_dir, memory=MemoryPolicy(0, 0)) as (pool, monitor):
+        await wait_for(pool, lambda: len(pool.idle) == 1)
+        (warm,) = pool.idle
+        assert monitor.watched == {warm.pid}
+        await pool.aclose()
+        with anyio.fail_after(10):
+            while monitor.watched:
+                await anyio.sleep(0.05)  # the pool's tasks wind down: the observable

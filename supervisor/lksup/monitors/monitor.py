@@ -173,6 +173,11 @@ class Monitor:
         else:
             current.agent, current.job_id, current.policy = agent, job_id, policy
 
+    @property
+    def watched(self) -> frozenset[int]:
+        """The pids swept now."""
+        return frozenset(self._watches)
+
     def unwatch(self, pid: int) -> None:
         """Stop watching ``pid`` (unknown pids are ignored); the budget is re-checked at once."""
         self._watches.pop(pid, None)
