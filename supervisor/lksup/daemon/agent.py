@@ -89,9 +89,10 @@ def build_spec(
 
     Secrets in ``env`` are resolved now; ``AgentConfigError`` when one cannot be.
     """
+    redactor = Redactor()
     try:
         environment = agent_environment(
-            agent, environ=env.environ, base_dir=env.base_dir, redactor=Redactor()
+            agent, environ=env.environ, base_dir=env.base_dir, redactor=redactor
         )
     except SecretError as exc:  # the message names the reference, never a value
         raise AgentConfigError(str(exc)) from None
@@ -105,6 +106,7 @@ def build_spec(
         log_level=log_level,
         shutdown_timeout=agent.shutdown_process_timeout,
         initialize_timeout=agent.initialize_process_timeout,
+        secrets=redactor.values,
     )
 
 

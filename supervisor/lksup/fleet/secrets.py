@@ -73,6 +73,11 @@ class Redactor:
         for value in values:
             self.add(value)
 
+    @property
+    def values(self) -> frozenset[str]:
+        """The values it masks."""
+        return frozenset(self._values)
+
     def add(self, value: str) -> None:
         """Remember a value to scrub."""
         if len(value) >= self.MIN_LENGTH:

@@ -35,6 +35,7 @@ import anyio.abc
 from anyio.abc import UNIXSocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from lksup.fleet.secrets import Redactor
 from lksup.jobs import ipc
 from lksup.jobs.framing import FrameDecoder, FramingError
 
@@ -76,6 +77,9 @@ class ProcessSpec:
     term_grace: float = 2.0
     ping_interval: float = 2.5
     ping_timeout: float = 60.0
+    secrets: frozenset[str] = field(default_factory=frozenset, repr=False)
+    """Resolved secret values in ``env``: masked in everything the process says (its log
+    records, stdout, stderr and error messages) before it reaches the supervisor's log."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,7 @@ class WorkerProcess:
 
     def __init__(self, spec: ProcessSpec) -> None:
         self.spec = spec
+        self._scrub = Redactor(spec.secrets)
         self.state = ProcessState.STARTING
         self.pid: int | None = None
         self.job_id: str | None = None
@@ -232,7 +237,7 @@ class WorkerProcess:
             self.init_seconds = ready.init_seconds
             return None
         if ready is not None:
-            reason = ready.error
+            reason = self._scrub(ready.error)
         elif self._exited.is_set():
             reason = f"{describe_exit(self.exit_code)} before it was ready"
         else:
@@ -310,11 +315,13 @@ class WorkerProcess:
         elif isinstance(message, ipc.JobStarted):
             self._job_started.set()
         elif isinstance(message, ipc.JobEnded):
-            error = message.error or None
-            self._outcome = JobOutcome(error, message.reason or ("failed" if error else "done"))
+            error = self._scrub(message.error) or None
+            reason = self._scrub(message.reason)
+            self._outcome = JobOutcome(error, reason or ("failed" if error else "done"))
             self._job_ended.set()
         elif isinstance(message, ipc.LogRecord):
             text = message.message + (f"\n{message.exc_text}" if message.exc_text else "")
+            text = self._scrub(text)
             job_log.log(
                 message.level, "%s", text, extra={**self._extra(), "source_logger": message.logger}
             )
@@ -336,14 +343,14 @@ class WorkerProcess:
                     job_log.log(
                         level,
                         "%s",
-                        bytes(rest).decode("utf-8", "replace"),
+                        self._scrub(bytes(rest).decode("utf-8", "replace")),
                         extra={**self._extra(), "stream": name},
                     )
                 return
             job_log.log(
                 level,
                 "%s",
-                line.decode("utf-8", "replace").rstrip("\r"),
+                self._scrub(line.decode("utf-8", "replace").rstrip("\r")),
                 extra={**self._extra(), "stream": name},
             )
 
