@@ -10,7 +10,8 @@ import pytest
 
 from lksup.daemon.main import Daemon, DaemonSettings
 from lksup.devserver.server import DevServer
-from tests.daemon.test_supervisor import KEY, QUICK, SECRET, fleet, supervised, unused_port
+from tests.conftest import free_port
+from tests.daemon.test_supervisor import KEY, QUICK, SECRET, fleet, supervised
 
 pytestmark = [pytest.mark.anyio, pytest.mark.process]
 
@@ -24,7 +25,7 @@ async def test_ready_follows_a_restarted_agent_and_waits_for_it(tmp_path: Path) 
     """Regression: READY=1 waited on the first worker of an agent; once that worker gave up
     and a restart registered instead, READY=1 never came (systemd killed the service)."""
     notify = tmp_path / "notify.sock"
-    port = unused_port()
+    port = free_port()
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
         receiver.bind(str(notify))
         receiver.setblocking(False)

@@ -4,7 +4,6 @@ while a job runs, remove, drain one agent, coordinated drain."""
 from __future__ import annotations
 
 import os
-import socket
 import textwrap
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,6 +24,7 @@ from lksup.fleet.schema import Fleet
 from lksup.monitors.monitor import Monitor
 from lksup.protocol.backoff import Backoff
 from lksup.reconcile.diff import Action, Plan, diff
+from tests.conftest import free_port
 from tests.pool.conftest import AGENT
 
 pytestmark = [pytest.mark.anyio, pytest.mark.process]
@@ -187,12 +187,6 @@ async def test_the_initialisation_cap_follows_the_fleet(tmp_path: Path) -> None:
         assert sup.limiter.total_tokens == expected
 
 
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 SIM = SimulateRequest(room="room-sim")
 QUICK = Backoff(initial_delay=0.2, factor=2.0, max_delay=0.4, jitter=0.0)
 
@@ -202,7 +196,7 @@ async def test_an_agent_whose_connection_gave_up_comes_back_without_an_apply(
 ) -> None:
     """Level-triggered: after max_retry failed attempts the agent is restarted after a backoff,
     again and again, until its server answers; the other agents never notice."""
-    port = unused_port()
+    port = free_port()
     async with supervised(tmp_path, restart_backoff=QUICK) as (sup, server):
         app = DaemonApp(sup, tmp_path / "state")
         await sup.apply(
@@ -258,7 +252,7 @@ async def test_an_agent_whose_connection_gave_up_comes_back_without_an_apply(
 
 
 async def test_an_agent_drained_by_the_operator_is_not_restarted(tmp_path: Path) -> None:
-    port = unused_port()
+    port = free_port()
     async with supervised(tmp_path, restart_backoff=QUICK) as (sup, _server):
         await sup.apply(
             fleet(tmp_path, {"alpha": f"max_retry: 1\nlivekit: {{url: 'ws://127.0.0.1:{port}'}}\n"})
@@ -321,7 +315,7 @@ async def test_a_replacement_that_cannot_register_leaves_the_old_worker_serving(
     tmp_path: Path,
 ) -> None:
     """No offer is missed: the old worker drains only once the new one registered."""
-    dead = f"livekit: {{url: 'ws://127.0.0.1:{unused_port()}'}}\n"
+    dead = f"livekit: {{url: 'ws://127.0.0.1:{free_port()}'}}\n"
     async with supervised(tmp_path, restart_backoff=QUICK) as (sup, server):
         await sup.apply(fleet(tmp_path, {"alpha": ""}))
         old = sup.slots["alpha"].runtime

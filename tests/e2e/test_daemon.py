@@ -24,7 +24,7 @@ import pytest
 
 from lksup.control.client import ControlClient
 from lksup.control.errors import DaemonUnreachable
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -34,13 +34,6 @@ DEV_SECRET = "secret-for-local-development-only"
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

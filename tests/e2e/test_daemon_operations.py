@@ -17,8 +17,8 @@ import anyio
 import psutil
 import pytest
 
-from tests.conftest import ROOT
-from tests.e2e.test_daemon import Daemon, daemon, descendants, free_port, gone
+from tests.conftest import ROOT, free_port
+from tests.e2e.test_daemon import Daemon, daemon, descendants, gone
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 

@@ -33,8 +33,8 @@ import anyio
 import httpx
 import pytest
 
-from tests.conftest import FIXTURES, ROOT
-from tests.e2e.test_daemon import Daemon, daemon, descendants, free_port, gone
+from tests.conftest import FIXTURES, ROOT, free_port
+from tests.e2e.test_daemon import Daemon, daemon, descendants, gone
 
 pytestmark = [pytest.mark.e2e]
 

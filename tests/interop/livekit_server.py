@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT
+from tests.conftest import free_port as shared_free_port
 
 API_KEY = "devkey"
 API_SECRET = "interop-secret-0123456789abcdef0123456789"
@@ -45,10 +46,8 @@ def server_binary() -> Path:
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("0.0.0.0", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A free port on every interface (the server binds its media ports there)."""
+    return shared_free_port(kind, host="0.0.0.0")
 
 
 @dataclass

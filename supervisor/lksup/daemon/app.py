@@ -104,7 +104,7 @@ class DaemonApp:
                         memory_mb=round(sample.mb, 1) if sample else 0.0,
                     )
                 )
-        fields["jobs"] = sup.jobs_by_agent().get(slot.name, 0)
+        fields["jobs"] = slot.running_jobs()
         if runtime is not None:
             machine = runtime.session.machine
             pool = runtime.pool
@@ -195,9 +195,10 @@ class DaemonApp:
     async def observe_forever(self, interval: float = 0.5) -> None:
         """``observe`` every ``interval`` seconds and whenever the supervisor changes."""
         while True:
+            changed = self.supervisor.change_event()
             self.observe()
             with anyio.move_on_after(interval):
-                await self.supervisor.wait_changed()
+                await changed.wait()
 
     @staticmethod
     def sync_state(slot: AgentSlot) -> SyncState:

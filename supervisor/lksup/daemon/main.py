@@ -90,7 +90,6 @@ class Daemon:
         self._draining = False
         self._done = anyio.Event()
         self._reapplying: anyio.CancelScope | None = None  # a SIGHUP re-apply in progress
-        self._reapply_running = False
 
     def _load(self, path: str, values: dict[str, Any]) -> Fleet:
         loaded = load_fleet(path, values=values, environ=self.settings.environ)
@@ -270,7 +269,10 @@ class Daemon:
         with anyio.open_signal_receiver(*wanted) as signals:
             async for number in signals:
                 sig = signal.Signals(number)
-                if sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT) and self._reapplying:
+                if (
+                    sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+                    and self._reapplying is not None
+                ):
                     self._reapplying.cancel()  # a SIGHUP's checks never hold up a stop
                 if sig in (signal.SIGTERM, signal.SIGINT) and not self._draining:
                     self._draining = True
@@ -281,7 +283,7 @@ class Daemon:
                     self.exit_code = 1
                     self._done.set()
                 elif sig is signal.SIGHUP:
-                    if self._reapply_running:
+                    if self._reapplying is not None:
                         log.warning("SIGHUP: a re-apply is already running; ignored")
                     else:
                         self._reapplying = anyio.CancelScope()
@@ -381,14 +383,13 @@ class Daemon:
 
         Whatever goes wrong is logged, and the daemon goes on.
         """
-        self._reapply_running = True
         try:
             with scope:
                 await self._reapply(app)
         except Exception:
             log.exception("SIGHUP: the re-apply failed; nothing changed")
         finally:
-            self._reapply_running = False
+            self._reapplying = None
 
     async def _reapply(self, app: DaemonApp) -> None:
         """SIGHUP: the checks ``lksup apply`` runs (imports included), then apply.

@@ -108,6 +108,10 @@ class AgentSlot:
                 totals.add(runtime)
         return totals
 
+    def running_jobs(self) -> int:
+        """Jobs running on this agent, old runtimes included."""
+        return sum(len(r.session.machine.running_jobs) for r in self.runtimes())
+
     def runtimes(self) -> list[AgentRuntime]:
         """The current runtime, the old ones still serving, and the ones draining away."""
         return [r for r in [self.runtime, *self.previous, *self.draining] if r is not None]
@@ -149,10 +153,6 @@ class Supervisor:
     def _notify(self) -> None:
         changed, self._changed = self._changed, anyio.Event()
         changed.set()
-
-    async def wait_changed(self) -> None:
-        """Wait for the next change (an apply, an operation, a runtime that ended)."""
-        await self._changed.wait()
 
     def change_event(self) -> anyio.Event:
         """The event the next change sets.
@@ -500,18 +500,11 @@ class Supervisor:
 
     def jobs_by_agent(self) -> dict[str, int]:
         """Jobs running per agent, old runtimes included."""
-        return {
-            name: sum(len(r.session.machine.running_jobs) for r in slot.runtimes())
-            for name, slot in self.slots.items()
-        }
+        return {name: slot.running_jobs() for name, slot in self.slots.items()}
 
     def running_jobs(self) -> int:
         """Jobs running on every agent, old runtimes included."""
-        return sum(
-            len(runtime.session.machine.running_jobs)
-            for slot in self.slots.values()
-            for runtime in slot.runtimes()
-        )
+        return sum(slot.running_jobs() for slot in self.slots.values())
 
     async def drain_all(self, timeout: float | None) -> bool:
         """Drain every agent against one deadline; True when every job ended in time."""
