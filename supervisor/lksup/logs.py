@@ -32,6 +32,10 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, name, None)
             if value is not None:
                 data[name] = value
+        extra = getattr(record, "fields", None)  # a job's own fields never replace ours
+        if isinstance(extra, dict):
+            for name, value in extra.items():
+                data.setdefault(name, value)
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
         return json.dumps(data, ensure_ascii=False)

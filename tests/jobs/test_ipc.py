@@ -28,6 +28,7 @@ messages: st.SearchStrategy[ipc.Message] = st.one_of(
         request_fnc=text,
         log_level=text,
         shutdown_grace=floats,
+        runtime=text,
     ),
     st.builds(
         ipc.OfferRequest,
@@ -44,10 +45,32 @@ messages: st.SearchStrategy[ipc.Message] = st.one_of(
         token=text,
         participant_identity=text,
         participant_name=text,
+        participant_metadata=text,
+        participant_attributes=attributes,
+        worker_id=text,
+        received_at=floats,
+        accepted_at=floats,
+        assigned_at=floats,
+        launched_at=floats,
     ),
+    st.builds(
+        ipc.InferenceResponse,
+        request_id=text,
+        data=st.binary(max_size=64),
+        has_data=st.booleans(),
+        error=text,
+    ),
+    st.builds(ipc.InferenceRequest, request_id=text, method=text, data=st.binary(max_size=64)),
     st.builds(ipc.Shutdown, reason=text),
     st.builds(ipc.Ping, sent_at_ns=int64),
-    st.builds(ipc.Ready, pid=int32, error=text, init_seconds=floats),
+    st.builds(
+        ipc.Ready,
+        pid=int32,
+        error=text,
+        init_seconds=floats,
+        sdk_version=text,
+        inference_runners=st.lists(text, max_size=3).map(tuple),
+    ),
     st.builds(
         ipc.OfferAnswer,
         accept=st.booleans(),
@@ -61,7 +84,15 @@ messages: st.SearchStrategy[ipc.Message] = st.one_of(
     st.builds(ipc.JobStarted, job_id=text),
     st.builds(ipc.JobEnded, job_id=text, error=text, reason=text),
     st.builds(ipc.Pong, sent_at_ns=int64),
-    st.builds(ipc.LogRecord, level=int32, logger=text, message=text, created=floats, exc_text=text),
+    st.builds(
+        ipc.LogRecord,
+        level=int32,
+        logger=text,
+        message=text,
+        created=floats,
+        exc_text=text,
+        fields=attributes,
+    ),
 )
 
 
@@ -70,6 +101,8 @@ def _clean(value: Any) -> Any:
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
     if isinstance(value, dict):
         return {_clean(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_clean(v) for v in value)
     return value
 
 
@@ -139,6 +172,7 @@ def test_exit_codes_are_stable() -> None:
     assert [(c.name, int(c)) for c in ipc.ExitCode] == [
         ("OK", 0),
         ("USAGE", 64),
+        ("RUNTIME_MISSING", 69),
         ("PROTOCOL", 76),
         ("INIT_FAILED", 78),
     ]

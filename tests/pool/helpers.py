@@ -22,6 +22,7 @@ class Reporter:
     """Records what the pool reports (stands where the AgentSession is)."""
 
     server_url: str = "ws://127.0.0.1:1"
+    worker_id: str = "AW_test"
     started: list[str] = field(default_factory=list)
     ended: dict[str, str | None] = field(default_factory=dict)
     events: list[tuple[str, str]] = field(default_factory=list)

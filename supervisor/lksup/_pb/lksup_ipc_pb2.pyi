@@ -1,26 +1,28 @@
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Initialize(_message.Message):
-    __slots__ = ("agent_name", "entrypoint", "prewarm", "request_fnc", "log_level", "shutdown_grace")
+    __slots__ = ("agent_name", "entrypoint", "prewarm", "request_fnc", "log_level", "shutdown_grace", "runtime")
     AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
     ENTRYPOINT_FIELD_NUMBER: _ClassVar[int]
     PREWARM_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FNC_FIELD_NUMBER: _ClassVar[int]
     LOG_LEVEL_FIELD_NUMBER: _ClassVar[int]
     SHUTDOWN_GRACE_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
     agent_name: str
     entrypoint: str
     prewarm: str
     request_fnc: str
     log_level: str
     shutdown_grace: float
-    def __init__(self, agent_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., prewarm: _Optional[str] = ..., request_fnc: _Optional[str] = ..., log_level: _Optional[str] = ..., shutdown_grace: _Optional[float] = ...) -> None: ...
+    runtime: str
+    def __init__(self, agent_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., prewarm: _Optional[str] = ..., request_fnc: _Optional[str] = ..., log_level: _Optional[str] = ..., shutdown_grace: _Optional[float] = ..., runtime: _Optional[str] = ...) -> None: ...
 
 class OfferRequest(_message.Message):
     __slots__ = ("job", "default_identity", "default_name", "default_metadata", "default_attributes")
@@ -44,18 +46,51 @@ class OfferRequest(_message.Message):
     def __init__(self, job: _Optional[bytes] = ..., default_identity: _Optional[str] = ..., default_name: _Optional[str] = ..., default_metadata: _Optional[str] = ..., default_attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class StartJob(_message.Message):
-    __slots__ = ("job", "url", "token", "participant_identity", "participant_name")
+    __slots__ = ("job", "url", "token", "participant_identity", "participant_name", "participant_metadata", "participant_attributes", "worker_id", "received_at", "accepted_at", "assigned_at", "launched_at")
+    class ParticipantAttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     JOB_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANT_IDENTITY_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANT_NAME_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANT_METADATA_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANT_ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_AT_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAUNCHED_AT_FIELD_NUMBER: _ClassVar[int]
     job: bytes
     url: str
     token: str
     participant_identity: str
     participant_name: str
-    def __init__(self, job: _Optional[bytes] = ..., url: _Optional[str] = ..., token: _Optional[str] = ..., participant_identity: _Optional[str] = ..., participant_name: _Optional[str] = ...) -> None: ...
+    participant_metadata: str
+    participant_attributes: _containers.ScalarMap[str, str]
+    worker_id: str
+    received_at: float
+    accepted_at: float
+    assigned_at: float
+    launched_at: float
+    def __init__(self, job: _Optional[bytes] = ..., url: _Optional[str] = ..., token: _Optional[str] = ..., participant_identity: _Optional[str] = ..., participant_name: _Optional[str] = ..., participant_metadata: _Optional[str] = ..., participant_attributes: _Optional[_Mapping[str, str]] = ..., worker_id: _Optional[str] = ..., received_at: _Optional[float] = ..., accepted_at: _Optional[float] = ..., assigned_at: _Optional[float] = ..., launched_at: _Optional[float] = ...) -> None: ...
+
+class InferenceResponse(_message.Message):
+    __slots__ = ("request_id", "data", "has_data", "error")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    HAS_DATA_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    data: bytes
+    has_data: bool
+    error: str
+    def __init__(self, request_id: _Optional[str] = ..., data: _Optional[bytes] = ..., has_data: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Shutdown(_message.Message):
     __slots__ = ("reason",)
@@ -70,14 +105,18 @@ class Ping(_message.Message):
     def __init__(self, sent_at_ns: _Optional[int] = ...) -> None: ...
 
 class Ready(_message.Message):
-    __slots__ = ("pid", "error", "init_seconds")
+    __slots__ = ("pid", "error", "init_seconds", "sdk_version", "inference_runners")
     PID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     INIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SDK_VERSION_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_RUNNERS_FIELD_NUMBER: _ClassVar[int]
     pid: int
     error: str
     init_seconds: float
-    def __init__(self, pid: _Optional[int] = ..., error: _Optional[str] = ..., init_seconds: _Optional[float] = ...) -> None: ...
+    sdk_version: str
+    inference_runners: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, pid: _Optional[int] = ..., error: _Optional[str] = ..., init_seconds: _Optional[float] = ..., sdk_version: _Optional[str] = ..., inference_runners: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class OfferAnswer(_message.Message):
     __slots__ = ("accept", "terminate", "identity", "name", "metadata", "attributes", "error", "job_id")
@@ -129,41 +168,64 @@ class Pong(_message.Message):
     def __init__(self, sent_at_ns: _Optional[int] = ...) -> None: ...
 
 class LogRecord(_message.Message):
-    __slots__ = ("level", "logger", "message", "created", "exc_text")
+    __slots__ = ("level", "logger", "message", "created", "exc_text", "fields")
+    class FieldsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     LEVEL_FIELD_NUMBER: _ClassVar[int]
     LOGGER_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     EXC_TEXT_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
     level: int
     logger: str
     message: str
     created: float
     exc_text: str
-    def __init__(self, level: _Optional[int] = ..., logger: _Optional[str] = ..., message: _Optional[str] = ..., created: _Optional[float] = ..., exc_text: _Optional[str] = ...) -> None: ...
+    fields: _containers.ScalarMap[str, str]
+    def __init__(self, level: _Optional[int] = ..., logger: _Optional[str] = ..., message: _Optional[str] = ..., created: _Optional[float] = ..., exc_text: _Optional[str] = ..., fields: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class InferenceRequest(_message.Message):
+    __slots__ = ("request_id", "method", "data")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    method: str
+    data: bytes
+    def __init__(self, request_id: _Optional[str] = ..., method: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("initialize", "offer_request", "start_job", "shutdown", "ping", "ready", "offer_answer", "job_started", "job_ended", "pong", "log")
+    __slots__ = ("initialize", "offer_request", "start_job", "shutdown", "ping", "inference_response", "ready", "offer_answer", "job_started", "job_ended", "pong", "log", "inference_request")
     INITIALIZE_FIELD_NUMBER: _ClassVar[int]
     OFFER_REQUEST_FIELD_NUMBER: _ClassVar[int]
     START_JOB_FIELD_NUMBER: _ClassVar[int]
     SHUTDOWN_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     OFFER_ANSWER_FIELD_NUMBER: _ClassVar[int]
     JOB_STARTED_FIELD_NUMBER: _ClassVar[int]
     JOB_ENDED_FIELD_NUMBER: _ClassVar[int]
     PONG_FIELD_NUMBER: _ClassVar[int]
     LOG_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_REQUEST_FIELD_NUMBER: _ClassVar[int]
     initialize: Initialize
     offer_request: OfferRequest
     start_job: StartJob
     shutdown: Shutdown
     ping: Ping
+    inference_response: InferenceResponse
     ready: Ready
     offer_answer: OfferAnswer
     job_started: JobStarted
     job_ended: JobEnded
     pong: Pong
     log: LogRecord
-    def __init__(self, initialize: _Optional[_Union[Initialize, _Mapping]] = ..., offer_request: _Optional[_Union[OfferRequest, _Mapping]] = ..., start_job: _Optional[_Union[StartJob, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., ready: _Optional[_Union[Ready, _Mapping]] = ..., offer_answer: _Optional[_Union[OfferAnswer, _Mapping]] = ..., job_started: _Optional[_Union[JobStarted, _Mapping]] = ..., job_ended: _Optional[_Union[JobEnded, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., log: _Optional[_Union[LogRecord, _Mapping]] = ...) -> None: ...
+    inference_request: InferenceRequest
+    def __init__(self, initialize: _Optional[_Union[Initialize, _Mapping]] = ..., offer_request: _Optional[_Union[OfferRequest, _Mapping]] = ..., start_job: _Optional[_Union[StartJob, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., inference_response: _Optional[_Union[InferenceResponse, _Mapping]] = ..., ready: _Optional[_Union[Ready, _Mapping]] = ..., offer_answer: _Optional[_Union[OfferAnswer, _Mapping]] = ..., job_started: _Optional[_Union[JobStarted, _Mapping]] = ..., job_ended: _Optional[_Union[JobEnded, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., log: _Optional[_Union[LogRecord, _Mapping]] = ..., inference_request: _Optional[_Union[InferenceRequest, _Mapping]] = ...) -> None: ...

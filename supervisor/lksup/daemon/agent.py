@@ -26,7 +26,7 @@ import anyio.abc
 from lksup import __version__
 from lksup.daemon.conditions import FullReason
 from lksup.errors import SecretError
-from lksup.fleet.imports import agent_environment, working_dir
+from lksup.fleet.imports import agent_environment, interpreter, working_dir
 from lksup.fleet.schema import Agent
 from lksup.fleet.secrets import Redactor, resolve
 from lksup.monitors.load import agent_load, at_capacity, is_full
@@ -96,6 +96,8 @@ def build_spec(
         )
     except SecretError as exc:  # the message names the reference, never a value
         raise AgentConfigError(str(exc)) from None
+    if agent.runtime == "livekit-agents":
+        environment.update(sdk_environment(agent, env, environment, redactor))
     return ProcessSpec(
         agent_name=name,
         entrypoint=agent.entrypoint,
@@ -107,7 +109,36 @@ def build_spec(
         shutdown_timeout=agent.shutdown_process_timeout,
         initialize_timeout=agent.initialize_process_timeout,
         secrets=redactor.values,
+        runtime=agent.runtime,
+        python=interpreter(agent, env.base_dir),
     )
+
+
+def sdk_environment(
+    agent: Agent, env: Environment, environment: Mapping[str, str], redactor: Redactor
+) -> dict[str, str]:
+    """What livekit-agents job processes get on top of the agent's environment.
+
+    The connection (``LIVEKIT_URL``, ``LIVEKIT_API_KEY``, ``LIVEKIT_API_SECRET``), as the SDK's
+    worker exports it for ``ctx.api``; key and secret are masked in all output. The SDK's
+    preload of local inference models is off unless the agent's ``env`` sets it: a spawned
+    job process would load its own copy of the models (hundreds of MB each).
+    """
+    credentials = build_credentials(agent, env)
+    redactor.add(credentials.api_key)
+    redactor.add(credentials.api_secret)
+    extra = {
+        "LIVEKIT_URL": credentials.url,
+        "LIVEKIT_API_KEY": credentials.api_key,
+        "LIVEKIT_API_SECRET": credentials.api_secret,
+    }
+    if PRELOAD_VARIABLE not in agent.env:
+        extra[PRELOAD_VARIABLE] = "0"
+    return extra
+
+
+#: livekit-agents' switch for preloading its local inference models in every process.
+PRELOAD_VARIABLE = "LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE"
 
 
 def resolved_fingerprint(name: str, agent: Agent, env: Environment) -> str:

@@ -64,6 +64,20 @@ def working_dir(agent: Agent, base_dir: Path) -> Path:
     return path if path.is_absolute() else base_dir / path
 
 
+def interpreter(agent: Agent, base_dir: Path) -> str:
+    """The agent's ``python:`` ("" for lksup's own interpreter).
+
+    A path with a folder in it is taken from the fleet's folder when relative; a bare name
+    (``python3.12``) is looked up on ``PATH`` when the process starts.
+    """
+    if not agent.python:
+        return ""
+    path = Path(agent.python).expanduser()
+    if "/" not in agent.python:
+        return agent.python
+    return str(path if path.is_absolute() else base_dir / path)
+
+
 def check_agents(
     agents: Mapping[str, Agent],
     *,

@@ -384,6 +384,16 @@ LoadExpr = Annotated[
 class AgentOptions(_Model):
     """Every option of an agent except its entrypoint; also the shape of ``defaults``."""
 
+    runtime: Literal["lksup", "livekit-agents"] = "lksup"
+    """What the agent's functions are written against: lksup (``lksup.JobContext``) or
+    livekit-agents (unchanged SDK agents: ``livekit.agents.JobContext``, ``AgentSession``,
+    plugins), run with the SDK's own job-side machinery."""
+
+    python: str | None = None
+    """Interpreter of the agent's job processes (e.g. another virtual environment's
+    bin/python, relative paths from the fleet file's folder), so agents with conflicting
+    dependencies share one fleet; lksup must be installed there too. Unset: lksup's own."""
+
     prewarm: ImportRef | None = None
     """Run once per job process before any job (``prewarm_fnc``): ``def f(proc: JobProcess)``."""
 

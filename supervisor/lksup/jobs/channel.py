@@ -36,7 +36,14 @@ from typing import Protocol
 
 from lksup.jobs.ipc import ChildMessage, LogRecord, encode
 
-__all__ = ["ForwardingHandler", "LogSink", "Outbox", "arm_exit_watchdog", "start_eof_watchdog"]
+__all__ = [
+    "ForwardingHandler",
+    "LogSink",
+    "Outbox",
+    "arm_exit_watchdog",
+    "extra_fields",
+    "start_eof_watchdog",
+]
 
 #: How long one blocked ``send`` waits before it retries (not a give-up: see module docstring).
 _SEND_WAIT = 60.0
@@ -183,7 +190,30 @@ class ForwardingHandler(logging.Handler):
             message=_cut(record.getMessage()),
             created=record.created,
             exc_text=_cut(exc_text),
+            fields=extra_fields(record),
         )
+
+
+#: Attributes every ``logging.LogRecord`` has; anything else came from ``extra=`` or a filter.
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+#: Most extra fields forwarded per record, and the longest text of one.
+MAX_FIELDS = 32
+MAX_FIELD_TEXT = 1024
+
+
+def extra_fields(record: logging.LogRecord) -> dict[str, str]:
+    """The record's extra attributes (``extra=``, the SDK's job context fields) as text."""
+    fields: dict[str, str] = {}
+    for key, value in vars(record).items():
+        if key in _STANDARD or key.startswith("_") or len(fields) >= MAX_FIELDS:
+            continue
+        text = value if isinstance(value, str) else repr(value)
+        fields[key] = text if len(text) <= MAX_FIELD_TEXT else text[: MAX_FIELD_TEXT - 3] + "..."
+    return fields
 
 
 def _flush_std_streams() -> None:

@@ -31,17 +31,21 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import anyio
 
 from lksup.jobs.channel import ForwardingHandler, Outbox, arm_exit_watchdog, start_eof_watchdog
 from lksup.jobs.context import JobProcess
 from lksup.jobs.framing import FrameDecoder, FramingError
-from lksup.jobs.ipc import ExitCode, Initialize, IpcError, Ready, decode
+from lksup.jobs.ipc import RUNTIME_LIVEKIT_AGENTS, ExitCode, Initialize, IpcError, Ready, decode
 from lksup.jobs.loader import LoadError, load_agent, run_prewarm
 from lksup.jobs.runtime import EOF_CLEANUP_TIMEOUT, EXIT_TIMEOUT, ChildRuntime
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from lksup.jobs.sdk.runtime import SdkRuntime
+
+__all__ = ["main", "run"]
 
 logger = logging.getLogger("lksup.jobs")
 
@@ -99,12 +103,19 @@ def _set_log_level(name: str) -> None:
         logger.warning("Unknown log level %r; using INFO.", name)
 
 
-def _initialise(init: Initialize, outbox: Outbox) -> ChildRuntime | None:
+def _initialise(init: Initialize, outbox: Outbox) -> ChildRuntime | SdkRuntime | None:
     """Import and prewarm, then send ``Ready``; the runtime, or None when that failed."""
     _set_log_level(init.log_level)
     cwd = os.getcwd()
     if not sys.path or sys.path[0] != cwd:
         sys.path.insert(0, cwd)
+    if init.runtime == RUNTIME_LIVEKIT_AGENTS:
+        from lksup.jobs.sdk import runtime as sdk_runtime  # imports nothing of the SDK yet
+
+        return sdk_runtime.initialise(init, outbox)
+    if init.runtime not in ("", "lksup"):
+        outbox.send(Ready(pid=os.getpid(), error=f"unknown runtime {init.runtime!r}"))
+        return None
     started = time.perf_counter()
     proc = JobProcess(agent_name=init.agent_name)
     try:
@@ -169,7 +180,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Run the job process and exit with its code (also the entry of another interpreter)."""
     status = main()
     arm_exit_watchdog(EXIT_TIMEOUT, status)
     sys.exit(status)
+
+
+if __name__ == "__main__":
+    run()

@@ -34,8 +34,11 @@ from lksup._pb import lksup_ipc_pb2 as pb
 from lksup.jobs.framing import MAX_FRAME_SIZE, encode_frame
 
 __all__ = [
+    "RUNTIME_LIVEKIT_AGENTS",
     "ChildMessage",
     "ExitCode",
+    "InferenceRequest",
+    "InferenceResponse",
     "Initialize",
     "IpcError",
     "JobEnded",
@@ -56,6 +59,10 @@ __all__ = [
 ]
 
 
+#: ``Initialize.runtime`` of agents written against livekit-agents.
+RUNTIME_LIVEKIT_AGENTS = "livekit-agents"
+
+
 class IpcError(ValueError):
     """A frame's payload is not a message this version understands."""
 
@@ -72,6 +79,8 @@ class ExitCode(enum.IntEnum):
     idle, or the supervisor went away (EOF on the socket)."""
     USAGE = 64
     """Bad command line (missing or invalid ``--ipc-fd``)."""
+    RUNTIME_MISSING = 69
+    """The interpreter (an agent's ``python:``) cannot import lksup's job runtime."""
     PROTOCOL = 76
     """The supervisor broke the protocol: the first frame is not an ``Initialize``, or a frame
     is larger than the limit (the stream cannot be read any further)."""
@@ -96,6 +105,8 @@ class Initialize:
     log_level: str = "INFO"
     shutdown_grace: float = 15.0
     """Seconds the entrypoint gets to return after a shutdown request before it is cancelled."""
+    runtime: str = ""
+    """What the functions are written against: ``lksup`` (empty) or ``livekit-agents``."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +129,25 @@ class StartJob:
     token: str
     participant_identity: str = ""
     participant_name: str = ""
+    participant_metadata: str = ""
+    participant_attributes: Mapping[str, str] = field(default_factory=dict, hash=False)
+    worker_id: str = ""
+    received_at: float = 0.0
+    """The dispatch timeline in wall-clock unix seconds (display and tracing only; 0: unknown)."""
+    accepted_at: float = 0.0
+    assigned_at: float = 0.0
+    launched_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class InferenceResponse:
+    """The shared inference process's answer to an ``InferenceRequest``, relayed."""
+
+    request_id: str
+    data: bytes = b""
+    has_data: bool = False
+    """False: the runner returned None."""
+    error: str = ""
 
 
 @dataclass(frozen=True)
@@ -144,6 +174,10 @@ class Ready:
     pid: int
     error: str = ""
     init_seconds: float = 0.0
+    sdk_version: str = ""
+    """The livekit-agents version (runtime ``livekit-agents``)."""
+    inference_runners: tuple[str, ...] = ()
+    """``module:qualname`` of each inference runner the agent's imports registered."""
 
 
 @dataclass(frozen=True)
@@ -193,10 +227,25 @@ class LogRecord:
     created: float = 0.0
     """Wall-clock seconds (display only)."""
     exc_text: str = ""
+    fields: Mapping[str, str] = field(default_factory=dict, hash=False)
+    """The record's extra attributes (the SDK's job context fields, ``extra=``), as text."""
 
 
-ParentMessage: TypeAlias = Initialize | OfferRequest | StartJob | Shutdown | Ping
-ChildMessage: TypeAlias = Ready | OfferAnswer | JobStarted | JobEnded | Pong | LogRecord
+@dataclass(frozen=True)
+class InferenceRequest:
+    """A job's inference request (``ctx.inference_executor``); answered by ``InferenceResponse``."""
+
+    request_id: str
+    method: str
+    data: bytes = b""
+
+
+ParentMessage: TypeAlias = (
+    Initialize | OfferRequest | StartJob | Shutdown | Ping | InferenceResponse
+)
+ChildMessage: TypeAlias = (
+    Ready | OfferAnswer | JobStarted | JobEnded | Pong | LogRecord | InferenceRequest
+)
 Message: TypeAlias = ParentMessage | ChildMessage
 
 #: Each message type and the name of its field in ``Envelope.message``.
@@ -206,12 +255,14 @@ _ONEOF: dict[type[Message], str] = {
     StartJob: "start_job",
     Shutdown: "shutdown",
     Ping: "ping",
+    InferenceResponse: "inference_response",
     Ready: "ready",
     OfferAnswer: "offer_answer",
     JobStarted: "job_started",
     JobEnded: "job_ended",
     Pong: "pong",
     LogRecord: "log",
+    InferenceRequest: "inference_request",
 }
 _BY_ONEOF: dict[str, type[Message]] = {name: cls for cls, name in _ONEOF.items()}
 
@@ -225,6 +276,8 @@ def _clean(value: Any) -> Any:
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
     if isinstance(value, Mapping):
         return {_clean(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_clean(v) for v in value)
     return value
 
 
@@ -283,5 +336,9 @@ def decode(payload: bytes) -> Message:
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         value = getattr(inner, f.name)
-        values[f.name] = dict(value) if isinstance(value, Mapping) else value
+        if isinstance(value, Mapping):
+            value = dict(value)
+        elif not isinstance(value, str | bytes | int | float):  # a repeated field
+            value = tuple(value)
+        values[f.name] = value
     return cls(**values)

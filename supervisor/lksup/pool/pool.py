@@ -23,6 +23,7 @@ import functools
 import logging
 import os
 import random
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -58,6 +59,11 @@ class JobReporter(Protocol):
         """The server the job's participant joins (when the assignment names none)."""
         ...
 
+    @property
+    def worker_id(self) -> str:
+        """The worker id the server gave this agent's connection ("" before registration)."""
+        ...
+
     def job_started(self, job_id: str) -> None:
         """The entrypoint is running."""
         ...
@@ -65,6 +71,15 @@ class JobReporter(Protocol):
     def job_ended(self, job_id: str, *, error: str | None = None) -> None:
         """The job is over."""
         ...
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    """What an accepted offer promised the job: its participant, and when (wall clock)."""
+
+    accept: Accept
+    received_at: float
+    accepted_at: float
 
 
 @dataclass(frozen=True)
@@ -163,6 +178,7 @@ class AgentPool:
         self.starting = 0
         self.reserved: dict[str, WorkerProcess] = {}
         self.running: dict[str, WorkerProcess] = {}
+        self._accepted: dict[str, _Accepted] = {}
         self.consecutive_failures = 0
         self.last_failure: str | None = None
         self._last_failure_at = 0.0
@@ -360,6 +376,13 @@ class AgentPool:
 
     async def decide(self, offer: OfferReceived) -> Answer:
         """The agent's answer to an offer (``Hooks.decide``)."""
+        received_at = time.time()  # display and tracing only (the job's dispatch timeline)
+        answer = await self._decide(offer)
+        if isinstance(answer, Accept):
+            self._accepted[offer.job.id] = _Accepted(answer, received_at, time.time())
+        return answer
+
+    async def _decide(self, offer: OfferReceived) -> Answer:
         job = offer.job
         if not self.policy.matches(job.room_name):
             return Decline(reason=f"room {job.room_name!r} does not match {self.policy.room!r}")
@@ -397,6 +420,7 @@ class AgentPool:
 
     def release(self, job_id: str) -> None:
         """An accepted offer will not be assigned: its process goes back to the idle set."""
+        self._accepted.pop(job_id, None)
         process = self.reserved.pop(job_id, None)
         if process is None:
             return
@@ -410,6 +434,8 @@ class AgentPool:
     async def run_job(self, assignment: JobAssigned, session: JobReporter) -> None:
         """Run an assigned job in its reserved process (``Hooks.run_job``)."""
         job = assignment.job
+        assigned_at = time.time()
+        accepted = self._accepted.pop(job.id, None)
         process = self.reserved.pop(job.id, None)
         if process is None or not process.alive:
             process = await self._acquire()
@@ -421,11 +447,20 @@ class AgentPool:
         self.running[job.id] = process
         self._watch_memory(process, job_id=job.id)
         try:
+            accept = accepted.accept if accepted is not None else None
             start = ipc.StartJob(
                 job=job.wire,
                 url=assignment.url or session.server_url,
                 token=assignment.token,
-                participant_identity=job.agent_identity,
+                participant_identity=job.agent_identity or (accept.identity if accept else ""),
+                participant_name=accept.name if accept else "",
+                participant_metadata=accept.metadata if accept else "",
+                participant_attributes=dict(accept.attributes) if accept else {},
+                worker_id=session.worker_id,
+                received_at=accepted.received_at if accepted else 0.0,
+                accepted_at=accepted.accepted_at if accepted else 0.0,
+                assigned_at=assigned_at,
+                launched_at=time.time(),
             )
             began = anyio.current_time()
             started = await process.start_job(start, job.id)

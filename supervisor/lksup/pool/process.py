@@ -26,7 +26,7 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +56,39 @@ class ProcessState(enum.Enum):
     EXITED = "exited"
 
 
+#: Exit status of a job process whose interpreter cannot import lksup's job runtime.
+RUNTIME_MISSING = ipc.ExitCode.RUNTIME_MISSING
+
+#: Started by another interpreter (an agent's ``python:``): says so when lksup is missing there.
+_BOOTSTRAP = """\
+import sys
+try:
+    from lksup.jobs.child import run
+except ImportError as exc:
+    sys.stderr.write(f"cannot import lksup's job runtime: {exc}\\n")
+    sys.exit(EXIT_CODE)
+run()
+""".replace("EXIT_CODE", str(int(RUNTIME_MISSING)))
+
+
+def child_command(python: str, fd: int) -> list[str]:
+    """The command line of a job process on IPC descriptor ``fd``."""
+    if not python:
+        return [sys.executable, "-m", "lksup.jobs.child", "--ipc-fd", str(fd)]
+    return [python, "-c", _BOOTSTRAP, "--ipc-fd", str(fd)]
+
+
+def runtime_missing_message(python: str) -> str:
+    """What to do when ``python`` cannot import lksup's job runtime."""
+    from lksup import __version__
+
+    return (
+        f"lksup's job runtime cannot be imported by {python}: install lksup there "
+        f"(`{python} -m pip install 'lksup=={__version__}'`, or `pip install -e` of this "
+        "checkout)"
+    )
+
+
 class InitFailed(Exception):
     """The process did not become ready (import or prewarm error, timeout, early exit)."""
 
@@ -80,6 +113,10 @@ class ProcessSpec:
     secrets: frozenset[str] = field(default_factory=frozenset, repr=False)
     """Resolved secret values in ``env``: masked in everything the process says (its log
     records, stdout, stderr and error messages) before it reaches the supervisor's log."""
+    runtime: str = ""
+    """What the agent's functions are written against: lksup (empty) or livekit-agents."""
+    python: str = ""
+    """The interpreter of the job processes; empty: the supervisor's own."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +151,9 @@ class WorkerProcess:
         self.job_id: str | None = None
         self.exit_code: int | None = None
         self.init_seconds = 0.0
+        self.sdk_version = ""
+        self.inference_runners: tuple[str, ...] = ()
+        self.on_inference: Callable[[WorkerProcess, ipc.InferenceRequest], None] | None = None
         self.started_at = 0.0
         self.ready_at: float | None = None
         self.job_started_at: float | None = None
@@ -126,6 +166,7 @@ class WorkerProcess:
         self._job_started = anyio.Event()
         self._job_ended = anyio.Event()
         self._outcome: JobOutcome | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
         self._answers: dict[str, anyio.Event] = {}
         self._answer_values: dict[str, ipc.OfferAnswer] = {}
         self._last_pong = 0.0
@@ -167,7 +208,7 @@ class WorkerProcess:
         self.started_at = anyio.current_time()
         try:
             self._process = await anyio.open_process(
-                [sys.executable, "-m", "lksup.jobs.child", "--ipc-fd", str(child.fileno())],
+                child_command(self.spec.python, child.fileno()),
                 stdin=-3,  # DEVNULL
                 pass_fds=[child.fileno()],
                 start_new_session=True,
@@ -191,6 +232,7 @@ class WorkerProcess:
                 parent.close()
                 raise
             async with anyio.create_task_group() as tg:
+                self._tg = tg
                 tg.start_soon(self._reader)
                 tg.start_soon(self._drain, self._process.stdout, logging.INFO, "stdout")
                 tg.start_soon(self._drain, self._process.stderr, logging.WARNING, "stderr")
@@ -220,6 +262,7 @@ class WorkerProcess:
                 request_fnc=spec.request_fnc,
                 log_level=spec.log_level,
                 shutdown_grace=spec.shutdown_grace,
+                runtime=spec.runtime,
             )
         )
         with anyio.move_on_after(spec.initialize_timeout):
@@ -235,9 +278,13 @@ class WorkerProcess:
         ready = self._ready_message
         if ready is not None and not ready.error:
             self.init_seconds = ready.init_seconds
+            self.sdk_version = ready.sdk_version
+            self.inference_runners = ready.inference_runners
             return None
         if ready is not None:
             reason = self._scrub(ready.error)
+        elif self._exited.is_set() and self.exit_code == RUNTIME_MISSING:
+            reason = runtime_missing_message(spec.python)
         elif self._exited.is_set():
             reason = f"{describe_exit(self.exit_code)} before it was ready"
         else:
@@ -278,6 +325,10 @@ class WorkerProcess:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 return False
         return True
+
+    def _send_soon(self, message: ipc.ParentMessage) -> None:
+        if self._tg is not None:
+            self._tg.start_soon(self.send, message)
 
     async def _reader(self) -> None:
         assert self._stream is not None
@@ -322,9 +373,17 @@ class WorkerProcess:
         elif isinstance(message, ipc.LogRecord):
             text = message.message + (f"\n{message.exc_text}" if message.exc_text else "")
             text = self._scrub(text)
-            job_log.log(
-                message.level, "%s", text, extra={**self._extra(), "source_logger": message.logger}
-            )
+            fields = {key: self._scrub(value) for key, value in message.fields.items()}
+            extra = {**self._extra(), "source_logger": message.logger}
+            if fields:
+                extra["fields"] = fields
+            job_log.log(message.level, "%s", text, extra=extra)
+        elif isinstance(message, ipc.InferenceRequest):
+            if self.on_inference is not None:
+                self.on_inference(self, message)
+            else:
+                error = f"no inference process serves {message.method!r}"
+                self._send_soon(ipc.InferenceResponse(request_id=message.request_id, error=error))
 
     async def _drain(
         self, stream: anyio.abc.ByteReceiveStream | None, level: int, name: str

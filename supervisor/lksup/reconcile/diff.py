@@ -38,6 +38,8 @@ REPLACE_FIELDS = frozenset(
         "permissions",
         "worker_type",
         "livekit",
+        "runtime",
+        "python",
     }
 )
 #: Fields whose children are compared as whole values (names of variables, connection fields).

@@ -154,6 +154,11 @@ class AgentSession:
         return self.credentials.url
 
     @property
+    def worker_id(self) -> str:
+        """The worker id of the current registration ("" before the first one)."""
+        return self.machine.worker_id or ""
+
+    @property
     def state(self) -> State:
         """The machine's state."""
         return self.machine.state

@@ -1,0 +1,261 @@
+"""The one module that uses livekit-agents' private names.
+
+Supported window: **livekit-agents >= 1.6, < 1.9** (tested at 1.6.10 and 1.8.9). Everything
+lksup needs from the SDK's job-side machinery goes through here, so a new SDK minor is one
+module to read, not a hunt through the code base. Another version fails the agent at
+initialisation with a message naming the window (``UnsupportedSdk``).
+
+What is used, and why it is private:
+
+* ``livekit.agents.ipc.job_proc_lazy_main._JobProc``: the SDK's own job runner. lksup drives it
+  instead of reimplementing it, so a job behaves as under the SDK's worker: the job context
+  variable behind ``get_job_context()``, the HTTP session context, log context fields, the
+  primary ``AgentSession`` closed at the end, ``session_end_fnc``, report upload, the room
+  disconnect and the shutdown callbacks with their reason, in the SDK's order. Its constructor
+  changed in 1.4 (``session_end_fnc``) and 1.6 (``session_end_timeout``,
+  ``simulation_end_fnc``): arguments are passed by name where the installed version has them.
+* ``_JobProc.initialize(init_req, client)`` builds the SDK ``JobProcess`` and runs prewarm;
+  ``_JobProc.entrypoint(cch)`` is the job loop, fed through an ``aio.Chan`` of the SDK's
+  ``ipc.proto`` messages (``StartJobRequest``, ``ShutdownRequest``, ``InferenceResponse``).
+  It talks back through ``client.send``: ``InferenceRequest`` and ``Exiting(reason)`` matter
+  here, the acknowledgements do not. lksup never speaks the SDK's wire format, whose shape
+  changes between minors (7, 8 and 12 fields in ``StartJobRequest``).
+* ``_JobProc._job_task``: the job's task, to tell a job that could not start from one that did.
+* ``inference_runner._InferenceRunner.registered_runners``: the runners the agent's imports
+  registered (the turn detector...), reported to the supervisor so one shared inference process
+  serves the fleet.
+* ``AgentServer``'s private attributes are not used to run jobs: the fleet names the functions.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import inspect
+import re
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import Any
+
+__all__ = [
+    "SUPPORTED_WINDOW",
+    "JobHost",
+    "UnsupportedSdk",
+    "check_version",
+    "installed_version",
+    "make_job_request",
+    "new_channel",
+    "registered_runners",
+]
+
+SUPPORTED_WINDOW = ">=1.6,<1.9"
+_LOWEST = (1, 6)
+_BEYOND = (1, 9)
+
+
+class UnsupportedSdk(Exception):
+    """livekit-agents is missing or outside the supported window (the message says which)."""
+
+
+def installed_version() -> str | None:
+    """The installed livekit-agents version, or None when it is not installed."""
+    try:
+        return importlib.metadata.version("livekit-agents")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _release(version: str) -> tuple[int, int] | None:
+    match = re.match(r"^(\d+)\.(\d+)", version)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def check_version(version: str | None) -> str:
+    """``version`` when it is inside the window.
+
+    Raises:
+        UnsupportedSdk: not installed, or outside ``SUPPORTED_WINDOW``.
+    """
+    if version is None:
+        raise UnsupportedSdk(
+            "runtime livekit-agents needs the livekit-agents package, which is not installed "
+            f"in this interpreter (supported: livekit-agents{SUPPORTED_WINDOW})"
+        )
+    release = _release(version)
+    if release is None or not _LOWEST <= release < _BEYOND:
+        raise UnsupportedSdk(
+            f"livekit-agents {version} is outside the supported window "
+            f"livekit-agents{SUPPORTED_WINDOW}; install a version inside it for this agent "
+            "(or give the agent its own interpreter with `python:`)"
+        )
+    return version
+
+
+def new_channel() -> Any:
+    """An ``aio.Chan`` to feed the SDK's job loop (call inside the running event loop)."""
+    from livekit.agents.utils import aio
+
+    return aio.Chan()
+
+
+def registered_runners() -> tuple[str, ...]:
+    """``module:qualname`` of every inference runner registered so far, sorted."""
+    from livekit.agents.inference_runner import _InferenceRunner
+
+    runners = _InferenceRunner.registered_runners.values()
+    return tuple(sorted(f"{cls.__module__}:{cls.__qualname__}" for cls in runners))
+
+
+def make_job_request(
+    job: Any,
+    *,
+    on_accept: Callable[[str, str, str, Mapping[str, str]], Coroutine[None, None, None]],
+    on_reject: Callable[[bool], Coroutine[None, None, None]],
+) -> Any:
+    """The SDK's ``JobRequest`` for an offer; answers arrive as plain values."""
+    from livekit.agents import JobRequest
+
+    async def accepted(arguments: Any) -> None:
+        attributes = getattr(arguments, "attributes", None) or {}
+        await on_accept(arguments.identity, arguments.name, arguments.metadata, attributes)
+
+    return JobRequest(job=job, on_reject=on_reject, on_accept=accepted)
+
+
+class _Client:
+    """What ``_JobProc`` expects of ``_ProcClient``: an async ``send`` of SDK messages."""
+
+    def __init__(self, host: JobHost) -> None:
+        self._host = host
+
+    async def send(self, msg: Any) -> None:
+        self._host._from_sdk(msg)
+
+
+class JobHost:
+    """One SDK ``_JobProc`` driven from lksup's job process.
+
+    Args:
+        entrypoint: the entrypoint as ``_JobProc`` should call it (lksup wraps the user's).
+        prewarm: ``def prewarm(proc)``, or None.
+        on_inference: called with ``(request_id, method, data)`` for each inference request.
+    """
+
+    def __init__(
+        self,
+        *,
+        entrypoint: Callable[[Any], Awaitable[None]],
+        prewarm: Callable[[Any], object] | None,
+        on_inference: Callable[[str, str, bytes], None],
+    ) -> None:
+        from livekit.agents.ipc import job_proc_lazy_main, proto
+
+        self._proto = proto
+        self._on_inference = on_inference
+        self.exit_reason = ""
+        kwargs: dict[str, Any] = {}
+        parameters = inspect.signature(job_proc_lazy_main._JobProc.__init__).parameters
+        if "session_end_timeout" in parameters:
+            kwargs["session_end_timeout"] = 60.0
+        if "user_arguments" in parameters:
+            kwargs["user_arguments"] = None
+        from livekit.agents.job import JobExecutorType
+
+        self._proc = job_proc_lazy_main._JobProc(
+            prewarm or _no_prewarm,
+            entrypoint,
+            None,  # session_end_fnc: the fleet has no equivalent yet
+            executor_type=JobExecutorType.PROCESS,
+            **kwargs,
+        )
+
+    def initialize(self, *, http_proxy: str | None) -> Any:
+        """Build the SDK ``JobProcess`` and run prewarm (main thread, no event loop yet).
+
+        Returns the ``JobProcess``. Exceptions from prewarm propagate.
+        """
+        request = self._proto.InitializeRequest()
+        if hasattr(request, "http_proxy"):
+            request.http_proxy = http_proxy or ""
+        client: Any = _Client(self)  # duck-typed: only ``send`` is used
+        self._proc.initialize(request, client)
+        return self._proc._job_proc
+
+    async def run(self, channel: Any) -> None:
+        """The SDK's job loop; returns when the job ended or the process was shut down idle."""
+        await self._proc.entrypoint(channel)
+
+    def start_job(
+        self,
+        channel: Any,
+        *,
+        job: Any,
+        url: str,
+        token: str,
+        worker_id: str,
+        identity: str,
+        name: str,
+        metadata: str,
+        attributes: Mapping[str, str],
+        timeline: Mapping[str, float],
+    ) -> None:
+        """Queue the job for the SDK's loop (``StartJobRequest``)."""
+        from livekit.agents.job import JobAcceptArguments, RunningJobInfo
+
+        accept_fields = inspect.signature(JobAcceptArguments).parameters
+        accept: dict[str, Any] = {"name": name, "identity": identity, "metadata": metadata}
+        if "attributes" in accept_fields:
+            accept["attributes"] = dict(attributes)
+        info_fields = inspect.signature(RunningJobInfo).parameters
+        info: dict[str, Any] = {
+            "accept_arguments": JobAcceptArguments(**accept),
+            "job": job,
+            "url": url,
+            "token": token,
+            "worker_id": worker_id,
+            "fake_job": False,
+        }
+        info.update({k: v for k, v in timeline.items() if k in info_fields})
+        request = self._proto.StartJobRequest()
+        request.running_job = RunningJobInfo(**{k: v for k, v in info.items() if k in info_fields})
+        channel.send_nowait(request)
+
+    def shutdown(self, channel: Any, reason: str) -> None:
+        """Ask the SDK's loop to end the job (or to exit when idle)."""
+        channel.send_nowait(self._proto.ShutdownRequest(reason=reason))
+
+    def inference_answer(
+        self, channel: Any, request_id: str, data: bytes | None, error: str
+    ) -> None:
+        """Hand an inference result to the job that asked for it."""
+        channel.send_nowait(
+            self._proto.InferenceResponse(request_id=request_id, data=data, error=error)
+        )
+
+    def job_failure(self) -> BaseException | None:
+        """The exception that ended the job's task itself (not the entrypoint's), if any."""
+        task = self._proc._job_task
+        if task is None or not task.done() or task.cancelled():
+            return None
+        exc: BaseException | None = task.exception()
+        return exc
+
+    @property
+    def has_job(self) -> bool:
+        """Whether a job was started."""
+        return bool(self._proc.has_running_job)
+
+    def _from_sdk(self, msg: Any) -> None:
+        if isinstance(msg, self._proto.InferenceRequest):
+            self._on_inference(msg.request_id, msg.method, msg.data)
+        elif isinstance(msg, self._proto.Exiting):
+            self.exit_reason = msg.reason
+
+
+def _no_prewarm(_proc: Any) -> None:
+    pass
+
+
+def sdk_module_version() -> str:
+    """``livekit.agents.__version__`` (imports the SDK)."""
+    module = importlib.import_module("livekit.agents")
+    return str(getattr(module, "__version__", "") or installed_version() or "")

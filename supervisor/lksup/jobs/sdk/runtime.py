@@ -1,0 +1,381 @@
+"""A job process for ``runtime: livekit-agents``: the SDK's own job machinery behind lksup's IPC.
+
+The process is started, initialised and supervised exactly as any lksup job process
+(``lksup.jobs.child``): same socket, same messages, same health checks, same stop sequence.
+What differs is what runs inside. Entrypoint, prewarm and request function receive the SDK's
+own ``JobContext``, ``JobProcess`` and ``JobRequest``, and the job is run by the SDK's job runner
+(``_JobProc``, reached only through ``lksup.jobs.sdk.adapter``), so ``get_job_context()``, the
+HTTP session context, ``ctx.api``, log context fields, the primary ``AgentSession`` and the
+shutdown order are the SDK's.
+
+Message flow once ``Ready`` was sent (the SDK's loop runs as its own asyncio task, fed through
+a channel, so that its cleanup is never interrupted by a cancel scope around it):
+
+* ``OfferRequest``: the request function gets the SDK's ``JobRequest``; what its ``accept``
+  leaves empty comes from the fleet's declarative policy, as for lksup agents;
+* ``StartJob``: a ``RunningJobInfo`` (job, URL, token, worker id, accept arguments, dispatch
+  timeline) goes to the SDK's loop; ``JobStarted`` is sent as the user's entrypoint is called;
+* ``Shutdown(reason)`` and SIGTERM: the SDK's ``ShutdownRequest`` (idle: the process exits);
+* ``InferenceResponse``: handed to the job whose ``ctx.inference_executor`` asked for it;
+* ``Ping``: ``Pong`` from this loop;
+* end of the stream: the SDK's loop is cancelled (its own cleanup runs) within
+  ``EOF_CLEANUP_TIMEOUT``, as for lksup agents.
+
+Outcome: when the SDK's loop returns after a job, ``JobEnded`` carries the entrypoint's
+exception (``"<ExcType>: <message>"``: the job fails, where the SDK's worker reports a raising
+entrypoint as a success) and the SDK's shutdown reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import anyio
+import anyio.abc
+from anyio.abc import UNIXSocketStream
+from google.protobuf.message import DecodeError
+from livekit.protocol import agent
+
+from lksup.jobs.channel import Outbox, arm_exit_watchdog
+from lksup.jobs.framing import FrameDecoder, FramingError
+from lksup.jobs.ipc import (
+    ExitCode,
+    InferenceRequest,
+    InferenceResponse,
+    Initialize,
+    IpcError,
+    JobEnded,
+    JobStarted,
+    OfferAnswer,
+    OfferRequest,
+    Ping,
+    Pong,
+    Ready,
+    Shutdown,
+    StartJob,
+    decode,
+)
+from lksup.jobs.loader import LoadError, describe_exception, load_agent
+from lksup.jobs.runtime import EOF_CLEANUP_TIMEOUT, EXIT_TIMEOUT
+from lksup.jobs.sdk import adapter
+
+__all__ = ["SdkRuntime", "initialise"]
+
+logger = logging.getLogger("lksup.jobs")
+
+
+def initialise(init: Initialize, outbox: Outbox) -> SdkRuntime | None:
+    """Check the SDK, import the agent, run prewarm through the SDK, send ``Ready``.
+
+    Returns the runtime, or None when initialisation failed (``Ready.error`` was sent).
+    """
+    started = time.perf_counter()
+
+    def failed(error: str) -> None:
+        outbox.send(Ready(pid=os.getpid(), error=error, init_seconds=time.perf_counter() - started))
+
+    try:
+        version = adapter.check_version(adapter.installed_version())
+    except adapter.UnsupportedSdk as exc:
+        failed(str(exc))
+        return None
+    try:
+        functions = load_agent(init)
+    except LoadError as exc:
+        failed(str(exc))
+        return None
+    runtime = SdkRuntime(init=init, outbox=outbox, request_fnc=functions.request_fnc)
+    host = adapter.JobHost(
+        entrypoint=runtime.wrap_entrypoint(functions.entrypoint),
+        prewarm=functions.prewarm,
+        on_inference=runtime.request_inference,
+    )
+    try:
+        host.initialize(http_proxy=os.environ.get("HTTPS_PROXY") or os.environ.get("HTTP_PROXY"))
+    except BaseException as exc:  # user code: SystemExit and friends are failures too
+        detail = describe_exception(exc, with_location=True)
+        what = f"prewarm {init.prewarm}" if init.prewarm else "livekit-agents initialisation"
+        failed(f"{what} failed: {detail}")
+        return None
+    runtime.host = host
+    outbox.send(
+        Ready(
+            pid=os.getpid(),
+            init_seconds=time.perf_counter() - started,
+            sdk_version=version,
+            inference_runners=adapter.registered_runners(),
+        )
+    )
+    return runtime
+
+
+class SdkRuntime:
+    """Serves the supervisor's messages for one initialised livekit-agents job process."""
+
+    def __init__(
+        self,
+        *,
+        init: Initialize,
+        outbox: Outbox,
+        request_fnc: Callable[[Any], Awaitable[None]] | None,
+    ) -> None:
+        self._init = init
+        self._outbox = outbox
+        self._request_fnc = request_fnc
+        self.host: adapter.JobHost | None = None
+        self._channel: Any = None
+        self._main: asyncio.Task[None] | None = None
+        self._job_id: str | None = None
+        self._error = ""
+        self._exit_code = ExitCode.OK
+        self._done: anyio.Event | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    # --- hooks the SDK calls ------------------------------------------------------------------
+
+    def wrap_entrypoint(
+        self, entrypoint: Callable[[Any], Awaitable[None]]
+    ) -> Callable[[Any], Awaitable[None]]:
+        """The user's entrypoint, reporting its start and remembering how it failed."""
+
+        async def run(ctx: Any) -> None:
+            self._outbox.send(JobStarted(job_id=ctx.job.id))
+            try:
+                await entrypoint(ctx)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # user code: SystemExit and friends fail the job
+                self._error = describe_exception(exc)
+                if isinstance(exc, Exception):
+                    raise
+                # asyncio would stop the whole event loop for these: fail the task instead
+                raise RuntimeError(self._error) from exc
+
+        run.__qualname__ = getattr(entrypoint, "__qualname__", run.__qualname__)
+        run.__name__ = getattr(entrypoint, "__name__", run.__name__)
+        return run
+
+    def request_inference(self, request_id: str, method: str, data: bytes) -> None:
+        """Relay a job's inference request to the supervisor."""
+        self._outbox.send(InferenceRequest(request_id=request_id, method=method, data=data))
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    async def serve(
+        self, sock: socket.socket, decoder: FrameDecoder, received: list[bytes]
+    ) -> ExitCode:
+        """Serve until the process should exit; returns its exit code (see ``ChildRuntime``)."""
+        assert self.host is not None
+        self._done = anyio.Event()
+        self._channel = adapter.new_channel()
+        self._main = asyncio.get_running_loop().create_task(
+            self.host.run(self._channel), name="livekit-agents job loop"
+        )
+        self._main.add_done_callback(self._main_done)
+        stream = await UNIXSocketStream.from_socket(sock)
+        async with stream, anyio.create_task_group() as tg:
+            self._tg = tg
+            tg.start_soon(self._watch_sigterm, name="sigterm")
+            tg.start_soon(self._read, stream, decoder, received, name="ipc reader")
+            await self._done.wait()
+            tg.cancel_scope.cancel()
+        arm_exit_watchdog(EXIT_TIMEOUT, self._exit_code)
+        if self._job_id is not None:
+            self._outbox.send(self._ended())
+        return self._exit_code
+
+    def _ended(self) -> JobEnded:
+        assert self.host is not None
+        assert self._job_id is not None
+        error = self._error
+        failure = self.host.job_failure()
+        if not error and failure is not None:
+            error = f"the job could not run: {describe_exception(failure)}"
+        return JobEnded(
+            job_id=self._job_id, error=error, reason=self.host.exit_reason or "job ended"
+        )
+
+    def _main_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("The livekit-agents job loop failed.", exc_info=task.exception())
+            if not self._error and self._job_id is not None:
+                self._error = describe_exception(task.exception() or RuntimeError())
+        assert self._done is not None
+        self._done.set()
+
+    async def _watch_sigterm(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+            async for _ in signals:
+                logger.info("SIGTERM received.")
+                self._shutdown("SIGTERM")
+
+    async def _read(
+        self, stream: UNIXSocketStream, decoder: FrameDecoder, received: list[bytes]
+    ) -> None:
+        for payload in received:
+            self._dispatch(payload)
+        while True:
+            try:
+                data = await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._lost("supervisor went away")
+                return
+            try:
+                payloads = decoder.feed(data)
+            except FramingError as exc:
+                logger.error("IPC stream broken: %s.", exc)
+                self._exit_code = ExitCode.PROTOCOL
+                self._lost("IPC protocol error")
+                return
+            for payload in payloads:
+                self._dispatch(payload)
+
+    def _dispatch(self, payload: bytes) -> None:
+        assert self.host is not None
+        try:
+            msg = decode(payload)
+        except IpcError as exc:
+            logger.warning("Ignoring an IPC frame: %s.", exc)
+            return
+        match msg:
+            case Ping(sent_at_ns=sent_at_ns):
+                self._outbox.send(Pong(sent_at_ns=sent_at_ns))
+            case OfferRequest():
+                assert self._tg is not None
+                self._tg.start_soon(self._offer, msg, name="request function")
+            case StartJob():
+                self._start_job(msg)
+            case Shutdown(reason=reason):
+                self._shutdown(reason or "shutdown requested")
+            case InferenceResponse():
+                data = msg.data if msg.has_data else None
+                self.host.inference_answer(self._channel, msg.request_id, data, msg.error)
+            case _:
+                logger.warning("Ignoring an unexpected %s message.", type(msg).__name__)
+
+    def _shutdown(self, reason: str) -> None:
+        assert self.host is not None
+        self.host.shutdown(self._channel, reason)
+
+    def _lost(self, reason: str) -> None:
+        arm_exit_watchdog(EOF_CLEANUP_TIMEOUT + EXIT_TIMEOUT, self._exit_code)
+        assert self._main is not None
+        assert self._done is not None
+        if self._job_id is None:
+            self._main.cancel()
+            self._done.set()
+            return
+        logger.warning("Ending job %s: %s.", self._job_id, reason)
+        self._main.cancel()  # the SDK's loop cancels the job task and runs its cleanup
+
+    def _start_job(self, msg: StartJob) -> None:
+        assert self.host is not None
+        if self._job_id is not None:
+            logger.warning("Ignoring StartJob: this process already runs job %s.", self._job_id)
+            return
+        try:
+            job = agent.Job.FromString(msg.job)
+        except DecodeError as exc:
+            self._outbox.send(JobEnded(job_id="", error=f"undecodable job: {exc}"))
+            assert self._done is not None
+            self._done.set()
+            return
+        self._job_id = job.id
+        self.host.start_job(
+            self._channel,
+            job=job,
+            url=msg.url,
+            token=msg.token,
+            worker_id=msg.worker_id,
+            identity=msg.participant_identity,
+            name=msg.participant_name,
+            metadata=msg.participant_metadata,
+            attributes=msg.participant_attributes,
+            timeline={
+                "received_at": msg.received_at,
+                "accepted_at": msg.accepted_at,
+                "assigned_at": msg.assigned_at,
+                "launched_at": msg.launched_at,
+            },
+        )
+
+    def _answer(self, answer: OfferAnswer, job_id: str) -> None:
+        answer = dataclasses.replace(answer, job_id=job_id)
+        try:
+            self._outbox.send(answer)
+        except ValueError as exc:  # e.g. metadata too large to frame
+            failed = OfferAnswer(accept=False, error=f"cannot send the answer: {exc}")
+            self._outbox.send(dataclasses.replace(failed, job_id=job_id))
+
+    async def _offer(self, msg: OfferRequest) -> None:
+        try:
+            job = agent.Job.FromString(msg.job)
+        except DecodeError as exc:
+            self._answer(OfferAnswer(accept=False, error=f"undecodable job: {exc}"), "")
+            return
+        if self._job_id is not None:
+            busy = OfferAnswer(accept=False, error="this process is already running a job")
+            self._answer(busy, job.id)
+            return
+        answered = False
+
+        async def on_accept(
+            identity: str, name: str, metadata: str, attributes: Mapping[str, str]
+        ) -> None:
+            nonlocal answered
+            if answered:
+                logger.warning("Job request %s was already answered; ignoring.", job.id)
+                return
+            answered = True
+            sdk_default = f"agent-{job.id}"
+            if not identity or identity == sdk_default:  # the SDK's default: the fleet's wins
+                identity = msg.default_identity or sdk_default
+            self._answer(
+                OfferAnswer(
+                    accept=True,
+                    identity=identity,
+                    name=name or msg.default_name,
+                    metadata=metadata or msg.default_metadata,
+                    attributes={**msg.default_attributes, **attributes},
+                ),
+                job.id,
+            )
+
+        async def on_reject(terminate: bool) -> None:
+            nonlocal answered
+            if answered:
+                logger.warning("Job request %s was already answered; ignoring.", job.id)
+                return
+            answered = True
+            self._answer(OfferAnswer(accept=False, terminate=terminate), job.id)
+
+        request = adapter.make_job_request(job, on_accept=on_accept, on_reject=on_reject)
+        if self._request_fnc is None:
+            await request.accept()
+            return
+        try:
+            await self._request_fnc(request)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except BaseException as exc:  # user code: SystemExit and friends are failures too
+            if answered:
+                logger.exception("Request function failed after answering job %s.", job.id)
+            else:
+                logger.exception("Request function failed; declining job %s.", job.id)
+                answered = True
+                self._answer(
+                    OfferAnswer(accept=False, terminate=False, error=describe_exception(exc)),
+                    job.id,
+                )
+            return
+        if not answered:
+            logger.warning("Request function did not answer job %s; declining it.", job.id)
+            await on_reject(False)
