@@ -62,6 +62,7 @@ messages: st.SearchStrategy[ipc.Message] = st.one_of(
     ),
     st.builds(ipc.InferenceRequest, request_id=text, method=text, data=st.binary(max_size=64)),
     st.builds(ipc.Shutdown, reason=text),
+    st.builds(ipc.StartInference, runners=st.lists(text, max_size=3).map(tuple), log_level=text),
     st.builds(ipc.Ping, sent_at_ns=int64),
     st.builds(
         ipc.Ready,

@@ -24,6 +24,14 @@ class Initialize(_message.Message):
     runtime: str
     def __init__(self, agent_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., prewarm: _Optional[str] = ..., request_fnc: _Optional[str] = ..., log_level: _Optional[str] = ..., shutdown_grace: _Optional[float] = ..., runtime: _Optional[str] = ...) -> None: ...
 
+class StartInference(_message.Message):
+    __slots__ = ("runners", "log_level")
+    RUNNERS_FIELD_NUMBER: _ClassVar[int]
+    LOG_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    runners: _containers.RepeatedScalarFieldContainer[str]
+    log_level: str
+    def __init__(self, runners: _Optional[_Iterable[str]] = ..., log_level: _Optional[str] = ...) -> None: ...
+
 class OfferRequest(_message.Message):
     __slots__ = ("job", "default_identity", "default_name", "default_metadata", "default_attributes")
     class DefaultAttributesEntry(_message.Message):
@@ -201,13 +209,14 @@ class InferenceRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., method: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("initialize", "offer_request", "start_job", "shutdown", "ping", "inference_response", "ready", "offer_answer", "job_started", "job_ended", "pong", "log", "inference_request")
+    __slots__ = ("initialize", "offer_request", "start_job", "shutdown", "ping", "inference_response", "start_inference", "ready", "offer_answer", "job_started", "job_ended", "pong", "log", "inference_request")
     INITIALIZE_FIELD_NUMBER: _ClassVar[int]
     OFFER_REQUEST_FIELD_NUMBER: _ClassVar[int]
     START_JOB_FIELD_NUMBER: _ClassVar[int]
     SHUTDOWN_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    START_INFERENCE_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     OFFER_ANSWER_FIELD_NUMBER: _ClassVar[int]
     JOB_STARTED_FIELD_NUMBER: _ClassVar[int]
@@ -221,6 +230,7 @@ class Envelope(_message.Message):
     shutdown: Shutdown
     ping: Ping
     inference_response: InferenceResponse
+    start_inference: StartInference
     ready: Ready
     offer_answer: OfferAnswer
     job_started: JobStarted
@@ -228,4 +238,4 @@ class Envelope(_message.Message):
     pong: Pong
     log: LogRecord
     inference_request: InferenceRequest
-    def __init__(self, initialize: _Optional[_Union[Initialize, _Mapping]] = ..., offer_request: _Optional[_Union[OfferRequest, _Mapping]] = ..., start_job: _Optional[_Union[StartJob, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., inference_response: _Optional[_Union[InferenceResponse, _Mapping]] = ..., ready: _Optional[_Union[Ready, _Mapping]] = ..., offer_answer: _Optional[_Union[OfferAnswer, _Mapping]] = ..., job_started: _Optional[_Union[JobStarted, _Mapping]] = ..., job_ended: _Optional[_Union[JobEnded, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., log: _Optional[_Union[LogRecord, _Mapping]] = ..., inference_request: _Optional[_Union[InferenceRequest, _Mapping]] = ...) -> None: ...
+    def __init__(self, initialize: _Optional[_Union[Initialize, _Mapping]] = ..., offer_request: _Optional[_Union[OfferRequest, _Mapping]] = ..., start_job: _Optional[_Union[StartJob, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., inference_response: _Optional[_Union[InferenceResponse, _Mapping]] = ..., start_inference: _Optional[_Union[StartInference, _Mapping]] = ..., ready: _Optional[_Union[Ready, _Mapping]] = ..., offer_answer: _Optional[_Union[OfferAnswer, _Mapping]] = ..., job_started: _Optional[_Union[JobStarted, _Mapping]] = ..., job_ended: _Optional[_Union[JobEnded, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., log: _Optional[_Union[LogRecord, _Mapping]] = ..., inference_request: _Optional[_Union[InferenceRequest, _Mapping]] = ...) -> None: ...

@@ -302,6 +302,8 @@ def status(
         _emit(result.model_dump(mode="json", by_alias=True))
     else:
         click.echo(_status_table(result.items, wide=output == "wide", show_jobs=show_jobs))
+        if result.inference:
+            click.echo("\n" + _inference_table(result.inference))
     if check and not all(item.ready for item in result.items):
         raise SystemExit(EXIT_NOT_READY)
 
@@ -311,8 +313,10 @@ def _watch_status(
 ) -> None:
     async def call(client: Any) -> Any:
         while True:
-            items = (await client.status(agent)).items
-            table = _status_table(items, wide=wide, show_jobs=show_jobs)
+            result = await client.status(agent)
+            table = _status_table(result.items, wide=wide, show_jobs=show_jobs)
+            if result.inference:
+                table += "\n\n" + _inference_table(result.inference)
             if sys.stdout.isatty():
                 click.clear()
             click.echo(table + ("\n" if not sys.stdout.isatty() else ""))
@@ -332,6 +336,27 @@ def _age(started_at: str | None) -> str:
     seconds = (datetime.now(UTC) - datetime.fromisoformat(started_at)).total_seconds()
     text = format_duration(max(0.0, seconds))
     return text[: text.find("m") + 1] if "h" in text or "d" in text else text
+
+
+def _columns(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+def _inference_table(items: list[Any]) -> str:
+    header = ["INFERENCE", "STATE", "PID", "MEM", "RESTARTS", "MESSAGE"]
+    rows = [
+        [
+            ",".join(r.split(":")[-1] for r in item.runners),
+            item.state,
+            str(item.pid or "-"),
+            f"{item.memory_mb:.0f}Mi",
+            str(item.restarts),
+            item.message or "-",
+        ]
+        for item in items
+    ]
+    return "\n".join(_columns([header, *rows]))
 
 
 def _status_table(items: list[Any], *, wide: bool, show_jobs: bool) -> str:
@@ -368,11 +393,7 @@ def _status_table(items: list[Any], *, wide: bool, show_jobs: bool) -> str:
         if wide:
             row[-1:-1] = [item.worker_id or "-"]
         rows.append(row)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-        for r in [header, *rows]
-    ]
+    lines = _columns([header, *rows])
     if show_jobs:
         for item in items:
             lines.append("")

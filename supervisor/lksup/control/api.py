@@ -136,11 +136,27 @@ class AgentStatus(_Document):
     """RFC 3339 wall-clock time the current worker started; AGE is computed by the CLI."""
     sync: SyncState = "synced"
     message: str = ""
+    sdk_version: str | None = None
+    """The livekit-agents version its job processes run (runtime livekit-agents)."""
     draining: bool = False
     conditions: list[Condition] = Field(default_factory=list)
     jobs_detail: list[JobStatus] = Field(default_factory=list)
 
     _check_started_at = field_validator("started_at")(_rfc3339)
+
+
+class InferenceStatus(_Document):
+    """One shared inference process (livekit-agents inference runners) of the fleet."""
+
+    runners: list[str]
+    """``module:qualname`` of the runners it serves."""
+    state: Literal["starting", "running", "backoff"]
+    pid: int | None = None
+    memory_mb: float = 0.0
+    restarts: int = 0
+    message: str = ""
+    python: str = ""
+    """The interpreter it runs on ("" for lksup's own)."""
 
 
 class StatusList(_Document):
@@ -149,6 +165,8 @@ class StatusList(_Document):
     api_version: Literal["lksup/v1"] = Field(default=API_VERSION, alias="apiVersion")
     kind: Literal["StatusList"] = "StatusList"
     items: list[AgentStatus] = Field(default_factory=list)
+    inference: list[InferenceStatus] = Field(default_factory=list)
+    """The fleet's inference processes (none unless an agent's imports register runners)."""
 
 
 class Health(_Document):

@@ -32,6 +32,7 @@ from lksup.fleet.secrets import Redactor, resolve
 from lksup.monitors.load import agent_load, at_capacity, is_full
 from lksup.monitors.memory_policy import MemoryPolicy
 from lksup.monitors.monitor import Monitor
+from lksup.pool.inference import InferenceService
 from lksup.pool.pool import AgentPool, RequestPolicy, auto_idle_processes
 from lksup.pool.process import ProcessSpec
 from lksup.protocol.events import JobType, Permissions
@@ -215,6 +216,7 @@ class AgentRuntime:
         monitor: Monitor,
         init_limiter: anyio.CapacityLimiter,
         load_interval: float = LOAD_INTERVAL,
+        inference: InferenceService | None = None,
     ) -> None:
         self.name = name
         self.agent = agent
@@ -227,6 +229,7 @@ class AgentRuntime:
             init_limiter=init_limiter,
             monitor=monitor,
             memory=memory_policy(agent),
+            inference=inference,
         )
         self.session = AgentSession(
             build_options(name, agent), build_credentials(agent, env), self.pool

@@ -13,7 +13,7 @@ import dataclasses
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import pydantic
@@ -22,6 +22,7 @@ from lksup.control.api import (
     AgentStatus,
     ApplyRequest,
     Condition,
+    InferenceStatus,
     JobStatus,
     SimulateRequest,
     StatusList,
@@ -108,7 +109,9 @@ class DaemonApp:
         if runtime is not None:
             machine = runtime.session.machine
             pool = runtime.pool
+            versions = {p.sdk_version for p in pool.processes if p.sdk_version}
             fields |= {
+                "sdk_version": ", ".join(sorted(versions)) or None,
                 "registered": machine.worker_id is not None,
                 "worker_id": machine.worker_id,
                 "idle": len(pool.idle),
@@ -228,7 +231,34 @@ class DaemonApp:
             if agent not in slots:
                 raise ControlError("not_found", f"no agent named {agent!r}", 404)
             return StatusList(items=[self.agent_status(slots[agent])])
-        return StatusList(items=[self.agent_status(slots[n]) for n in sorted(slots)])
+        return StatusList(
+            items=[self.agent_status(slots[n]) for n in sorted(slots)],
+            inference=self.inference_status(),
+        )
+
+    def inference_status(self) -> list[InferenceStatus]:
+        """The fleet's inference processes."""
+        rows = []
+        for group in self.supervisor.inference.groups.values():
+            process = group.process
+            pid = process.pid if process is not None and process.alive else None
+            sample = self.supervisor.monitor.sample(pid) if pid is not None else None
+            if group.ready:
+                state: Literal["starting", "running", "backoff"] = "running"
+            else:
+                state = "backoff" if group.last_error else "starting"
+            rows.append(
+                InferenceStatus(
+                    runners=list(group.runners),
+                    state=state,
+                    pid=pid,
+                    memory_mb=round(sample.mb, 1) if sample else 0.0,
+                    restarts=group.restarts,
+                    message=group.last_error or "",
+                    python=group.python,
+                )
+            )
+        return rows
 
     # --- apply ---------------------------------------------------------------------------------
 

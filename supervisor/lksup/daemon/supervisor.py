@@ -38,6 +38,7 @@ from lksup.daemon.agent import AgentConfigError, AgentRuntime, Environment, reso
 from lksup.daemon.conditions import ConditionTracker
 from lksup.fleet.schema import Agent, Fleet
 from lksup.monitors.monitor import Monitor
+from lksup.pool.inference import InferenceService
 from lksup.pool.pool import Histogram, auto_idle_processes
 from lksup.protocol.backoff import Backoff
 from lksup.protocol.machine import State
@@ -138,6 +139,7 @@ class Supervisor:
         self.fleet: Fleet | None = None
         self.slots: dict[str, AgentSlot] = {}
         self.limiter = anyio.CapacityLimiter(auto_idle_processes())
+        self.inference = InferenceService(monitor=monitor)
         self._tg: anyio.abc.TaskGroup | None = None
         self._changed = anyio.Event()
 
@@ -147,6 +149,7 @@ class Supervisor:
         """Hold the agents' tasks until cancelled."""
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            await tg.start(self.inference.run)
             task_status.started()
             await anyio.sleep_forever()
 
@@ -253,7 +256,12 @@ class Supervisor:
         self._cancel_restart(slot)
         try:
             runtime = AgentRuntime(
-                slot.name, slot.agent, self.env, monitor=self.monitor, init_limiter=self.limiter
+                slot.name,
+                slot.agent,
+                self.env,
+                monitor=self.monitor,
+                init_limiter=self.limiter,
+                inference=self.inference,
             )
         except AgentConfigError as exc:
             log.error("Agent %s cannot start: %s", slot.name, exc, extra={"agent": slot.name})
@@ -521,6 +529,8 @@ class Supervisor:
         if scope.cancelled_caught:
             await self.stop_all()
             return False
+        with anyio.CancelScope(shield=True):
+            await self.inference.aclose()  # no job is left to need it
         return self.deadline_stops == stopped_before  # an agent's deadline stopped jobs: late
 
     async def stop_all(self, *, force: bool = False) -> None:
@@ -534,6 +544,7 @@ class Supervisor:
                     for runtime in slot.runtimes():
                         runtime.session.stop()
                         tg.start_soon(functools.partial(runtime.pool.aclose, force=force))
+            await self.inference.aclose()
 
     def agent_state(self, slot: AgentSlot) -> str:
         """The agent's state for status.

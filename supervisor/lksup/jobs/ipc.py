@@ -52,6 +52,7 @@ __all__ = [
     "Pong",
     "Ready",
     "Shutdown",
+    "StartInference",
     "StartJob",
     "decode",
     "encode",
@@ -107,6 +108,15 @@ class Initialize:
     """Seconds the entrypoint gets to return after a shutdown request before it is cancelled."""
     runtime: str = ""
     """What the functions are written against: ``lksup`` (empty) or ``livekit-agents``."""
+
+
+@dataclass(frozen=True)
+class StartInference:
+    """First frame to an inference process: load these runners, then answer ``Ready``."""
+
+    runners: tuple[str, ...]
+    """``module:qualname`` of each livekit-agents inference runner class."""
+    log_level: str = "INFO"
 
 
 @dataclass(frozen=True)
@@ -240,11 +250,27 @@ class InferenceRequest:
     data: bytes = b""
 
 
+# An inference request goes job process -> supervisor -> inference process, and its response
+# back the same way: both directions carry both.
 ParentMessage: TypeAlias = (
-    Initialize | OfferRequest | StartJob | Shutdown | Ping | InferenceResponse
+    Initialize
+    | StartInference
+    | OfferRequest
+    | StartJob
+    | Shutdown
+    | Ping
+    | InferenceRequest
+    | InferenceResponse
 )
 ChildMessage: TypeAlias = (
-    Ready | OfferAnswer | JobStarted | JobEnded | Pong | LogRecord | InferenceRequest
+    Ready
+    | OfferAnswer
+    | JobStarted
+    | JobEnded
+    | Pong
+    | LogRecord
+    | InferenceRequest
+    | InferenceResponse
 )
 Message: TypeAlias = ParentMessage | ChildMessage
 
@@ -256,6 +282,7 @@ _ONEOF: dict[type[Message], str] = {
     Shutdown: "shutdown",
     Ping: "ping",
     InferenceResponse: "inference_response",
+    StartInference: "start_inference",
     Ready: "ready",
     OfferAnswer: "offer_answer",
     JobStarted: "job_started",

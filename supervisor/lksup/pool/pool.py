@@ -36,6 +36,7 @@ from lksup.jobs import ipc
 from lksup.monitors.events import BudgetChanged, MemoryLimitExceeded, MonitorEvent
 from lksup.monitors.memory_policy import MemoryPolicy
 from lksup.monitors.monitor import Monitor
+from lksup.pool.inference import InferenceService
 from lksup.pool.process import InitFailed, JobOutcome, ProcessSpec, ProcessState, WorkerProcess
 from lksup.protocol.backoff import Backoff
 from lksup.protocol.events import Accept, Answer, Decline, JobAssigned, OfferReceived
@@ -163,6 +164,7 @@ class AgentPool:
         on_change: Callable[[], None] | None = None,
         monitor: Monitor | None = None,
         memory: MemoryPolicy | None = None,
+        inference: InferenceService | None = None,
     ) -> None:
         self.spec = spec
         self.target_idle = num_idle
@@ -173,6 +175,7 @@ class AgentPool:
         self._on_change = on_change
         self.monitor = monitor
         self.memory = memory or MemoryPolicy(warn_mb=0, limit_mb=0)
+        self.inference = inference
         self.stats = PoolStats()
         self.idle: list[WorkerProcess] = []
         self.starting = 0
@@ -281,6 +284,8 @@ class AgentPool:
         self.last_failure = None
         self._tg.start_soon(self._watch, process)
         self._watch_memory(process, job_id=None)
+        if process.inference_runners and self.inference is not None:
+            self.inference.attach(process, self.memory)
         return process
 
     def _watch_memory(self, process: WorkerProcess, *, job_id: str | None) -> None:

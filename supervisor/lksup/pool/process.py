@@ -71,11 +71,11 @@ run()
 """.replace("EXIT_CODE", str(int(RUNTIME_MISSING)))
 
 
-def child_command(python: str, fd: int) -> list[str]:
-    """The command line of a job process on IPC descriptor ``fd``."""
+def child_command(python: str, fd: int, *, module: str = "lksup.jobs.child") -> list[str]:
+    """The command line of a job (or inference) process on IPC descriptor ``fd``."""
     if not python:
-        return [sys.executable, "-m", "lksup.jobs.child", "--ipc-fd", str(fd)]
-    return [python, "-c", _BOOTSTRAP, "--ipc-fd", str(fd)]
+        return [sys.executable, "-m", module, "--ipc-fd", str(fd)]
+    return [python, "-c", _BOOTSTRAP.replace("lksup.jobs.child", module), "--ipc-fd", str(fd)]
 
 
 def runtime_missing_message(python: str) -> str:
@@ -154,6 +154,7 @@ class WorkerProcess:
         self.sdk_version = ""
         self.inference_runners: tuple[str, ...] = ()
         self.on_inference: Callable[[WorkerProcess, ipc.InferenceRequest], None] | None = None
+        self.on_inference_response: Callable[[ipc.InferenceResponse], None] | None = None
         self.started_at = 0.0
         self.ready_at: float | None = None
         self.job_started_at: float | None = None
@@ -208,7 +209,7 @@ class WorkerProcess:
         self.started_at = anyio.current_time()
         try:
             self._process = await anyio.open_process(
-                child_command(self.spec.python, child.fileno()),
+                self._command(child.fileno()),
                 stdin=-3,  # DEVNULL
                 pass_fds=[child.fileno()],
                 start_new_session=True,
@@ -251,20 +252,27 @@ class WorkerProcess:
         if failure is not None:
             raise InitFailed(failure)
 
+    def _command(self, fd: int) -> list[str]:
+        """The process's command line, with the IPC socket on ``fd``."""
+        return child_command(self.spec.python, fd)
+
+    def _first_message(self) -> ipc.ParentMessage:
+        """What the process is for (answered by ``Ready``)."""
+        spec = self.spec
+        return ipc.Initialize(
+            agent_name=spec.agent_name,
+            entrypoint=spec.entrypoint,
+            prewarm=spec.prewarm,
+            request_fnc=spec.request_fnc,
+            log_level=spec.log_level,
+            shutdown_grace=spec.shutdown_grace,
+            runtime=spec.runtime,
+        )
+
     async def _initialize(self) -> str | None:
         """Initialize and wait for Ready; the reason it failed, or None."""
         spec = self.spec
-        await self.send(
-            ipc.Initialize(
-                agent_name=spec.agent_name,
-                entrypoint=spec.entrypoint,
-                prewarm=spec.prewarm,
-                request_fnc=spec.request_fnc,
-                log_level=spec.log_level,
-                shutdown_grace=spec.shutdown_grace,
-                runtime=spec.runtime,
-            )
-        )
+        await self.send(self._first_message())
         with anyio.move_on_after(spec.initialize_timeout):
             async with anyio.create_task_group() as tg:
 
@@ -378,6 +386,9 @@ class WorkerProcess:
             if fields:
                 extra["fields"] = fields
             job_log.log(message.level, "%s", text, extra=extra)
+        elif isinstance(message, ipc.InferenceResponse):
+            if self.on_inference_response is not None:
+                self.on_inference_response(message)
         elif isinstance(message, ipc.InferenceRequest):
             if self.on_inference is not None:
                 self.on_inference(self, message)

@@ -1,6 +1,7 @@
 """The one module that uses livekit-agents' private names.
 
-Supported window: **livekit-agents >= 1.6, < 1.9** (tested at 1.6.10 and 1.8.9). Everything
+Supported window: **livekit-agents >= 1.6, < 1.9** (tested at 1.6.10 and 1.8.9; 1.6.8 is the
+oldest that installs beside lksup's protobuf 7, through its OpenTelemetry pins). Everything
 lksup needs from the SDK's job-side machinery goes through here, so a new SDK minor is one
 module to read, not a hunt through the code base. Another version fails the agent at
 initialisation with a message naming the window (``UnsupportedSdk``).
@@ -25,6 +26,14 @@ What is used, and why it is private:
   registered (the turn detector...), reported to the supervisor so one shared inference process
   serves the fleet.
 * ``AgentServer``'s private attributes are not used to run jobs: the fleet names the functions.
+
+Differences inside the window, handled here: ``RunningJobInfo`` gained the dispatch timestamps
+in 1.8.2 (passed only where the dataclass has them); an empty shutdown reason became "parent
+process shutdown" in 1.6.5 (lksup always passes one); from 1.8.2 ``initialize`` imports
+``ipc/_preload``, which loads the local inference models unless
+``LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE=0`` (honoured from 1.8.6; the supervisor sets it for
+spawned job processes); before 1.8.2 a job cancelled because the supervisor went away skips
+the SDK's cleanup (its shutdown sequence was not yet in a ``finally``).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import inspect
+import logging
 import re
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
@@ -46,6 +56,8 @@ __all__ = [
     "new_channel",
     "registered_runners",
 ]
+
+logger = logging.getLogger("lksup.jobs")
 
 SUPPORTED_WINDOW = ">=1.6,<1.9"
 _LOWEST = (1, 6)
@@ -245,10 +257,14 @@ class JobHost:
         return bool(self._proc.has_running_job)
 
     def _from_sdk(self, msg: Any) -> None:
-        if isinstance(msg, self._proto.InferenceRequest):
-            self._on_inference(msg.request_id, msg.method, msg.data)
-        elif isinstance(msg, self._proto.Exiting):
-            self.exit_reason = msg.reason
+        # never raises: an exception in ``send`` would abort the SDK's shutdown sequence
+        try:
+            if isinstance(msg, self._proto.InferenceRequest):
+                self._on_inference(msg.request_id, msg.method, msg.data)
+            elif isinstance(msg, self._proto.Exiting):
+                self.exit_reason = msg.reason
+        except Exception:
+            logger.exception("Cannot relay %s from livekit-agents.", type(msg).__name__)
 
 
 def _no_prewarm(_proc: Any) -> None:
@@ -259,3 +275,61 @@ def sdk_module_version() -> str:
     """``livekit.agents.__version__`` (imports the SDK)."""
     module = importlib.import_module("livekit.agents")
     return str(getattr(module, "__version__", "") or installed_version() or "")
+
+
+# --- AgentServer options (lksup init --from) ---
+#
+# ``lksup init --from module:server`` writes a fleet file from an ``AgentServer``. The server
+# keeps its constructor's options in private attributes (``_<name>``; ``multiprocessing_context``
+# in ``_mp_ctx_str``), and what ``@server.rtc_session`` registered (entrypoint, request
+# function, agent name, job type, session-end hooks) too. Only the reading happens here;
+# ``lksup.jobs.sdk.introspect`` turns the values into JSON.
+
+#: A constructor option's private attribute, where it is not ``_<name>``.
+_SERVER_OPTION_ATTRS = {"multiprocessing_context": "_mp_ctx_str"}
+#: What ``rtc_session`` registered, under ``WorkerOptions``' names -> (attribute, its argument).
+_SESSION_ATTRS = {
+    "entrypoint_fnc": ("_entrypoint_fnc", "func"),
+    "request_fnc": ("_request_fnc", "on_request"),
+    "agent_name": ("_agent_name", "agent_name"),
+    "worker_type": ("_server_type", "type"),
+    "on_session_end": ("_session_end_fnc", "on_session_end"),
+    "on_simulation_end": ("_simulation_end_fnc", "on_simulation_end"),
+}
+
+
+def agent_server_options(server: Any) -> dict[str, tuple[object, object]]:
+    """Every option of an ``AgentServer`` as ``(value, SDK default)``.
+
+    Constructor options keep their names (``setup_fnc``, ``load_fnc``...); what
+    ``rtc_session`` registered is named as in ``WorkerOptions`` (``entrypoint_fnc``,
+    ``request_fnc``, ``agent_name``, ``worker_type``) plus ``on_session_end`` and
+    ``on_simulation_end``. An option the installed version does not have is left out.
+
+    Raises:
+        UnsupportedSdk: the server keeps an option where this window's versions do not.
+    """
+    options: dict[str, tuple[object, object]] = {}
+    constructor = inspect.signature(type(server).__init__).parameters
+    for name, parameter in constructor.items():
+        if parameter.kind is not inspect.Parameter.KEYWORD_ONLY:
+            continue
+        attribute = _SERVER_OPTION_ATTRS.get(name, f"_{name}")
+        if not hasattr(server, attribute):
+            raise UnsupportedSdk(
+                f"cannot read AgentServer option {name!r} (no {attribute}) in this "
+                f"livekit-agents version; supported: livekit-agents{SUPPORTED_WINDOW}"
+            )
+        options[name] = (getattr(server, attribute), parameter.default)
+    session = inspect.signature(server.rtc_session).parameters
+    for name, (attribute, argument) in _SESSION_ATTRS.items():
+        if argument != "func" and argument not in session:
+            continue  # a hook this version does not have
+        if not hasattr(server, attribute):
+            raise UnsupportedSdk(
+                f"cannot read the AgentServer's rtc_session ({attribute}) in this "
+                f"livekit-agents version; supported: livekit-agents{SUPPORTED_WINDOW}"
+            )
+        default = None if argument == "func" else session[argument].default
+        options[name] = (getattr(server, attribute), default)
+    return options
