@@ -20,6 +20,8 @@ if [ "$built" -eq 3 ] && [ -z "${CI:-}" ]; then
 elif [ "$built" -ne 0 ]; then
   echo "building livekit-server failed (exit $built)"; status=1
 fi
+echo "== livekit-agents 1.6.10 environment (the oldest end of the supported SDK window)"
+"$root/scripts/sdk-venv.sh" 1.6.10 >/dev/null || { echo "creating it failed"; status=1; }
 echo "== pytest"
 "$bin/python" -m pytest "$@" || status=1
 exit $status
