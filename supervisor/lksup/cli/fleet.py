@@ -82,6 +82,8 @@ def validate(
                 agents = list(result.loaded.fleet.agents)
                 names = f": {', '.join(agents)}" if agents else ""
                 click.echo(f"{result.path}: valid ({len(agents)} agents{names})")
+            for agent, version in sorted(result.sdk_versions.items()):
+                click.echo(f"  {agent}: livekit-agents {version}")
     raise SystemExit(EXIT_OK if all(r.valid for r in results) else EXIT_FAILED)
 
 
@@ -90,6 +92,7 @@ def _result_json(result: ValidationResult) -> dict[str, Any]:
         "file": result.path,
         "valid": result.valid,
         "agents": list(result.loaded.fleet.agents) if result.loaded else [],
+        "sdkVersions": result.sdk_versions,
         "diagnostics": [
             {
                 "file": d.file,

@@ -29,6 +29,8 @@ class ValidationResult:
     path: str
     loaded: LoadedFleet | None
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    sdk_versions: dict[str, str] = field(default_factory=dict)
+    """livekit-agents version of each ``runtime: livekit-agents`` agent (``check_imports``)."""
 
     @property
     def valid(self) -> bool:
@@ -56,10 +58,11 @@ def validate_file(
     if strict or check_imports:
         result.diagnostics.extend(_check_secrets(loaded, env, scrub))
     if check_imports and result.valid:
-        problems = imports.check_agents(
+        report = imports.check_agents(
             loaded.fleet.agents, base_dir=loaded.base_dir, environ=env, redactor=scrub
         )
-        for problem in problems:
+        result.sdk_versions = report.sdk_versions
+        for problem in report.problems:
             where = origin(loaded.written, problem.agent, problem.field)
             result.diagnostics.append(_at(loaded, where, problem.message))
     result.diagnostics.sort(key=lambda d: (d.line, d.col))

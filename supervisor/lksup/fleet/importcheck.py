@@ -1,8 +1,10 @@
 """Child side of ``validate --check-imports``: import an agent's functions in a fresh process.
 
-Run as ``python -m lksup.fleet.importcheck`` with the agent's environment and working
-directory; reads ``{"checks": [{"field", "ref", "kind"}]}`` as JSON on stdin and writes one JSON
-result on stdout: ``{"results": [{"field", "ok", "error"}]}``. Anything the imported code prints
+Run as ``python -m lksup.fleet.importcheck`` with the agent's interpreter, environment and
+working directory; reads ``{"checks": [{"field", "ref", "kind"}], "runtime": ...}`` as JSON on
+stdin and writes one JSON result on stdout: ``{"results": [{"field", "ok", "error"}],
+"sdk_version": ..., "sdk_error": ...}`` (the livekit-agents version and, outside the supported
+window, why it cannot run; for ``runtime: livekit-agents`` only). Anything the imported code prints
 goes to stderr, so it cannot corrupt the result. The CLI never imports user code itself.
 """
 
@@ -14,7 +16,11 @@ import json
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Any
+
+#: lksup's own files never locate a user's import error.
+_LKSUP_DIR = str(Path(__file__).resolve().parent.parent)
 
 
 def check(ref: str, kind: str) -> str | None:
@@ -28,7 +34,7 @@ def check(ref: str, kind: str) -> str | None:
             (
                 f"{_relative(f.filename)}:{f.lineno}"
                 for f in reversed(frames)
-                if "importlib" not in f.filename
+                if "importlib" not in f.filename and not f.filename.startswith(_LKSUP_DIR)
             ),
             None,
         )
@@ -66,11 +72,20 @@ def main() -> int:
     sys.stdout = sys.stderr
     sys.path.insert(0, os.getcwd())
     request = json.load(sys.stdin)
+    sdk: dict[str, str | None] = {"sdk_version": None, "sdk_error": None}
+    if request.get("runtime") == "livekit-agents":
+        from lksup.jobs.sdk import adapter
+
+        sdk["sdk_version"] = adapter.installed_version()
+        try:
+            adapter.check_version(sdk["sdk_version"])
+        except adapter.UnsupportedSdk as exc:
+            sdk["sdk_error"] = str(exc)
     results = []
     for item in request["checks"]:
         error = check(item["ref"], item["kind"])
         results.append({"field": item["field"], "ok": error is None, "error": error})
-    json.dump({"results": results}, results_out)
+    json.dump({"results": results, **sdk}, results_out)
     results_out.close()
     return 0
 

@@ -45,7 +45,7 @@ from lksup.jobs.runtime import EOF_CLEANUP_TIMEOUT, EXIT_TIMEOUT, ChildRuntime
 if TYPE_CHECKING:
     from lksup.jobs.sdk.runtime import SdkRuntime
 
-__all__ = ["main", "run"]
+__all__ = ["main"]
 
 logger = logging.getLogger("lksup.jobs")
 
@@ -180,12 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def run() -> None:
-    """Run the job process and exit with its code (also the entry of another interpreter)."""
+if __name__ == "__main__":
     status = main()
     arm_exit_watchdog(EXIT_TIMEOUT, status)
     sys.exit(status)
-
-
-if __name__ == "__main__":
-    run()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
@@ -57,6 +58,8 @@ __all__ = [
     "decode",
     "encode",
     "encode_payload",
+    "launch_command",
+    "runtime_missing_message",
 ]
 
 
@@ -369,3 +372,43 @@ def decode(payload: bytes) -> Message:
             value = tuple(value)
         values[f.name] = value
     return cls(**values)
+
+
+#: Another interpreter (an agent's ``python:``) runs lksup's modules through this, so that a
+#: missing lksup is one clear exit status instead of a traceback.
+_BOOTSTRAP = """\
+import importlib.util, runpy, sys
+try:
+    found = importlib.util.find_spec(MODULE) is not None
+except ImportError:
+    found = False
+if not found:
+    sys.stderr.write("cannot import " + MODULE + " (is lksup installed here?)\\n")
+    sys.exit(CODE)
+runpy.run_module(MODULE, run_name="__main__", alter_sys=True)
+"""
+
+
+def launch_command(python: str, module: str, *args: str) -> list[str]:
+    """The command line that runs lksup's ``module`` (``python -m``) on ``python``.
+
+    Empty ``python``: the supervisor's own interpreter. Another interpreter that cannot import
+    ``module`` exits with ``ExitCode.RUNTIME_MISSING``.
+    """
+    if not python:
+        return [sys.executable, "-m", module, *args]
+    code = _BOOTSTRAP.replace("MODULE", repr(module)).replace(
+        "CODE", str(int(ExitCode.RUNTIME_MISSING))
+    )
+    return [python, "-c", code, *args]
+
+
+def runtime_missing_message(python: str) -> str:
+    """What to do when ``python`` cannot import lksup's job runtime."""
+    from lksup import __version__
+
+    return (
+        f"lksup's job runtime cannot be imported by {python}: install lksup there "
+        f"(`{python} -m pip install 'lksup=={__version__}'`, or `pip install -e` of this "
+        "checkout)"
+    )

@@ -56,37 +56,9 @@ class ProcessState(enum.Enum):
     EXITED = "exited"
 
 
-#: Exit status of a job process whose interpreter cannot import lksup's job runtime.
-RUNTIME_MISSING = ipc.ExitCode.RUNTIME_MISSING
-
-#: Started by another interpreter (an agent's ``python:``): says so when lksup is missing there.
-_BOOTSTRAP = """\
-import sys
-try:
-    from lksup.jobs.child import run
-except ImportError as exc:
-    sys.stderr.write(f"cannot import lksup's job runtime: {exc}\\n")
-    sys.exit(EXIT_CODE)
-run()
-""".replace("EXIT_CODE", str(int(RUNTIME_MISSING)))
-
-
 def child_command(python: str, fd: int, *, module: str = "lksup.jobs.child") -> list[str]:
     """The command line of a job (or inference) process on IPC descriptor ``fd``."""
-    if not python:
-        return [sys.executable, "-m", module, "--ipc-fd", str(fd)]
-    return [python, "-c", _BOOTSTRAP.replace("lksup.jobs.child", module), "--ipc-fd", str(fd)]
-
-
-def runtime_missing_message(python: str) -> str:
-    """What to do when ``python`` cannot import lksup's job runtime."""
-    from lksup import __version__
-
-    return (
-        f"lksup's job runtime cannot be imported by {python}: install lksup there "
-        f"(`{python} -m pip install 'lksup=={__version__}'`, or `pip install -e` of this "
-        "checkout)"
-    )
+    return ipc.launch_command(python, module, "--ipc-fd", str(fd))
 
 
 class InitFailed(Exception):
@@ -291,8 +263,8 @@ class WorkerProcess:
             return None
         if ready is not None:
             reason = self._scrub(ready.error)
-        elif self._exited.is_set() and self.exit_code == RUNTIME_MISSING:
-            reason = runtime_missing_message(spec.python)
+        elif self._exited.is_set() and self.exit_code == ipc.ExitCode.RUNTIME_MISSING:
+            reason = ipc.runtime_missing_message(spec.python or sys.executable)
         elif self._exited.is_set():
             reason = f"{describe_exit(self.exit_code)} before it was ready"
         else:
