@@ -79,7 +79,11 @@ def sdk_spec(agent_dir: Path, name: str, **env: str) -> ProcessSpec:
         entrypoint="sdk_inference_agent:entrypoint",
         prewarm="",
         runtime="livekit-agents",
-        env={"OUT_DIR": str(agent_dir / "out"), "LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE": "0", **env},
+        env={
+            "OUT_DIR": str(agent_dir / "out"),
+            "LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE": "0",
+            **env,
+        },
     )
 
 
@@ -113,7 +117,10 @@ async def test_two_agents_share_one_inference_process(agent_dir: Path) -> None:
             assert inference_pid not in (first["job_pid"], second["job_pid"])
             # a runner that raises fails that request only
             failed = await run_job(alpha, agent_dir, "AJ_c", "raise")
-            assert failed["error"] == "RuntimeError: inference of lksup_test_echo failed: ValueError: bad input"
+            assert (
+                failed["error"]
+                == "RuntimeError: inference of lksup_test_echo failed: ValueError: bad input"
+            )
             process = group.process
             assert process.pid == inference_pid
         await service.aclose()
@@ -125,7 +132,9 @@ async def test_a_killed_inference_process_is_restarted(agent_dir: Path) -> None:
     service = InferenceService()
     async with anyio.create_task_group() as tg:
         await tg.start(service.run)
-        async with running_pool(sdk_spec(agent_dir, "alpha"), inference=service, num_idle=2) as pool:
+        async with running_pool(
+            sdk_spec(agent_dir, "alpha"), inference=service, num_idle=2
+        ) as pool:
             await wait_for(pool, lambda: len(pool.idle) == 2)
             (group,) = service.groups.values()
             with anyio.fail_after(20):
@@ -160,12 +169,19 @@ async def test_a_runner_that_cannot_load_fails_the_requests_with_its_reason(
                     await anyio.sleep(0.05)
             result = await run_job(pool, agent_dir, "AJ_f", "x")
             error = str(result["error"])
-            assert error.startswith("RuntimeError: inference of lksup_test_echo failed: inference process")
-            assert "inference runner echo_runner:EchoRunner failed to load: RuntimeError: model file missing" in error
+            assert error.startswith(
+                "RuntimeError: inference of lksup_test_echo failed: inference process"
+            )
+            assert (
+                "inference runner echo_runner:EchoRunner failed to load: RuntimeError: model file missing"
+                in error
+            )
         await service.aclose()
         tg.cancel_scope.cancel()
 
 
 def test_nothing_starts_before_the_service_runs() -> None:
     service = InferenceService()
-    assert service.register(sdk_spec(Path("/tmp"), "x"), ("m:R",), MemoryPolicy(0, 0)) is None  # not running
+    assert (
+        service.register(sdk_spec(Path("/tmp"), "x"), ("m:R",), MemoryPolicy(0, 0)) is None
+    )  # not running
