@@ -18,6 +18,7 @@ PURE = {
     "lksup.fleet.yamlsrc",
     "lksup.fleet.normalize",
     "lksup.fleet.templating",
+    "lksup.fleet.migrate",
     "lksup.reconcile.diff",
     "lksup.reconcile.render",
     "lksup.protocol.events",
@@ -120,7 +121,15 @@ def test_layers_point_downwards(module: str) -> None:
 JOBS_SHARED = {"lksup.jobs", "lksup.jobs.framing", "lksup.jobs.ipc", "lksup.jobs.context"}
 
 
-@pytest.mark.parametrize("module", sorted(m for m in MODULES if not m.startswith("lksup.jobs")))
+#: Entry points of child processes that live outside ``lksup.jobs`` (run as ``python -m``, never
+#: imported by the supervisor or the CLI): they may use the child runtime.
+CHILD_ENTRIES = {"lksup.fleet.importcheck"}
+
+
+@pytest.mark.parametrize(
+    "module",
+    sorted(m for m in MODULES if not m.startswith("lksup.jobs") and m not in CHILD_ENTRIES),
+)
 def test_supervisor_side_never_imports_the_child_runtime(module: str) -> None:
     jobs_imports = {
         name
@@ -128,3 +137,8 @@ def test_supervisor_side_never_imports_the_child_runtime(module: str) -> None:
         if name.startswith("lksup.jobs.") and name in MODULES
     }
     assert jobs_imports <= JOBS_SHARED, f"{module} imports {sorted(jobs_imports - JOBS_SHARED)}"
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_child_entries_are_never_imported_in_process(module: str) -> None:
+    assert not _imports(MODULES[module]) & CHILD_ENTRIES, f"{module} imports a child entry point"

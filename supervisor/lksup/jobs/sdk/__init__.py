@@ -2,6 +2,9 @@
 
 * ``adapter``  the one module that touches the SDK's private names (its version window)
 * ``runtime``  the job process's loop for SDK agents, behind lksup's IPC
+* ``introspect``  ``lksup init --from``: reads an SDK agent's options, in a child process
+  of the CLI
 
-Everything here runs in job processes only: the supervisor never imports it.
+Everything here runs in child processes only (job processes; ``introspect`` in the CLI's
+child): the supervisor and the CLI never import it.
 """
