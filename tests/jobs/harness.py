@@ -59,6 +59,7 @@ class Child:
         self.decoder = FrameDecoder()
         self.messages: deque[ipc.ChildMessage] = deque()
         self.logs: list[ipc.LogRecord] = []
+        self.outcomes: list[ipc.JobOutcome] = []
         self.stdout = ""
         self.stderr = ""
         self.output_closed = anyio.Event()
@@ -83,6 +84,9 @@ class Child:
                 msg = ipc.decode(payload)
                 if isinstance(msg, ipc.LogRecord):
                     self.logs.append(msg)
+                elif isinstance(msg, ipc.JobOutcome):  # as the supervisor: reported at once
+                    self.outcomes.append(msg)
+                    await self.send(ipc.OutcomeReported(job_id=msg.job_id))
                 else:
                     self.messages.append(msg)  # type: ignore[arg-type]
             if payloads:

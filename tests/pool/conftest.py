@@ -73,6 +73,13 @@ def agent_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.fixture(params=["spawn", "zygote"])
+def launch(request: pytest.FixtureRequest) -> str:
+    """How the pool starts its processes: a fresh interpreter, or forked from a template."""
+    mode: str = request.param
+    return mode
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"

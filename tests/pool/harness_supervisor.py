@@ -1,6 +1,6 @@
 """A minimal supervisor for signal tests: one agent pool, commands on stdin, events on stdout.
 
-    python tests/pool/harness_supervisor.py AGENT_DIR
+    python tests/pool/harness_supervisor.py AGENT_DIR [spawn|zygote]
 stdout: "ready PID" (a warm process), "signal N" (a signal reached this process),
 "running PID" / "ended ERROR" (jobs). stdin: "run" (a short job), "hold" (a job that waits
 for its shutdown), "quit".
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from lksup.pool.pool import AgentPool
 from lksup.protocol.events import JobAssigned, OfferReceived
-from tests.pool.helpers import Reporter, make_job, spec
+from tests.pool.helpers import Reporter, make_job, running_pool, spec
 
 
 def say(line: str) -> None:
@@ -29,11 +29,14 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
-async def main(agent_dir: Path) -> None:
-    pool = AgentPool(spec(agent_dir), num_idle=1)
+async def main(agent_dir: Path, launch: str) -> None:
+    async with running_pool(spec(agent_dir), num_idle=1, launch=launch) as pool:
+        await serve(pool)
+
+
+async def serve(pool: AgentPool) -> None:
     reporter = Reporter()
     async with anyio.create_task_group() as tg:
-        await tg.start(pool.run)
 
         async def signals() -> None:
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
@@ -60,10 +63,9 @@ async def main(agent_dir: Path) -> None:
             else:
                 await pool.run_job(JobAssigned(job, token="jwt"), reporter)
                 say(f"ended {reporter.ended[job.id]}")
-        await pool.aclose()
         tg.cancel_scope.cancel()
 
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    anyio.run(main, Path(sys.argv[1]))
+    anyio.run(main, Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "spawn")

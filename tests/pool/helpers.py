@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ from livekit.protocol import models as pb_models
 
 from lksup.pool.pool import AgentPool, RequestPolicy
 from lksup.pool.process import ProcessSpec
+from lksup.pool.zygote import Zygotes
 from lksup.protocol.codec import decode_job
 from lksup.protocol.events import Job, JobAssigned, OfferReceived
 from tests.pool.conftest import child_env
@@ -34,6 +35,9 @@ class Reporter:
     def job_ended(self, job_id: str, *, error: str | None = None) -> None:
         self.ended[job_id] = error
         self.events.append(("ended", job_id))
+
+    async def flushed(self) -> None:
+        self.events.append(("flushed", ""))
 
 
 def make_job(job_id: str, *, room: str = "room-1", metadata: str = "") -> Job:
@@ -66,16 +70,40 @@ def spec(agent_dir: Path, **overrides: Any) -> ProcessSpec:
 
 
 @asynccontextmanager
-async def running_pool(
-    process_spec: ProcessSpec, *, num_idle: int = 1, policy: RequestPolicy | None = None, **kw: Any
-) -> AsyncIterator[AgentPool]:
-    pool = AgentPool(process_spec, num_idle=num_idle, policy=policy, **kw)
+async def zygote_service(**kw: Any) -> AsyncIterator[Zygotes]:
+    """A running ``Zygotes`` (no default preload unless asked: the test agents need none)."""
+    zygotes = Zygotes(**{"defaults": False, **kw})
     async with anyio.create_task_group() as tg:
-        await tg.start(pool.run)
+        await tg.start(zygotes.run)
         try:
-            yield pool
+            yield zygotes
         finally:
-            await pool.aclose()
+            with anyio.CancelScope(shield=True):
+                await zygotes.aclose()
+            tg.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def running_pool(
+    process_spec: ProcessSpec,
+    *,
+    num_idle: int = 1,
+    policy: RequestPolicy | None = None,
+    launch: str = "spawn",
+    **kw: Any,
+) -> AsyncIterator[AgentPool]:
+    """A running pool; ``launch`` zygote or isolated forks its processes from a template."""
+    async with AsyncExitStack() as stack:
+        if launch != "spawn":
+            zygotes = await stack.enter_async_context(zygote_service())
+            kw["launcher"] = zygotes.launcher(process_spec, isolated=launch == "isolated")
+        pool = AgentPool(process_spec, num_idle=num_idle, policy=policy, **kw)
+        async with anyio.create_task_group() as tg:
+            await tg.start(pool.run)
+            try:
+                yield pool
+            finally:
+                await pool.aclose()
 
 
 async def wait_for(pool: AgentPool, predicate: Any, timeout: float = 20.0) -> None:

@@ -15,35 +15,31 @@ from lksup.monitors.memory_policy import MemoryPolicy
 from lksup.monitors.monitor import Monitor
 from lksup.pool.pool import AgentPool
 from lksup.protocol.events import Accept, Decline, JobAssigned, OfferReceived
-from tests.pool.helpers import Reporter, make_job, spec, wait_for
+from tests.pool.helpers import Reporter, make_job, running_pool, spec, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.process]
 
 
 @asynccontextmanager
 async def pool_with_monitor(
-    agent_dir: Path, *, memory: MemoryPolicy, budget_mb: int | None = None
+    agent_dir: Path, *, memory: MemoryPolicy, budget_mb: int | None = None, launch: str = "spawn"
 ) -> AsyncIterator[tuple[AgentPool, Monitor]]:
     monitor = Monitor(cpu_interval=0.05, memory_interval=0.05, memory_budget_mb=budget_mb)
-    pool = AgentPool(spec(agent_dir), num_idle=1, monitor=monitor, memory=memory)
     async with anyio.create_task_group() as tg:
         await tg.start(monitor.run)
-        await tg.start(pool.run)
-        try:
+        async with running_pool(
+            spec(agent_dir), num_idle=1, monitor=monitor, memory=memory, launch=launch
+        ) as pool:
             yield pool, monitor
-        finally:
-            await pool.aclose()
-            tg.cancel_scope.cancel()
+        tg.cancel_scope.cancel()
 
 
 async def test_a_job_over_its_limit_is_killed_and_fails_with_the_reason(
-    agent_dir: Path, caplog: pytest.LogCaptureFixture
+    agent_dir: Path, launch: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
-    async with pool_with_monitor(agent_dir, memory=MemoryPolicy(warn_mb=40, limit_mb=120)) as (
-        pool,
-        _,
-    ):
+    memory = MemoryPolicy(warn_mb=40, limit_mb=120)
+    async with pool_with_monitor(agent_dir, memory=memory, launch=launch) as (pool, _):
         reporter = Reporter()
         job = make_job("AJ_1", metadata="alloc:300")
         await pool.decide(OfferReceived(job))

@@ -21,8 +21,10 @@ from tests.pool.helpers import Reporter, make_job, offer_and_run, running_pool, 
 pytestmark = pytest.mark.anyio
 
 
-async def test_keeps_the_warm_pool_at_its_target_and_refills_after_a_job(agent_dir: Path) -> None:
-    async with running_pool(spec(agent_dir), num_idle=2) as pool:
+async def test_keeps_the_warm_pool_at_its_target_and_refills_after_a_job(
+    agent_dir: Path, launch: str
+) -> None:
+    async with running_pool(spec(agent_dir), num_idle=2, launch=launch) as pool:
         await wait_for(pool, lambda: len(pool.idle) == 2)
         first_pids = {p.pid for p in pool.idle}
         reporter = Reporter()
@@ -35,10 +37,10 @@ async def test_keeps_the_warm_pool_at_its_target_and_refills_after_a_job(agent_d
 
 
 async def test_prewarm_userdata_is_visible_in_the_job(
-    agent_dir: Path, caplog: pytest.LogCaptureFixture
+    agent_dir: Path, launch: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="lksup.job")
-    async with running_pool(spec(agent_dir, env={"MODEL": "large"})) as pool:
+    async with running_pool(spec(agent_dir, env={"MODEL": "large"}), launch=launch) as pool:
         await wait_for(pool, lambda: len(pool.idle) == 1)
         warm_pid = pool.idle[0].pid
         reporter = Reporter()
@@ -67,9 +69,9 @@ async def test_running_is_reported_only_after_the_entrypoint_started(agent_dir: 
     ],
 )
 async def test_job_outcomes_and_crash_reasons(
-    agent_dir: Path, mode: str, error: str | None
+    agent_dir: Path, launch: str, mode: str, error: str | None
 ) -> None:
-    async with running_pool(spec(agent_dir), num_idle=1) as pool:
+    async with running_pool(spec(agent_dir), num_idle=1, launch=launch) as pool:
         reporter = Reporter()
         await offer_and_run(pool, reporter, make_job("AJ_1", metadata=mode))
         assert reporter.ended == {"AJ_1": error}
@@ -80,10 +82,10 @@ async def test_job_outcomes_and_crash_reasons(
 
 
 async def test_termination_runs_shutdown_callbacks_and_succeeds(
-    agent_dir: Path, caplog: pytest.LogCaptureFixture
+    agent_dir: Path, launch: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="lksup.job")
-    async with running_pool(spec(agent_dir)) as pool:
+    async with running_pool(spec(agent_dir), launch=launch) as pool:
         reporter = Reporter()
         job = make_job("AJ_1", metadata="hold")
         await pool.decide(OfferReceived(job))
@@ -97,12 +99,12 @@ async def test_termination_runs_shutdown_callbacks_and_succeeds(
 
 
 async def test_closing_the_pool_gives_running_jobs_the_stop_sequence(
-    agent_dir: Path, caplog: pytest.LogCaptureFixture
+    agent_dir: Path, launch: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Regression: aclose cancelled the task group holding the processes, which SIGKILLed
     them at once: a job at a drain deadline never saw its shutdown callbacks."""
     caplog.set_level(logging.INFO, logger="lksup.job")
-    async with running_pool(spec(agent_dir)) as pool:
+    async with running_pool(spec(agent_dir), launch=launch) as pool:
         reporter = Reporter()
         job = make_job("AJ_1", metadata="hold")
         await pool.decide(OfferReceived(job))
@@ -116,10 +118,12 @@ async def test_closing_the_pool_gives_running_jobs_the_stop_sequence(
 
 
 async def test_stop_sequence_escalates_to_sigkill(
-    agent_dir: Path, caplog: pytest.LogCaptureFixture
+    agent_dir: Path, launch: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="lksup.pool")
-    async with running_pool(spec(agent_dir, shutdown_timeout=0.3, term_grace=0.3)) as pool:
+    async with running_pool(
+        spec(agent_dir, shutdown_timeout=0.3, term_grace=0.3), launch=launch
+    ) as pool:
         reporter = Reporter()
         job = make_job("AJ_1", metadata="stubborn")
         await pool.decide(OfferReceived(job))
@@ -136,9 +140,9 @@ async def test_stop_sequence_escalates_to_sigkill(
     assert f"Job process {process.pid} ignored SIGTERM; killing it." in messages
 
 
-async def test_request_function_accepts_rejects_and_times_out(agent_dir: Path) -> None:
+async def test_request_function_accepts_rejects_and_times_out(agent_dir: Path, launch: str) -> None:
     process_spec = spec(agent_dir, request_fnc="pool_test_agent:request")
-    async with running_pool(process_spec, num_idle=1) as pool:
+    async with running_pool(process_spec, num_idle=1, launch=launch) as pool:
         await wait_for(pool, lambda: len(pool.idle) == 1)
         yes = await pool.decide(OfferReceived(make_job("AJ_1", room="yes-1")))
         assert yes == Accept("chosen-AJ_1", "Chosen", "", {"k": "v"})
@@ -185,10 +189,10 @@ async def test_offer_without_a_warm_process_starts_one_on_demand(agent_dir: Path
         assert reporter.ended == {"AJ_1": None}
 
 
-async def test_failing_prewarm_puts_the_agent_in_backoff(agent_dir: Path) -> None:
+async def test_failing_prewarm_puts_the_agent_in_backoff(agent_dir: Path, launch: str) -> None:
     failing = spec(agent_dir, env={"FAIL_PREWARM": "1"})
     backoff = Backoff(initial_delay=0.2, factor=2, max_delay=1, jitter=0)
-    async with running_pool(failing, backoff=backoff) as pool:
+    async with running_pool(failing, backoff=backoff, launch=launch) as pool:
         await wait_for(pool, lambda: pool.consecutive_failures >= 2)
         assert pool.in_backoff or pool.starting
         assert pool.last_failure is not None
@@ -203,10 +207,10 @@ async def test_failing_prewarm_puts_the_agent_in_backoff(agent_dir: Path) -> Non
 
 
 async def test_a_flood_of_output_never_blocks_a_job(
-    agent_dir: Path, caplog: pytest.LogCaptureFixture
+    agent_dir: Path, launch: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="lksup.job")
-    async with running_pool(spec(agent_dir)) as pool:
+    async with running_pool(spec(agent_dir), launch=launch) as pool:
         reporter = Reporter()
         with anyio.fail_after(60):
             await offer_and_run(pool, reporter, make_job("AJ_1", metadata="flood"))
@@ -220,16 +224,18 @@ async def test_a_flood_of_output_never_blocks_a_job(
     assert all(r.job_id == "AJ_1" for r in out[:10])  # type: ignore[attr-defined]
 
 
-async def test_children_run_in_their_own_session(agent_dir: Path) -> None:
-    async with running_pool(spec(agent_dir)) as pool:
+async def test_children_run_in_their_own_session(agent_dir: Path, launch: str) -> None:
+    async with running_pool(spec(agent_dir), launch=launch) as pool:
         await wait_for(pool, lambda: len(pool.idle) == 1)
         child = psutil.Process(pool.idle[0].pid)
         assert os.getsid(child.pid) == child.pid != os.getsid(0)
 
 
-async def test_an_unresponsive_job_process_is_killed_and_reported(agent_dir: Path) -> None:
+async def test_an_unresponsive_job_process_is_killed_and_reported(
+    agent_dir: Path, launch: str
+) -> None:
     process_spec = spec(agent_dir, ping_interval=0.05, ping_timeout=0.5)
-    async with running_pool(process_spec) as pool:
+    async with running_pool(process_spec, launch=launch) as pool:
         reporter = Reporter()
         with anyio.fail_after(20):  # "stubborn" blocks its event loop: no pong ever comes
             await offer_and_run(pool, reporter, make_job("AJ_1", metadata="stubborn"))

@@ -44,9 +44,9 @@ class Harness:
 
 
 @asynccontextmanager
-async def harness(agent_dir: Path) -> AsyncIterator[Harness]:
+async def harness(agent_dir: Path, launch: str = "spawn") -> AsyncIterator[Harness]:
     process = await anyio.open_process(
-        [sys.executable, str(HARNESS), str(agent_dir)],
+        [sys.executable, str(HARNESS), str(agent_dir), launch],
         start_new_session=True,  # a group of its own, as under `timeout` or a terminal
         stderr=-3,
         cwd=ROOT,
@@ -68,8 +68,8 @@ def _alive(pid: int) -> bool:
         return False
 
 
-async def test_group_signals_never_reach_job_processes(agent_dir: Path) -> None:
-    async with harness(agent_dir) as sup:
+async def test_group_signals_never_reach_job_processes(agent_dir: Path, launch: str) -> None:
+    async with harness(agent_dir, launch) as sup:
         warm = int(await sup.line("ready"))
         await sup.send("hold")
         running = int(await sup.line("running"))
@@ -86,13 +86,15 @@ async def test_group_signals_never_reach_job_processes(agent_dir: Path) -> None:
             assert await sup.process.wait() == 0
 
 
-async def test_no_job_process_outlives_a_killed_supervisor(agent_dir: Path) -> None:
-    async with harness(agent_dir) as sup:
+async def test_no_job_process_outlives_a_killed_supervisor(agent_dir: Path, launch: str) -> None:
+    """Templates included: nothing forked or spawned survives the supervisor's SIGKILL."""
+    async with harness(agent_dir, launch) as sup:
         await sup.line("ready")
         await sup.send("hold")
         running = int(await sup.line("running"))
         children = [p.pid for p in psutil.Process(sup.process.pid).children(recursive=True)]
         assert running in children
+        assert len(children) >= (3 if launch == "zygote" else 1)  # base and template too
         sup.process.send_signal(signal.SIGKILL)
         await sup.process.wait()
         with anyio.fail_after(2):  # the acceptance bound: gone 2 s after the supervisor

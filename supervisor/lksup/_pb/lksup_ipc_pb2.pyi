@@ -32,6 +32,53 @@ class StartInference(_message.Message):
     log_level: str
     def __init__(self, runners: _Optional[_Iterable[str]] = ..., log_level: _Optional[str] = ...) -> None: ...
 
+class ZygoteStart(_message.Message):
+    __slots__ = ("preload", "imports", "log_level", "agent_name")
+    PRELOAD_FIELD_NUMBER: _ClassVar[int]
+    IMPORTS_FIELD_NUMBER: _ClassVar[int]
+    LOG_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    preload: _containers.RepeatedScalarFieldContainer[str]
+    imports: _containers.RepeatedScalarFieldContainer[str]
+    log_level: str
+    agent_name: str
+    def __init__(self, preload: _Optional[_Iterable[str]] = ..., imports: _Optional[_Iterable[str]] = ..., log_level: _Optional[str] = ..., agent_name: _Optional[str] = ...) -> None: ...
+
+class ForkTemplate(_message.Message):
+    __slots__ = ("request_id", "agent_name", "env", "cwd", "imports", "log_level")
+    class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    CWD_FIELD_NUMBER: _ClassVar[int]
+    IMPORTS_FIELD_NUMBER: _ClassVar[int]
+    LOG_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    agent_name: str
+    env: _containers.ScalarMap[str, str]
+    cwd: str
+    imports: _containers.RepeatedScalarFieldContainer[str]
+    log_level: str
+    def __init__(self, request_id: _Optional[str] = ..., agent_name: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., imports: _Optional[_Iterable[str]] = ..., log_level: _Optional[str] = ...) -> None: ...
+
+class ForkJob(_message.Message):
+    __slots__ = ("request_id",)
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+
+class OutcomeReported(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
 class OfferRequest(_message.Message):
     __slots__ = ("job", "default_identity", "default_name", "default_metadata", "default_attributes")
     class DefaultAttributesEntry(_message.Message):
@@ -169,6 +216,16 @@ class JobEnded(_message.Message):
     reason: str
     def __init__(self, job_id: _Optional[str] = ..., error: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
+class JobOutcome(_message.Message):
+    __slots__ = ("job_id", "error", "reason")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    error: str
+    reason: str
+    def __init__(self, job_id: _Optional[str] = ..., error: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class Pong(_message.Message):
     __slots__ = ("sent_at_ns",)
     SENT_AT_NS_FIELD_NUMBER: _ClassVar[int]
@@ -208,8 +265,40 @@ class InferenceRequest(_message.Message):
     data: bytes
     def __init__(self, request_id: _Optional[str] = ..., method: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
+class ZygoteReady(_message.Message):
+    __slots__ = ("pid", "error", "init_seconds", "plugins", "preload_failed")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    INIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PLUGINS_FIELD_NUMBER: _ClassVar[int]
+    PRELOAD_FAILED_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    error: str
+    init_seconds: float
+    plugins: _containers.RepeatedScalarFieldContainer[str]
+    preload_failed: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, pid: _Optional[int] = ..., error: _Optional[str] = ..., init_seconds: _Optional[float] = ..., plugins: _Optional[_Iterable[str]] = ..., preload_failed: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Forked(_message.Message):
+    __slots__ = ("request_id", "pid", "error")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    pid: int
+    error: str
+    def __init__(self, request_id: _Optional[str] = ..., pid: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+
+class Exited(_message.Message):
+    __slots__ = ("pid", "returncode")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    RETURNCODE_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    returncode: int
+    def __init__(self, pid: _Optional[int] = ..., returncode: _Optional[int] = ...) -> None: ...
+
 class Envelope(_message.Message):
-    __slots__ = ("initialize", "offer_request", "start_job", "shutdown", "ping", "inference_response", "start_inference", "ready", "offer_answer", "job_started", "job_ended", "pong", "log", "inference_request")
+    __slots__ = ("initialize", "offer_request", "start_job", "shutdown", "ping", "inference_response", "start_inference", "zygote_start", "fork_template", "fork_job", "outcome_reported", "ready", "offer_answer", "job_started", "job_ended", "pong", "log", "inference_request", "zygote_ready", "forked", "exited", "job_outcome")
     INITIALIZE_FIELD_NUMBER: _ClassVar[int]
     OFFER_REQUEST_FIELD_NUMBER: _ClassVar[int]
     START_JOB_FIELD_NUMBER: _ClassVar[int]
@@ -217,6 +306,10 @@ class Envelope(_message.Message):
     PING_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     START_INFERENCE_FIELD_NUMBER: _ClassVar[int]
+    ZYGOTE_START_FIELD_NUMBER: _ClassVar[int]
+    FORK_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    FORK_JOB_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_REPORTED_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     OFFER_ANSWER_FIELD_NUMBER: _ClassVar[int]
     JOB_STARTED_FIELD_NUMBER: _ClassVar[int]
@@ -224,6 +317,10 @@ class Envelope(_message.Message):
     PONG_FIELD_NUMBER: _ClassVar[int]
     LOG_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    ZYGOTE_READY_FIELD_NUMBER: _ClassVar[int]
+    FORKED_FIELD_NUMBER: _ClassVar[int]
+    EXITED_FIELD_NUMBER: _ClassVar[int]
+    JOB_OUTCOME_FIELD_NUMBER: _ClassVar[int]
     initialize: Initialize
     offer_request: OfferRequest
     start_job: StartJob
@@ -231,6 +328,10 @@ class Envelope(_message.Message):
     ping: Ping
     inference_response: InferenceResponse
     start_inference: StartInference
+    zygote_start: ZygoteStart
+    fork_template: ForkTemplate
+    fork_job: ForkJob
+    outcome_reported: OutcomeReported
     ready: Ready
     offer_answer: OfferAnswer
     job_started: JobStarted
@@ -238,4 +339,8 @@ class Envelope(_message.Message):
     pong: Pong
     log: LogRecord
     inference_request: InferenceRequest
-    def __init__(self, initialize: _Optional[_Union[Initialize, _Mapping]] = ..., offer_request: _Optional[_Union[OfferRequest, _Mapping]] = ..., start_job: _Optional[_Union[StartJob, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., inference_response: _Optional[_Union[InferenceResponse, _Mapping]] = ..., start_inference: _Optional[_Union[StartInference, _Mapping]] = ..., ready: _Optional[_Union[Ready, _Mapping]] = ..., offer_answer: _Optional[_Union[OfferAnswer, _Mapping]] = ..., job_started: _Optional[_Union[JobStarted, _Mapping]] = ..., job_ended: _Optional[_Union[JobEnded, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., log: _Optional[_Union[LogRecord, _Mapping]] = ..., inference_request: _Optional[_Union[InferenceRequest, _Mapping]] = ...) -> None: ...
+    zygote_ready: ZygoteReady
+    forked: Forked
+    exited: Exited
+    job_outcome: JobOutcome
+    def __init__(self, initialize: _Optional[_Union[Initialize, _Mapping]] = ..., offer_request: _Optional[_Union[OfferRequest, _Mapping]] = ..., start_job: _Optional[_Union[StartJob, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., inference_response: _Optional[_Union[InferenceResponse, _Mapping]] = ..., start_inference: _Optional[_Union[StartInference, _Mapping]] = ..., zygote_start: _Optional[_Union[ZygoteStart, _Mapping]] = ..., fork_template: _Optional[_Union[ForkTemplate, _Mapping]] = ..., fork_job: _Optional[_Union[ForkJob, _Mapping]] = ..., outcome_reported: _Optional[_Union[OutcomeReported, _Mapping]] = ..., ready: _Optional[_Union[Ready, _Mapping]] = ..., offer_answer: _Optional[_Union[OfferAnswer, _Mapping]] = ..., job_started: _Optional[_Union[JobStarted, _Mapping]] = ..., job_ended: _Optional[_Union[JobEnded, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., log: _Optional[_Union[LogRecord, _Mapping]] = ..., inference_request: _Optional[_Union[InferenceRequest, _Mapping]] = ..., zygote_ready: _Optional[_Union[ZygoteReady, _Mapping]] = ..., forked: _Optional[_Union[Forked, _Mapping]] = ..., exited: _Optional[_Union[Exited, _Mapping]] = ..., job_outcome: _Optional[_Union[JobOutcome, _Mapping]] = ...) -> None: ...

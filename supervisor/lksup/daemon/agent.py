@@ -35,6 +35,7 @@ from lksup.monitors.monitor import Monitor
 from lksup.pool.inference import InferenceService
 from lksup.pool.pool import AgentPool, RequestPolicy, auto_idle_processes
 from lksup.pool.process import ProcessSpec
+from lksup.pool.zygote import Zygotes, forking_supported
 from lksup.protocol.events import JobType, Permissions
 from lksup.protocol.machine import Options
 from lksup.transport.session import AgentSession, Credentials
@@ -217,23 +218,28 @@ class AgentRuntime:
         init_limiter: anyio.CapacityLimiter,
         load_interval: float = LOAD_INTERVAL,
         inference: InferenceService | None = None,
+        zygotes: Zygotes | None = None,
     ) -> None:
         self.name = name
         self.agent = agent
         self.monitor = monitor
         self.load_interval = load_interval
+        credentials = build_credentials(agent, env)  # may raise: before a template is taken
+        spec = build_spec(name, agent, env)
+        launcher = None
+        if zygotes is not None and agent.process_start != "spawn" and forking_supported():
+            launcher = zygotes.launcher(spec, isolated=agent.process_start == "isolated")
         self.pool = AgentPool(
-            build_spec(name, agent, env),
+            spec,
             num_idle=idle_target(agent),
             policy=request_policy(agent),
             init_limiter=init_limiter,
             monitor=monitor,
             memory=memory_policy(agent),
             inference=inference,
+            launcher=launcher,
         )
-        self.session = AgentSession(
-            build_options(name, agent), build_credentials(agent, env), self.pool
-        )
+        self.session = AgentSession(build_options(name, agent), credentials, self.pool)
         self.fingerprint = fingerprint(self.session.credentials, self.pool.spec.env)
         self.load = 0.0
         self.full = False

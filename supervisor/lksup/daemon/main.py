@@ -53,6 +53,7 @@ from lksup.fleet.loading import load_fleet
 from lksup.fleet.normalize import REVEAL
 from lksup.fleet.schema import Fleet
 from lksup.monitors.monitor import Monitor
+from lksup.pool.zygote import Zygotes
 
 log = logging.getLogger("lksup.daemon")
 
@@ -88,6 +89,7 @@ class Daemon:
         self.notifier = Notifier(settings.environ)
         self.exit_code = 0
         self._draining = False
+        self._forced = False  # a second stop signal forced the stop: exit 1
         self._done = anyio.Event()
         self._reapplying: anyio.CancelScope | None = None  # a SIGHUP re-apply in progress
 
@@ -108,7 +110,16 @@ class Daemon:
                 env = await self._start_dev_server(tg, env)
             monitor = Monitor()
             await tg.start(monitor.run)
-            supervisor = Supervisor(env, monitor)
+            learned = state.load_learned_plugins(settings.state_dir)
+
+            def remember(modules: list[str]) -> None:
+                try:
+                    state.save_learned_plugins(settings.state_dir, modules)
+                except OSError as exc:
+                    log.warning("Cannot keep the learned plugins in the state directory: %s", exc)
+
+            zygotes = Zygotes(learned=learned, on_learned=remember)
+            supervisor = Supervisor(env, monitor, zygotes=zygotes)
             await tg.start(supervisor.run)
             app = DaemonApp(supervisor, settings.state_dir, dev=settings.dev)
             await tg.start(ControlServer(settings.socket, app).run)
@@ -279,6 +290,7 @@ class Daemon:
                     tg.start_soon(self._drain, supervisor)
                 elif sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
                     log.warning("%s: stopping every job now", sig.name)
+                    self._forced = True  # whatever the drain in progress concludes
                     await supervisor.stop_all(force=True)
                     self.exit_code = 1
                     self._done.set()
@@ -308,7 +320,7 @@ class Daemon:
         else:
             log.warning("drain deadline reached: the remaining jobs were stopped")
         await supervisor.stop_all()
-        self.exit_code = 0 if finished else 1
+        self.exit_code = 0 if finished and not self._forced else 1
         self._done.set()
 
     async def _drain_progress(self, supervisor: Supervisor, deadline: float | None) -> None:

@@ -27,6 +27,8 @@ from lksup.fleet.normalize import REVEAL
 from lksup.fleet.schema import Fleet
 
 STATE_FILE = "applied.json"
+#: The livekit.plugins.* modules agent templates imported, preloaded by the base template.
+PLUGINS_FILE = "plugins.json"
 
 
 def default_state_dir(environ: Mapping[str, str] | None = None, uid: int | None = None) -> Path:
@@ -91,18 +93,39 @@ def save(
         "applied_at": applied.applied_at,
         "fleet": fleet_document(fleet),
     }
-    fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=".applied-", suffix=".json")
+    _write(state_dir, STATE_FILE, payload)
+    return applied
+
+
+def _write(state_dir: Path, name: str, payload: object) -> None:
+    """Replace ``state_dir/name`` with ``payload`` as JSON, atomically, 0600."""
+    fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=f".{name}-", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             os.fchmod(handle.fileno(), 0o600)
             json.dump(payload, handle, indent=2)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, state_dir / STATE_FILE)
+        os.replace(tmp, state_dir / name)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return applied
+
+
+def save_learned_plugins(state_dir: Path, modules: list[str]) -> None:
+    """Keep the plugins agent templates were seen importing (the base preloads them)."""
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _write(state_dir, PLUGINS_FILE, {"plugins": sorted(modules)})
+
+
+def load_learned_plugins(state_dir: Path) -> list[str]:
+    """The learned plugins; none when the file is missing or unreadable (they are relearned)."""
+    try:
+        payload = json.loads((state_dir / PLUGINS_FILE).read_text(encoding="utf-8"))
+        modules = payload["plugins"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [m for m in modules if isinstance(m, str) and m.startswith("livekit.plugins.")]
 
 
 def load(state_dir: Path) -> AppliedFleet | None:

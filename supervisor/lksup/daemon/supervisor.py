@@ -40,6 +40,7 @@ from lksup.fleet.schema import Agent, Fleet
 from lksup.monitors.monitor import Monitor
 from lksup.pool.inference import InferenceService
 from lksup.pool.pool import Histogram, auto_idle_processes
+from lksup.pool.zygote import Zygotes
 from lksup.protocol.backoff import Backoff
 from lksup.protocol.machine import State
 from lksup.reconcile.diff import Action, Plan, diff
@@ -128,6 +129,7 @@ class Supervisor:
         *,
         restart_backoff: Backoff = RESTART_BACKOFF,
         rand: Callable[[], float] = random.random,
+        zygotes: Zygotes | None = None,
     ) -> None:
         self.env = env
         self.monitor = monitor
@@ -140,6 +142,7 @@ class Supervisor:
         self.slots: dict[str, AgentSlot] = {}
         self.limiter = anyio.CapacityLimiter(auto_idle_processes())
         self.inference = InferenceService(monitor=monitor)
+        self.zygotes = zygotes  # None: every agent spawns its processes
         self._tg: anyio.abc.TaskGroup | None = None
         self._changed = anyio.Event()
 
@@ -150,6 +153,8 @@ class Supervisor:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             await tg.start(self.inference.run)
+            if self.zygotes is not None:
+                await tg.start(self.zygotes.run)
             task_status.started()
             await anyio.sleep_forever()
 
@@ -179,6 +184,12 @@ class Supervisor:
         limit = fleet.supervisor.max_concurrent_initializations
         self.limiter.total_tokens = auto_idle_processes() if limit == "auto" else limit
         self.monitor.set_memory_budget(fleet.supervisor.memory_budget_mb)
+        if self.zygotes is not None:
+            preload = [m for agent in fleet.agents.values() for m in agent.preload]
+            self.zygotes.configure(
+                preload=[*fleet.supervisor.preload, *preload],
+                defaults=fleet.supervisor.preload_defaults,
+            )
         for name in self.overrides_cleared_by(plan):
             log.info("Agent %s: the apply changes it, so its drain override is cleared", name)
             self.slots[name].override_drained = False
@@ -262,6 +273,7 @@ class Supervisor:
                 monitor=self.monitor,
                 init_limiter=self.limiter,
                 inference=self.inference,
+                zygotes=self.zygotes,
             )
         except AgentConfigError as exc:
             log.error("Agent %s cannot start: %s", slot.name, exc, extra={"agent": slot.name})
@@ -531,6 +543,8 @@ class Supervisor:
             return False
         with anyio.CancelScope(shield=True):
             await self.inference.aclose()  # no job is left to need it
+            if self.zygotes is not None:
+                await self.zygotes.aclose()
         return self.deadline_stops == stopped_before  # an agent's deadline stopped jobs: late
 
     async def stop_all(self, *, force: bool = False) -> None:
@@ -545,6 +559,8 @@ class Supervisor:
                         runtime.session.stop()
                         tg.start_soon(functools.partial(runtime.pool.aclose, force=force))
             await self.inference.aclose()
+            if self.zygotes is not None:
+                await self.zygotes.aclose()
 
     def agent_state(self, slot: AgentSlot) -> str:
         """The agent's state for status.

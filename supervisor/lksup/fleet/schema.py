@@ -381,6 +381,15 @@ LoadExpr = Annotated[
 ]
 
 
+_MODULE = re.compile(rf"^{_IDENT}(\.{_IDENT})*$")
+
+
+def _check_module_name(value: str) -> str:
+    if not _MODULE.match(value):
+        raise ValueError(f"expected a module name such as livekit.plugins.silero, not {value!r}")
+    return value
+
+
 class AgentOptions(_Model):
     """Every option of an agent except its entrypoint; also the shape of ``defaults``."""
 
@@ -388,6 +397,17 @@ class AgentOptions(_Model):
     """What the agent's functions are written against: lksup (``lksup.JobContext``) or
     livekit-agents (unchanged SDK agents: ``livekit.agents.JobContext``, ``AgentSession``,
     plugins), run with the SDK's own job-side machinery."""
+
+    process_start: Literal["zygote", "isolated", "spawn"] = "zygote"
+    """How job processes start. zygote: forked from the agent's template, itself forked from
+    the fleet's shared base template (modules imported once, memory shared); isolated: forked
+    from a template of the agent's own, started with its environment (modules that read their
+    environment at import); spawn: a fresh interpreter per process. Where forking with pidfds
+    is not available (not Linux), zygote and isolated spawn."""
+
+    preload: list[Annotated[str, AfterValidator(_check_module_name)]] = Field(default_factory=list)
+    """Modules the fleet's base template imports for this agent too (plugins, model loaders),
+    so their memory is shared with every agent's processes."""
 
     python: str | None = None
     """Interpreter of the agent's job processes (e.g. another virtual environment's
@@ -483,6 +503,15 @@ class SupervisorSettings(_Model):
     """Memory of all job processes together; above it every agent reports full."""
 
     max_concurrent_initializations: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
+
+    preload: list[Annotated[str, AfterValidator(_check_module_name)]] = Field(default_factory=list)
+    """Modules the base template imports for every agent, added to the defaults (see
+    preload_defaults)."""
+
+    preload_defaults: bool = True
+    """Also preload what is worth sharing: livekit.agents, livekit.rtc and the SDK's warm-up when
+    installed, and the livekit.plugins.* modules the agents' templates were seen importing
+    (learned on their first start, kept in the state directory). false: only `preload`."""
     """Processes initializing at once across the fleet; auto = min(CPU count, 4)."""
 
 

@@ -38,16 +38,22 @@ __all__ = [
     "RUNTIME_LIVEKIT_AGENTS",
     "ChildMessage",
     "ExitCode",
+    "Exited",
+    "ForkJob",
+    "ForkTemplate",
+    "Forked",
     "InferenceRequest",
     "InferenceResponse",
     "Initialize",
     "IpcError",
     "JobEnded",
+    "JobOutcome",
     "JobStarted",
     "LogRecord",
     "Message",
     "OfferAnswer",
     "OfferRequest",
+    "OutcomeReported",
     "ParentMessage",
     "Ping",
     "Pong",
@@ -55,6 +61,8 @@ __all__ = [
     "Shutdown",
     "StartInference",
     "StartJob",
+    "ZygoteReady",
+    "ZygoteStart",
     "decode",
     "encode",
     "encode_payload",
@@ -123,6 +131,37 @@ class StartInference:
 
 
 @dataclass(frozen=True)
+class ZygoteStart:
+    """First frame to a template (``lksup.jobs.zygote``); answered by ``ZygoteReady``."""
+
+    preload: tuple[str, ...] = ()
+    """Shared modules to import first (a failure is reported, not fatal)."""
+    imports: tuple[str, ...] = ()
+    """The agent's own modules (an agent template; a failure is the agent's init error)."""
+    log_level: str = "INFO"
+    agent_name: str = ""
+
+
+@dataclass(frozen=True)
+class ForkTemplate:
+    """Fork an agent template (sent with its control socket, stdout and stderr)."""
+
+    request_id: str
+    agent_name: str
+    env: Mapping[str, str] = field(default_factory=dict, hash=False, repr=False)
+    cwd: str = ""
+    imports: tuple[str, ...] = ()
+    log_level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class ForkJob:
+    """Fork a job process (sent with its IPC socket, stdout and stderr)."""
+
+    request_id: str
+
+
+@dataclass(frozen=True)
 class OfferRequest:
     """Evaluate the request function for an offer; answered by ``OfferAnswer``."""
 
@@ -161,6 +200,13 @@ class InferenceResponse:
     has_data: bool = False
     """False: the runner returned None."""
     error: str = ""
+
+
+@dataclass(frozen=True)
+class OutcomeReported:
+    """The job's outcome reached the server (answer to ``JobOutcome``)."""
+
+    job_id: str
 
 
 @dataclass(frozen=True)
@@ -224,6 +270,18 @@ class JobEnded:
 
 
 @dataclass(frozen=True)
+class JobOutcome:
+    """The job's outcome is known and the room is about to be left: report it to the server.
+
+    Answered by ``OutcomeReported``; ``JobEnded`` still follows when the job is over.
+    """
+
+    job_id: str
+    error: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class Pong:
     """Answer to ``Ping``."""
 
@@ -245,6 +303,36 @@ class LogRecord:
 
 
 @dataclass(frozen=True)
+class ZygoteReady:
+    """A template's answer to ``ZygoteStart``; a non-empty ``error`` means it is exiting."""
+
+    pid: int
+    error: str = ""
+    init_seconds: float = 0.0
+    plugins: tuple[str, ...] = ()
+    """``livekit.plugins.*`` modules loaded, which the base template can preload."""
+    preload_failed: tuple[str, ...] = ()
+    """``module: error`` of each preload that could not be imported."""
+
+
+@dataclass(frozen=True)
+class Forked:
+    """A fork request's answer (the child's pidfd travels with it when ``pid`` is set)."""
+
+    request_id: str
+    pid: int = 0
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Exited:
+    """A template's child ended; ``returncode`` is negative for a signal."""
+
+    pid: int
+    returncode: int
+
+
+@dataclass(frozen=True)
 class InferenceRequest:
     """A job's inference request (``ctx.inference_executor``); answered by ``InferenceResponse``."""
 
@@ -257,9 +345,13 @@ class InferenceRequest:
 # back the same way: both directions carry both.
 ParentMessage: TypeAlias = (
     Initialize
+    | ZygoteStart
+    | ForkTemplate
+    | ForkJob
     | StartInference
     | OfferRequest
     | StartJob
+    | OutcomeReported
     | Shutdown
     | Ping
     | InferenceRequest
@@ -270,10 +362,14 @@ ChildMessage: TypeAlias = (
     | OfferAnswer
     | JobStarted
     | JobEnded
+    | JobOutcome
     | Pong
     | LogRecord
     | InferenceRequest
     | InferenceResponse
+    | ZygoteReady
+    | Forked
+    | Exited
 )
 Message: TypeAlias = ParentMessage | ChildMessage
 
@@ -286,6 +382,14 @@ _ONEOF: dict[type[Message], str] = {
     Ping: "ping",
     InferenceResponse: "inference_response",
     StartInference: "start_inference",
+    ZygoteStart: "zygote_start",
+    ForkTemplate: "fork_template",
+    ForkJob: "fork_job",
+    OutcomeReported: "outcome_reported",
+    JobOutcome: "job_outcome",
+    ZygoteReady: "zygote_ready",
+    Forked: "forked",
+    Exited: "exited",
     Ready: "ready",
     OfferAnswer: "offer_answer",
     JobStarted: "job_started",

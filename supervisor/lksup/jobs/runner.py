@@ -10,7 +10,10 @@ The order is the SDK's (``livekit/agents/ipc/job_proc_lazy_main.py``):
    entrypoint that returns after ``ctx.connect()`` leaves the job running until one of the
    others, as in the SDK (the room, its event handlers and tasks carry the session).
 3. ``ctx.wait_for_shutdown()`` returns the reason; the entrypoint gets ``grace`` seconds to
-   return, then it is cancelled.
+   return, then it is cancelled. With a room to leave, ``JobOutcome`` goes to the supervisor
+   first, and the room is left once it answers that the server has the outcome (bounded by
+   ``OUTCOME_ACK_TIMEOUT``): the server fails a job whose agent left the room before its
+   status arrived.
 4. The room is left (bounded), then the shutdown callbacks run concurrently with the reason,
    together bounded by ``grace`` (at least ``MIN_CALLBACK_TIMEOUT``, so that a zero grace
    still lets them run); a failing or slow callback is logged, never fatal.
@@ -37,10 +40,16 @@ import anyio
 import anyio.abc
 
 from lksup.jobs.context import JobContext
-from lksup.jobs.ipc import JobEnded, JobStarted
+from lksup.jobs.ipc import JobEnded, JobOutcome, JobStarted
 from lksup.jobs.loader import describe_exception
 
-__all__ = ["CANCEL_TIMEOUT", "MIN_CALLBACK_TIMEOUT", "ROOM_LEAVE_TIMEOUT", "JobRun"]
+__all__ = [
+    "CANCEL_TIMEOUT",
+    "MIN_CALLBACK_TIMEOUT",
+    "OUTCOME_ACK_TIMEOUT",
+    "ROOM_LEAVE_TIMEOUT",
+    "JobRun",
+]
 
 logger = logging.getLogger("lksup.jobs")
 
@@ -50,6 +59,9 @@ CANCEL_TIMEOUT = 2.0
 ROOM_LEAVE_TIMEOUT = 2.0
 #: The least time the shutdown callbacks get, whatever the grace.
 MIN_CALLBACK_TIMEOUT = 1.0
+#: How long a job that reported its outcome waits for the supervisor to have sent it to the
+#: server before it leaves its room anyway.
+OUTCOME_ACK_TIMEOUT = 2.0
 
 
 class JobRun:
@@ -70,7 +82,7 @@ class JobRun:
         ctx: JobContext,
         entrypoint: Callable[[JobContext], Awaitable[None]],
         grace: float,
-        send: Callable[[JobStarted], None],
+        send: Callable[[JobStarted | JobOutcome], None],
         on_ended: Callable[[JobEnded], None],
     ) -> None:
         self._ctx = ctx
@@ -85,6 +97,7 @@ class JobRun:
         self._grace_scope: anyio.CancelScope | None = None
         self._outer = anyio.CancelScope()
         self._aborted = False
+        self._outcome_reported = anyio.Event()
 
     @property
     def job_id(self) -> str:
@@ -95,6 +108,10 @@ class JobRun:
         """Call the entrypoint and watch for the end of the job, in ``task_group``."""
         task_group.start_soon(self._run_entrypoint, name=f"entrypoint {self._job_id}")
         task_group.start_soon(self._lifecycle, name=f"job {self._job_id}")
+
+    def outcome_reported(self) -> None:
+        """The supervisor sent the job's outcome to the server (``OutcomeReported``)."""
+        self._outcome_reported.set()
 
     def request_shutdown(self, reason: str) -> None:
         """End the job gracefully (the supervisor's ``Shutdown``, SIGTERM)."""
@@ -146,6 +163,7 @@ class JobRun:
             reason = await self._ctx.wait_for_shutdown()
             logger.info("Job %s is ending: %s.", self._job_id, reason)
             await self._stop_entrypoint()
+            await self._report_outcome(reason)
             await self._leave_room()
             await self._run_callbacks(reason)
         self._on_ended(
@@ -170,6 +188,14 @@ class JobRun:
             await self._entry_done.wait()
         if not self._entry_done.is_set():
             logger.error("Entrypoint of job %s ignores cancellation.", self._job_id)
+
+    async def _report_outcome(self, reason: str) -> None:
+        """Before leaving the room: the server fails a job whose agent left before its status."""
+        if self._aborted or not self._ctx._is_connected():
+            return
+        self._send(JobOutcome(job_id=self._job_id, error=self._error, reason=reason))
+        with anyio.move_on_after(OUTCOME_ACK_TIMEOUT):
+            await self._outcome_reported.wait()
 
     async def _leave_room(self) -> None:
         with anyio.move_on_after(ROOM_LEAVE_TIMEOUT) as scope:

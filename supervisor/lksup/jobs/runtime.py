@@ -45,6 +45,7 @@ from lksup.jobs.ipc import (
     JobEnded,
     OfferAnswer,
     OfferRequest,
+    OutcomeReported,
     Ping,
     Pong,
     Shutdown,
@@ -52,9 +53,9 @@ from lksup.jobs.ipc import (
     decode,
 )
 from lksup.jobs.loader import AgentFunctions, describe_exception
-from lksup.jobs.runner import JobRun
+from lksup.jobs.runner import OUTCOME_ACK_TIMEOUT, JobRun
 
-__all__ = ["EOF_CLEANUP_TIMEOUT", "EXIT_TIMEOUT", "ChildRuntime"]
+__all__ = ["EOF_CLEANUP_TIMEOUT", "EXIT_TIMEOUT", "OUTCOME_ACK_TIMEOUT", "ChildRuntime"]
 
 logger = logging.getLogger("lksup.jobs")
 
@@ -152,6 +153,9 @@ class ChildRuntime:
                 self._start_job(msg)
             case Shutdown(reason=reason):
                 self._shutdown(reason or "shutdown requested")
+            case OutcomeReported():
+                if self._job is not None:
+                    self._job.outcome_reported()
             case _:
                 logger.warning("Ignoring an unexpected %s message.", type(msg).__name__)
 

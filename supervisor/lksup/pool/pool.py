@@ -38,11 +38,15 @@ from lksup.monitors.memory_policy import MemoryPolicy
 from lksup.monitors.monitor import Monitor
 from lksup.pool.inference import InferenceService
 from lksup.pool.process import InitFailed, JobOutcome, ProcessSpec, ProcessState, WorkerProcess
+from lksup.pool.zygote import ZygoteLauncher
 from lksup.protocol.backoff import Backoff
 from lksup.protocol.events import Accept, Answer, Decline, JobAssigned, OfferReceived
 
 log = logging.getLogger("lksup.pool")
 
+#: How long a job's early outcome may take to be written to the server before the job process
+#: is let go on to leave its room.
+OUTCOME_FLUSH_TIMEOUT = 1.0
 #: Init failures this close together count as consecutive for the backoff.
 STABLE_PERIOD = 60.0
 
@@ -71,6 +75,10 @@ class JobReporter(Protocol):
 
     def job_ended(self, job_id: str, *, error: str | None = None) -> None:
         """The job is over."""
+        ...
+
+    async def flushed(self) -> None:
+        """Wait until what was reported is written to the server."""
         ...
 
 
@@ -165,6 +173,7 @@ class AgentPool:
         monitor: Monitor | None = None,
         memory: MemoryPolicy | None = None,
         inference: InferenceService | None = None,
+        launcher: ZygoteLauncher | None = None,
     ) -> None:
         self.spec = spec
         self.target_idle = num_idle
@@ -176,6 +185,9 @@ class AgentPool:
         self.monitor = monitor
         self.memory = memory or MemoryPolicy(warn_mb=0, limit_mb=0)
         self.inference = inference
+        self.launcher = launcher
+        if launcher is not None:
+            launcher.on_failure = self._record_failure
         self.stats = PoolStats()
         self.idle: list[WorkerProcess] = []
         self.starting = 0
@@ -237,27 +249,32 @@ class AgentPool:
         """Keep the warm pool filled until ``aclose``; processes live in this task group."""
         if self.monitor is not None:
             self.monitor.add_listener(self._on_monitor)
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            task_status.started()
-            while not self._closed:
-                self._wake = anyio.Event()
-                missing = self.target_idle - len(self.idle) - self.starting
-                wait: float | None = None
-                if missing > 0 and self.in_backoff:
-                    wait = self.backoff_remaining
-                else:
-                    for _ in range(max(0, missing)):
-                        self.starting += 1
-                        tg.start_soon(self._spawn_idle)
-                with anyio.move_on_after(wait):
-                    await self._wake.wait()
-            # closing: the processes live in this task group, so it stays open until
-            # ``aclose`` ran their stop sequence (cancelling it would SIGKILL them at once)
-            await self._stopped.wait()
-            tg.cancel_scope.cancel()
-        if self.monitor is not None:
-            self.monitor.remove_listener(self._on_monitor)
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                task_status.started()
+                while not self._closed:
+                    self._wake = anyio.Event()
+                    missing = self.target_idle - len(self.idle) - self.starting
+                    wait: float | None = None
+                    if missing > 0 and self.in_backoff:
+                        wait = self.backoff_remaining
+                    else:
+                        for _ in range(max(0, missing)):
+                            self.starting += 1
+                            tg.start_soon(self._spawn_idle)
+                    with anyio.move_on_after(wait):
+                        await self._wake.wait()
+                # closing: the processes live in this task group, so it stays open until
+                # ``aclose`` ran their stop sequence (cancelling it would SIGKILL them at once)
+                await self._stopped.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            if self.monitor is not None:
+                self.monitor.remove_listener(self._on_monitor)
+            if self.launcher is not None:  # every process is reaped: its template may go
+                with anyio.CancelScope(shield=True):
+                    await self.launcher.aclose()
 
     async def _spawn_idle(self) -> None:
         process = await self._start_process()
@@ -270,7 +287,9 @@ class AgentPool:
         assert self._tg is not None
         try:
             async with self.limiter:
-                process: WorkerProcess = await self._tg.start(WorkerProcess(self.spec).run)
+                process: WorkerProcess = await self._tg.start(
+                    WorkerProcess(self.spec, launcher=self.launcher).run
+                )
         except InitFailed as exc:
             self._record_failure(str(exc))
             return None
@@ -480,6 +499,10 @@ class AgentPool:
             else:
                 self.stats.jobs_failed += 1
             session.job_ended(job.id, error=outcome.error)
+            if process.awaits_outcome_ack:  # once the status is written, the room may be left
+                with anyio.move_on_after(OUTCOME_FLUSH_TIMEOUT):
+                    await session.flushed()
+                await process.send(ipc.OutcomeReported(job_id=job.id))
         finally:
             self.running.pop(job.id, None)
             with anyio.CancelScope(shield=True):

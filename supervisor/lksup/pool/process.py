@@ -29,6 +29,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import anyio
 import anyio.abc
@@ -43,6 +44,8 @@ log = logging.getLogger("lksup.pool")
 job_log = logging.getLogger("lksup.job")
 
 MAX_LINE = 8192
+#: After a process exited, how long its last output may take to be read to the end.
+OUTPUT_TAIL_TIMEOUT = 1.0
 
 
 class ProcessState(enum.Enum):
@@ -63,6 +66,57 @@ def child_command(python: str, fd: int, *, module: str = "lksup.jobs.child") -> 
 
 class InitFailed(Exception):
     """The process did not become ready (import or prewarm error, timeout, early exit)."""
+
+
+class ProcessHandle(Protocol):
+    """The OS process behind a ``WorkerProcess``.
+
+    Spawned (``anyio.abc.Process``) or forked from a template (``lksup.pool.zygote``).
+    """
+
+    @property
+    def pid(self) -> int:
+        """The process id."""
+        ...
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once known (negative: a signal)."""
+        ...
+
+    @property
+    def stdout(self) -> anyio.abc.ByteReceiveStream | None:
+        """The process's standard output."""
+        ...
+
+    @property
+    def stderr(self) -> anyio.abc.ByteReceiveStream | None:
+        """The process's standard error."""
+        ...
+
+    async def wait(self) -> int:
+        """Wait until it exited; its exit status."""
+        ...
+
+    def send_signal(self, signal: signal.Signals) -> None:
+        """Signal it (``ProcessLookupError`` when it is gone)."""
+        ...
+
+    def kill(self) -> None:
+        """SIGKILL it."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the handle holds (streams, descriptors)."""
+        ...
+
+
+class Launcher(Protocol):
+    """Creates the OS process of a ``WorkerProcess`` whose IPC socket end is ``child``."""
+
+    async def launch(self, process: WorkerProcess, child: socket.socket) -> ProcessHandle:
+        """Start the process (raises ``InitFailed`` with the reason)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -115,8 +169,9 @@ def describe_exit(code: int | None) -> str:
 class WorkerProcess:
     """One job process (see the module docstring)."""
 
-    def __init__(self, spec: ProcessSpec) -> None:
+    def __init__(self, spec: ProcessSpec, *, launcher: Launcher | None = None) -> None:
         self.spec = spec
+        self.launcher = launcher
         self._scrub = Redactor(spec.secrets)
         self.state = ProcessState.STARTING
         self.pid: int | None = None
@@ -127,10 +182,12 @@ class WorkerProcess:
         self.inference_runners: tuple[str, ...] = ()
         self.on_inference: Callable[[WorkerProcess, ipc.InferenceRequest], None] | None = None
         self.on_inference_response: Callable[[ipc.InferenceResponse], None] | None = None
+        self.awaits_outcome_ack = False
+        """The job reported its outcome before leaving its room and waits for it to be sent."""
         self.started_at = 0.0
         self.ready_at: float | None = None
         self.job_started_at: float | None = None
-        self._process: anyio.abc.Process | None = None
+        self._process: ProcessHandle | None = None
         self._stream: UNIXSocketStream | None = None
         self._send_lock = anyio.Lock()
         self._ready = anyio.Event()
@@ -153,6 +210,11 @@ class WorkerProcess:
     def alive(self) -> bool:
         """Spawned and not exited."""
         return self._process is not None and not self._exited.is_set()
+
+    @property
+    def stopping(self) -> bool:
+        """The stop sequence (or a kill) was started by the supervisor."""
+        return self._stopping
 
     @property
     def exit_description(self) -> str:
@@ -179,24 +241,29 @@ class WorkerProcess:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         parent.set_inheritable(False)
         self.started_at = anyio.current_time()
+        process: ProcessHandle
         try:
-            self._process = await anyio.open_process(
-                self._command(child.fileno()),
-                stdin=-3,  # DEVNULL
-                pass_fds=[child.fileno()],
-                start_new_session=True,
-                cwd=self.spec.cwd,
-                env=dict(self.spec.env),
-            )
+            if self.launcher is not None:
+                process = await self.launcher.launch(self, child)
+            else:
+                process = await anyio.open_process(
+                    self._command(child.fileno()),
+                    stdin=-3,  # DEVNULL
+                    pass_fds=[child.fileno()],
+                    start_new_session=True,
+                    cwd=self.spec.cwd,
+                    env=dict(self.spec.env),
+                )
         except OSError as exc:
             parent.close()
             raise InitFailed(f"cannot start a job process: {exc}") from None
-        except BaseException:  # cancelled while spawning: no socket left open
+        except BaseException:  # cancelled while starting, or InitFailed: no socket left open
             parent.close()
             raise
         finally:
             child.close()
-        self.pid = self._process.pid
+        self._process = process
+        self.pid = process.pid
         failure: str | None = None
         try:
             try:
@@ -207,8 +274,9 @@ class WorkerProcess:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 tg.start_soon(self._reader)
-                tg.start_soon(self._drain, self._process.stdout, logging.INFO, "stdout")
-                tg.start_soon(self._drain, self._process.stderr, logging.WARNING, "stderr")
+                drained = [anyio.Event(), anyio.Event()]
+                tg.start_soon(self._drain, process.stdout, logging.INFO, "stdout", drained[0])
+                tg.start_soon(self._drain, process.stderr, logging.WARNING, "stderr", drained[1])
                 tg.start_soon(self._waiter)
                 failure = await self._initialize()
                 if failure is None:
@@ -217,6 +285,11 @@ class WorkerProcess:
                     tg.start_soon(self._pinger)
                     task_status.started(self)
                     await self._exited.wait()
+                # what it wrote just before exiting is still in flight: read it to the end
+                # (bounded: a process it started may hold the output open)
+                with anyio.move_on_after(OUTPUT_TAIL_TIMEOUT):
+                    for done in drained:
+                        await done.wait()
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
@@ -228,7 +301,7 @@ class WorkerProcess:
         """The process's command line, with the IPC socket on ``fd``."""
         return child_command(self.spec.python, fd)
 
-    def _first_message(self) -> ipc.ParentMessage:
+    def _first_message(self) -> ipc.ParentMessage | None:
         """What the process is for (answered by ``Ready``)."""
         spec = self.spec
         return ipc.Initialize(
@@ -244,7 +317,9 @@ class WorkerProcess:
     async def _initialize(self) -> str | None:
         """Initialize and wait for Ready; the reason it failed, or None."""
         spec = self.spec
-        await self.send(self._first_message())
+        first = self._first_message()
+        if first is not None:
+            await self.send(first)
         with anyio.move_on_after(spec.initialize_timeout):
             async with anyio.create_task_group() as tg:
 
@@ -310,12 +385,17 @@ class WorkerProcess:
         if self._tg is not None:
             self._tg.start_soon(self.send, message)
 
+    async def _receive(self) -> bytes:
+        """The next bytes from the process (a template's also carry descriptors)."""
+        assert self._stream is not None
+        return await self._stream.receive()
+
     async def _reader(self) -> None:
         assert self._stream is not None
         decoder = FrameDecoder()
         while True:
             try:
-                data = await self._stream.receive()
+                data = await self._receive()
                 payloads = decoder.feed(data)
             except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 return
@@ -345,10 +425,12 @@ class WorkerProcess:
                 waiter.set()
         elif isinstance(message, ipc.JobStarted):
             self._job_started.set()
-        elif isinstance(message, ipc.JobEnded):
-            error = self._scrub(message.error) or None
-            reason = self._scrub(message.reason)
-            self._outcome = JobOutcome(error, reason or ("failed" if error else "done"))
+        elif isinstance(message, ipc.JobOutcome | ipc.JobEnded):
+            if self._outcome is None:  # an early outcome was reported already: it stands
+                error = self._scrub(message.error) or None
+                reason = self._scrub(message.reason)
+                self._outcome = JobOutcome(error, reason or ("failed" if error else "done"))
+                self.awaits_outcome_ack = isinstance(message, ipc.JobOutcome)
             self._job_ended.set()
         elif isinstance(message, ipc.LogRecord):
             text = message.message + (f"\n{message.exc_text}" if message.exc_text else "")
@@ -369,6 +451,18 @@ class WorkerProcess:
                 self._send_soon(ipc.InferenceResponse(request_id=message.request_id, error=error))
 
     async def _drain(
+        self,
+        stream: anyio.abc.ByteReceiveStream | None,
+        level: int,
+        name: str,
+        done: anyio.Event,
+    ) -> None:
+        try:
+            await self._drain_lines(stream, level, name)
+        finally:
+            done.set()
+
+    async def _drain_lines(
         self, stream: anyio.abc.ByteReceiveStream | None, level: int, name: str
     ) -> None:
         if stream is None:

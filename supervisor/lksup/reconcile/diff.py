@@ -40,6 +40,8 @@ REPLACE_FIELDS = frozenset(
         "livekit",
         "runtime",
         "python",
+        "process_start",
+        "preload",
     }
 )
 #: Fields whose children are compared as whole values (names of variables, connection fields).

@@ -132,6 +132,7 @@ class AgentSession:
         self.timeouts = timeouts or Timeouts()
         self.machine = WorkerMachine(options, rand=rand)
         self._wake = anyio.Event()
+        self._sent = anyio.Event()  # set (and replaced) each time queued frames were written
         self._registered = anyio.Event()
         self._finished = anyio.Event()
         self._socket: WebSocket | None = None
@@ -205,6 +206,16 @@ class AgentSession:
             if self.machine.worker_id is not None:
                 return self.machine.worker_id
             await anyio.lowlevel.checkpoint()
+
+    async def flushed(self) -> None:
+        """Wait until what is queued for the server was written (or there is no connection)."""
+        while (
+            self.machine.data_to_send_pending()
+            and self._socket is not None
+            and not self._finished.is_set()
+        ):
+            self._poke()
+            await self._sent.wait()
 
     async def wait_finished(self) -> State:
         """Wait until the session ended (drained, stopped, or gave up)."""
@@ -336,6 +347,8 @@ class AgentSession:
                         await self._socket.send(frame)
                 except SocketClosed as exc:
                     self.machine.connection_lost(anyio.current_time(), str(exc))
+                sent, self._sent = self._sent, anyio.Event()
+                sent.set()
             for event in self.machine.events():
                 self._on_event(event)
             commands = self.machine.commands()

@@ -19,8 +19,10 @@ What is used, and why it is private:
   ``_JobProc.entrypoint(cch)`` is the job loop, fed through an ``aio.Chan`` of the SDK's
   ``ipc.proto`` messages (``StartJobRequest``, ``ShutdownRequest``, ``InferenceResponse``).
   It talks back through ``client.send``: ``InferenceRequest`` and ``Exiting(reason)`` matter
-  here, the acknowledgements do not. lksup never speaks the SDK's wire format, whose shape
-  changes between minors (7, 8 and 12 fields in ``StartJobRequest``).
+  here, the acknowledgements do not. ``Exiting`` comes just before the room is left, so
+  awaiting inside ``send`` holds the disconnect until the job's outcome reached the server.
+  lksup never speaks the SDK's wire format, whose shape changes between minors (7, 8 and 12
+  fields in ``StartJobRequest``).
 * ``_JobProc._job_task``: the job's task, to tell a job that could not start from one that did.
 * ``inference_runner._InferenceRunner.registered_runners``: the runners the agent's imports
   registered (the turn detector...), reported to the supervisor so one shared inference process
@@ -140,7 +142,7 @@ class _Client:
         self._host = host
 
     async def send(self, msg: Any) -> None:
-        self._host._from_sdk(msg)
+        await self._host._from_sdk(msg)
 
 
 class JobHost:
@@ -158,11 +160,13 @@ class JobHost:
         entrypoint: Callable[[Any], Awaitable[None]],
         prewarm: Callable[[Any], object] | None,
         on_inference: Callable[[str, str, bytes], None],
+        on_exiting: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         from livekit.agents.ipc import job_proc_lazy_main, proto
 
         self._proto = proto
         self._on_inference = on_inference
+        self._on_exiting = on_exiting
         self.exit_reason = ""
         kwargs: dict[str, Any] = {}
         parameters = inspect.signature(job_proc_lazy_main._JobProc.__init__).parameters
@@ -256,13 +260,16 @@ class JobHost:
         """Whether a job was started."""
         return bool(self._proc.has_running_job)
 
-    def _from_sdk(self, msg: Any) -> None:
+    async def _from_sdk(self, msg: Any) -> None:
         # never raises: an exception in ``send`` would abort the SDK's shutdown sequence
         try:
             if isinstance(msg, self._proto.InferenceRequest):
                 self._on_inference(msg.request_id, msg.method, msg.data)
             elif isinstance(msg, self._proto.Exiting):
+                # sent just before the room is left: the outcome goes to the server first
                 self.exit_reason = msg.reason
+                if self._on_exiting is not None:
+                    await self._on_exiting(msg.reason)
         except Exception:
             logger.exception("Cannot relay %s from livekit-agents.", type(msg).__name__)
 

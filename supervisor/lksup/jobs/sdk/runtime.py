@@ -17,6 +17,9 @@ a channel, so that its cleanup is never interrupted by a cancel scope around it)
   timeline) goes to the SDK's loop; ``JobStarted`` is sent as the user's entrypoint is called;
 * ``Shutdown(reason)`` and SIGTERM: the SDK's ``ShutdownRequest`` (idle: the process exits);
 * ``InferenceResponse``: handed to the job whose ``ctx.inference_executor`` asked for it;
+* ``OutcomeReported``: the outcome sent when the SDK announced its exit reached the server;
+  the SDK leaves the room only then (bounded by ``OUTCOME_ACK_TIMEOUT``), so the server never
+  records a finished job as failed because its agent left the room first;
 * ``Ping``: ``Pong`` from this loop;
 * end of the stream: the SDK's loop is cancelled (its own cleanup runs) within
   ``EOF_CLEANUP_TIMEOUT``, as for lksup agents.
@@ -29,6 +32,7 @@ entrypoint as a success) and the SDK's shutdown reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -53,9 +57,11 @@ from lksup.jobs.ipc import (
     Initialize,
     IpcError,
     JobEnded,
+    JobOutcome,
     JobStarted,
     OfferAnswer,
     OfferRequest,
+    OutcomeReported,
     Ping,
     Pong,
     Ready,
@@ -64,7 +70,7 @@ from lksup.jobs.ipc import (
     decode,
 )
 from lksup.jobs.loader import LoadError, describe_exception, load_agent
-from lksup.jobs.runtime import EOF_CLEANUP_TIMEOUT, EXIT_TIMEOUT
+from lksup.jobs.runtime import EOF_CLEANUP_TIMEOUT, EXIT_TIMEOUT, OUTCOME_ACK_TIMEOUT
 from lksup.jobs.sdk import adapter
 
 __all__ = ["SdkRuntime", "initialise"]
@@ -93,11 +99,16 @@ def initialise(init: Initialize, outbox: Outbox) -> SdkRuntime | None:
         failed(str(exc))
         return None
     runtime = SdkRuntime(init=init, outbox=outbox, request_fnc=functions.request_fnc)
-    host = adapter.JobHost(
-        entrypoint=runtime.wrap_entrypoint(functions.entrypoint),
-        prewarm=functions.prewarm,
-        on_inference=runtime.request_inference,
-    )
+    try:
+        host = adapter.JobHost(
+            entrypoint=runtime.wrap_entrypoint(functions.entrypoint),
+            prewarm=functions.prewarm,
+            on_inference=runtime.request_inference,
+            on_exiting=runtime.job_exiting,
+        )
+    except Exception as exc:  # installed but broken (a missing native library...)
+        failed(f"livekit-agents cannot be imported: {describe_exception(exc, with_location=True)}")
+        return None
     try:
         host.initialize(http_proxy=os.environ.get("HTTPS_PROXY") or os.environ.get("HTTP_PROXY"))
     except BaseException as exc:  # user code: SystemExit and friends are failures too
@@ -138,6 +149,7 @@ class SdkRuntime:
         self._exit_code = ExitCode.OK
         self._done: anyio.Event | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        self._outcome_acked: asyncio.Event | None = None
 
     # --- hooks the SDK calls ------------------------------------------------------------------
 
@@ -162,6 +174,15 @@ class SdkRuntime:
         run.__qualname__ = getattr(entrypoint, "__qualname__", run.__qualname__)
         run.__name__ = getattr(entrypoint, "__name__", run.__name__)
         return run
+
+    async def job_exiting(self, reason: str) -> None:
+        """The SDK is about to leave the room: report the outcome, wait until it was sent."""
+        if self._job_id is None:
+            return
+        self._outcome_acked = asyncio.Event()
+        self._outbox.send(JobOutcome(job_id=self._job_id, error=self._error, reason=reason))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._outcome_acked.wait(), OUTCOME_ACK_TIMEOUT)
 
     def request_inference(self, request_id: str, method: str, data: bytes) -> None:
         """Relay a job's inference request to the supervisor."""
@@ -255,6 +276,9 @@ class SdkRuntime:
                 self._start_job(msg)
             case Shutdown(reason=reason):
                 self._shutdown(reason or "shutdown requested")
+            case OutcomeReported():
+                if self._outcome_acked is not None:
+                    self._outcome_acked.set()
             case InferenceResponse():
                 data = msg.data if msg.has_data else None
                 self.host.inference_answer(self._channel, msg.request_id, data, msg.error)
