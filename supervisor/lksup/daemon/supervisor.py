@@ -189,6 +189,7 @@ class Supervisor:
             self.zygotes.configure(
                 preload=[*fleet.supervisor.preload, *preload],
                 defaults=fleet.supervisor.preload_defaults,
+                sdk=any(a.runtime == "livekit-agents" for a in fleet.agents.values()),
             )
         for name in self.overrides_cleared_by(plan):
             log.info("Agent %s: the apply changes it, so its drain override is cleared", name)

@@ -96,12 +96,17 @@ def _import_all(modules: Sequence[str], *, optional: bool) -> list[str]:
     return failed
 
 
+#: Shared packages a template reports having imported (the base can preload them).
+_SHAREABLE = ("livekit.agents", "livekit.rtc")
+
+
 def _plugins() -> tuple[str, ...]:
+    """The ``livekit.plugins.*`` packages and the SDK's packages imported so far."""
     return tuple(
         sorted(
             name
             for name in sys.modules
-            if name.startswith("livekit.plugins.") and name.count(".") == 2
+            if (name.startswith("livekit.plugins.") and name.count(".") == 2) or name in _SHAREABLE
         )
     )
 

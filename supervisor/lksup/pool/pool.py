@@ -188,6 +188,7 @@ class AgentPool:
         self.launcher = launcher
         if launcher is not None:
             launcher.on_failure = self._record_failure
+            launcher.on_stale = self._recycle
         self.stats = PoolStats()
         self.idle: list[WorkerProcess] = []
         self.starting = 0
@@ -280,6 +281,8 @@ class AgentPool:
         process = await self._start_process()
         if process is not None and not self._closed:
             self.idle.append(process)
+            if self.launcher is not None:  # the base learned more while it was forked
+                self._recycle(self.launcher.zygotes.generation)
             self._changed()
 
     async def _start_process(self) -> WorkerProcess | None:
@@ -306,6 +309,24 @@ class AgentPool:
         if process.inference_runners and self.inference is not None:
             self.inference.attach(process, self.memory)
         return process
+
+    def _recycle(self, generation: int) -> None:
+        """Replace idle processes forked before ``generation`` (they share less memory)."""
+        if self._tg is None or self._closed:
+            return
+        stale = [p for p in self.idle if 0 < p.generation < generation]
+        for process in stale:
+            self.idle.remove(process)
+            self._tg.start_soon(process.stop, "replaced by a process that shares more")
+        if stale:
+            log.info(
+                "Agent %s: replacing %d warm process(es) forked before the base preloaded more.",
+                self.spec.agent_name,
+                len(stale),
+                extra={"agent": self.spec.agent_name},
+            )
+            self._changed()
+            self.wake()
 
     def _watch_memory(self, process: WorkerProcess, *, job_id: str | None) -> None:
         if self.monitor is not None and process.pid is not None:
@@ -356,13 +377,14 @@ class AgentPool:
                 self.monitor.unwatch(process.pid)
         if process in self.idle:
             self.idle.remove(process)
-            log.warning(
-                "Agent %s: idle job process %s exited (%s).",
-                self.spec.agent_name,
-                process.pid,
-                process.exit_description,
-                extra={"agent": self.spec.agent_name, "pid": process.pid},
-            )
+            if not (process.stopping or self._closed):  # not one the pool stopped itself
+                log.warning(
+                    "Agent %s: idle job process %s exited (%s).",
+                    self.spec.agent_name,
+                    process.pid,
+                    process.exit_description,
+                    extra={"agent": self.spec.agent_name, "pid": process.pid},
+                )
         for table in (self.reserved, self.running):
             for job_id, owner in list(table.items()):
                 if owner is process and table is self.reserved:

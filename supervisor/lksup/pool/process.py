@@ -182,6 +182,8 @@ class WorkerProcess:
         self.inference_runners: tuple[str, ...] = ()
         self.on_inference: Callable[[WorkerProcess, ipc.InferenceRequest], None] | None = None
         self.on_inference_response: Callable[[ipc.InferenceResponse], None] | None = None
+        self.generation = 0
+        """The template generation it was forked from (0: spawned)."""
         self.awaits_outcome_ack = False
         """The job reported its outcome before leaving its room and waits for it to be sent."""
         self.started_at = 0.0

@@ -290,6 +290,8 @@ class TemplateProcess(WorkerProcess):
                     tg.cancel_scope.cancel()
         finally:
             self._pending.pop(request.request_id, None)
+            if not self._pending and not self.children:
+                self._childless.set()
         if not box:
             if self.alive:
                 raise InitFailed(f"its template did not fork within {FORK_TIMEOUT:g}s")
@@ -301,8 +303,8 @@ class TemplateProcess(WorkerProcess):
         return answer.pid, pidfd
 
     async def wait_childless(self) -> None:
-        """Wait until no process forked from this template is running."""
-        while self.children and self.alive:
+        """Wait until no process forked from this template is running (or being forked)."""
+        while (self.children or self._pending) and self.alive:
             self._childless = anyio.Event()
             async with anyio.create_task_group() as tg:
 
@@ -367,6 +369,8 @@ class Zygotes:
         self.on_learned = on_learned
         self._configured: tuple[str, ...] = ()
         self._defaults = True
+        self._sdk = True
+        self._retiring: set[TemplateProcess] = set()
         self.preload: tuple[str, ...] = ()
         self.generation = 0
         """Bumped when the preload changes: templates of an older one are replaced."""
@@ -391,21 +395,30 @@ class Zygotes:
     async def aclose(self) -> None:
         """Stop every template once what was forked from it ended (agent templates first)."""
         self._closed = True
-        for generation in (list(self.templates.values()), list(self.bases.values())):
+        templates = [*self.templates.values(), *(t for t in self._retiring if t.launcher)]
+        bases = [*self.bases.values(), *(t for t in self._retiring if not t.launcher)]
+        for generation in (templates, bases):
             async with anyio.create_task_group() as tg:
                 for template in generation:
                     tg.start_soon(_stop_when_childless, template, "supervisor stopping")
 
-    def configure(self, *, preload: Sequence[str], defaults: bool) -> None:
-        """What the base template imports (``supervisor.preload`` and agents' ``preload``)."""
+    def configure(self, *, preload: Sequence[str], defaults: bool, sdk: bool = True) -> None:
+        """What the base template imports.
+
+        ``preload``: ``supervisor.preload`` and the agents' own; ``defaults``: also what is
+        worth sharing (the SDK and its warm-up when ``sdk``, a livekit-agents agent being in
+        the fleet, and what agent templates were seen importing).
+        """
         self._configured = tuple(dict.fromkeys(preload))
         self._defaults = defaults
+        self._sdk = sdk
         self._update()
 
     def _update(self) -> None:
         wanted = list(self._configured)
         if self._defaults:
-            wanted = [*DEFAULT_PRELOAD, *wanted, *sorted(self.learned)]
+            defaults = DEFAULT_PRELOAD if self._sdk else ()
+            wanted = [*defaults, *wanted, *sorted(self.learned)]
         preload = tuple(dict.fromkeys(wanted))
         if preload != self.preload:
             if self.preload:
@@ -413,25 +426,33 @@ class Zygotes:
             self.preload = preload
             self.generation += 1
 
-    def _learn(self, template: TemplateProcess) -> None:
+    def _learn(self, template: TemplateProcess) -> None:  # bumps the generation if it learns
         """Remember the plugins an agent template imported: the next base preloads them."""
         plugins = set(template.zygote.plugins if template.zygote else ())
         new = plugins - self.learned - set(self.preload)
         if not new or not self._defaults:
             return
-        log.info("Learned plugins to share: %s", ", ".join(sorted(new)))
+        log.info("Learned modules to share: %s", ", ".join(sorted(new)))
         self.learned |= new
         if self.on_learned is not None:
             self.on_learned(sorted(self.learned))
         self._update()
+        # warm processes forked from the old templates are replaced by ones that share more
+        for launchers in self._launchers.values():
+            for launcher in launchers:
+                if launcher.on_stale is not None:
+                    launcher.on_stale(self.generation)
 
     def _retire(self, template: TemplateProcess) -> None:
         """Stop ``template`` once the processes forked from it have ended."""
         assert self._tg is not None
 
+        self._retiring.add(template)
+
         async def retire() -> None:
             await template.wait_childless()
             await template.stop("replaced by a template with the current preload")
+            self._retiring.discard(template)
             if self.bases.get(template.spec.python) is template:
                 del self.bases[template.spec.python]
 
@@ -488,46 +509,52 @@ class Zygotes:
         """``spec``'s agent template, started (or restarted after it died) as needed."""
         key = _key(spec, isolated)
         async with self._lock(key):
-            current = self.templates.get(key)
-            if current is not None and current.alive and current.state is ProcessState.READY:
-                if isolated or current.generation == self.generation:
-                    return current
-                self._retire(current)  # forked from an older base: fork anew from the new one
-            elif current is not None:
-                log.warning(
-                    "The template of agent %s is gone; starting a new one.", spec.agent_name
-                )
-            template_spec = dataclasses.replace(
-                spec, initialize_timeout=max(spec.initialize_timeout, TEMPLATE_INIT_TIMEOUT)
+            while True:
+                template = await self._template(key, spec, isolated)
+                if isolated or template.generation == self.generation:
+                    return template
+                # it taught the base something: fork from a base that shares it instead
+                self._retire(template)
+
+    async def _template(
+        self, key: tuple[object, ...], spec: ProcessSpec, isolated: bool
+    ) -> TemplateProcess:
+        current = self.templates.get(key)
+        if current is not None and current.alive and current.state is ProcessState.READY:
+            if isolated or current.generation == self.generation:
+                return current
+            self._retire(current)  # forked from an older base: fork anew from the new one
+        elif current is not None:
+            log.warning("The template of agent %s is gone; starting a new one.", spec.agent_name)
+        template_spec = dataclasses.replace(
+            spec, initialize_timeout=max(spec.initialize_timeout, TEMPLATE_INIT_TIMEOUT)
+        )
+        if isolated:
+            start = ipc.ZygoteStart(
+                preload=self.preload,
+                imports=_imports(spec),
+                log_level=spec.log_level,
+                agent_name=spec.agent_name,
             )
-            if isolated:
-                start = ipc.ZygoteStart(
-                    preload=self.preload,
-                    imports=_imports(spec),
-                    log_level=spec.log_level,
-                    agent_name=spec.agent_name,
-                )
-                template = TemplateProcess(template_spec, start)
-            else:
-                base = await self.base(spec)
-                request = ipc.ForkTemplate(
-                    request_id="",
-                    agent_name=spec.agent_name,
-                    env=dict(spec.env),
-                    cwd=str(spec.cwd or os.getcwd()),
-                    imports=_imports(spec),
-                    log_level=spec.log_level,
-                )
-                template = TemplateProcess(
-                    template_spec, None, launcher=_ForkLauncher(base, request)
-                )
-            template = await self._start(template)
-            template.generation = self.generation
-            self.templates[key] = template
-            self._learn(template)
-            assert self._tg is not None
-            self._tg.start_soon(self._watch_template, key, template)
-            return template
+            template = TemplateProcess(template_spec, start)
+        else:
+            base = await self.base(spec)
+            request = ipc.ForkTemplate(
+                request_id="",
+                agent_name=spec.agent_name,
+                env=dict(spec.env),
+                cwd=str(spec.cwd or os.getcwd()),
+                imports=_imports(spec),
+                log_level=spec.log_level,
+            )
+            template = TemplateProcess(template_spec, None, launcher=_ForkLauncher(base, request))
+        template = await self._start(template)
+        template.generation = self.generation
+        self.templates[key] = template
+        self._learn(template)
+        assert self._tg is not None
+        self._tg.start_soon(self._watch_template, key, template)
+        return template
 
     async def _watch_template(self, key: tuple[object, ...], template: TemplateProcess) -> None:
         """An agent template that dies unexpectedly is its agents' init failure (backoff)."""
@@ -582,6 +609,9 @@ class ZygoteLauncher:
     isolated: bool = False
     on_failure: Callable[[str], None] | None = field(default=None, compare=False)
     """Told when the template dies unexpectedly (the pool records an init failure)."""
+    on_stale: Callable[[int], None] | None = field(default=None, compare=False)
+    """Told the new generation when the base's preload grew: warm processes of an older one
+    can be replaced by ones that share more."""
 
     def __post_init__(self) -> None:
         self.zygotes.acquire(self)
@@ -589,6 +619,7 @@ class ZygoteLauncher:
     async def launch(self, process: WorkerProcess, child: socket.socket) -> ProcessHandle:
         """Fork ``process`` from the agent's template (raises ``InitFailed``)."""
         template = await self.zygotes.template(self.spec, isolated=self.isolated)
+        process.generation = template.generation
         return await _ForkLauncher(template).launch(process, child)
 
     async def aclose(self) -> None:
