@@ -12,7 +12,7 @@ from livekit.protocol import agent
 
 from lksup import JobContext, JobProcess
 from lksup.jobs import runner
-from lksup.jobs.ipc import JobEnded, JobStarted
+from lksup.jobs.ipc import JobEnded, JobOutcome, JobStarted
 from lksup.jobs.runner import JobRun
 
 Entrypoint = Callable[[JobContext], Awaitable[None]]
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.anyio
 
 @dataclass
 class Outcome:
-    sent: list[JobStarted] = field(default_factory=list)
+    sent: list[JobStarted | JobOutcome] = field(default_factory=list)
     ended: list[JobEnded] = field(default_factory=list)
 
     @property
