@@ -119,7 +119,7 @@ def test_worker_options_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_worker_options_no_equivalent_listed_in_file_and_on_stderr() -> None:
     """Options with no fleet equivalent are comments at the top and warnings on stderr."""
     result = init("--from", "migrate.worker_options:opts")
-    dropped = ["load_fnc", "job_executor_type", "multiprocessing_context", "preload_modules"]
+    dropped = ["load_fnc", "job_executor_type", "multiprocessing_context"]
     assert header_options(result.stdout, "Not carried over") == dropped
     assert warned(result.stderr) == dropped
     assert "load_fnc (migrate.worker_options.compute_load): use the declarative `load:`" in (
@@ -150,8 +150,9 @@ def test_agent_server_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert agent.job_memory_limit_mb == 500
     assert agent.job_memory_warn_mb == 0  # the SDK's 1000 would be above the limit
     assert fleet.supervisor.http == "0.0.0.0:9100"
-    assert warned(result.stderr) == ["preload_modules", "on_session_end"]
-    assert "on_session_end (migrate.agent_server.on_end): no equivalent yet" in result.stderr
+    assert warned(result.stderr) == []
+    assert agent.preload == ["json"]  # preload_modules: what the shared base imports too
+    assert agent.session_end_fnc == "migrate.agent_server:on_end"  # on_session_end
 
 
 def test_hard_coded_secrets_never_printed(tmp_path: Path) -> None:
@@ -413,8 +414,8 @@ TABLE: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, str 
     ({"job_executor_type": "thread"}, {}, {}, {"job_executor_type": "dropped"}),
     ({"job_executor_type": "process"}, {}, {}, {}),
     ({"multiprocessing_context": "spawn"}, {}, {}, {"multiprocessing_context": "dropped"}),
-    ({"preload_modules": ["torch"]}, {}, {}, {"preload_modules": "dropped"}),
-    ({"on_session_end": fn("end")}, {}, {}, {"on_session_end": "dropped"}),
+    ({"preload_modules": ["torch"]}, {"preload": ["torch"]}, {}, {}),
+    ({"on_session_end": fn("end")}, {"session_end_fnc": "agent:end"}, {}, {}),
     ({"session_end_timeout": 30.0}, {}, {}, {"session_end_timeout": "dropped"}),
     ({"on_simulation_end": fn("sim")}, {}, {}, {"on_simulation_end": "dropped"}),
     ({"log_level": "DEBUG"}, {}, {}, {"log_level": "dropped"}),

@@ -55,6 +55,9 @@ AGENT = """
     async def on_shutdown(reason: str) -> None:
         log.info("shutdown callback: %s", reason)
 
+    async def on_session_end(ctx: JobContext) -> None:
+        log.info("session end: job=%s same=%s", ctx.job.id, get_job_context() is ctx)
+
     async def entrypoint(ctx: JobContext) -> None:
         ctx.add_shutdown_callback(on_shutdown)
         order = json.loads(ctx.job.metadata)
@@ -535,3 +538,23 @@ async def test_an_sdk_that_cannot_be_imported_fails_ready_with_the_reason(tmp_pa
         assert ready.error.startswith("livekit-agents cannot be imported: ImportError: ")
         assert "liblivekit_ffi.so: cannot open shared object file" in ready.error
         assert await child.wait_exit() == ipc.ExitCode.INIT_FAILED
+
+
+async def test_the_session_end_function_runs_before_the_shutdown_callbacks(
+    agent_dir: Path,
+) -> None:
+    """session_end_fnc is the SDK's on_session_end: it gets the job's context once the primary
+    session closed, before the room is left and the shutdown callbacks run."""
+    async with spawn(agent_dir, env=sdk_env()) as child:
+        await child.ready(initialize(session_end_fnc="agent:on_session_end"))
+        await child.send(start("shutdown"))
+        await child.expect(ipc.JobStarted)
+        assert await child.expect(ipc.JobEnded) == ipc.JobEnded(
+            job_id="AJ_1", error="", reason="conversation over"
+        )
+        messages = child.log_messages()
+        assert "session end: job=AJ_1 same=True" in messages
+        assert messages.index("session end: job=AJ_1 same=True") < messages.index(
+            "shutdown callback: conversation over"
+        )
+        assert await child.wait_exit() == ipc.ExitCode.OK

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Initialize(_message.Message):
-    __slots__ = ("agent_name", "entrypoint", "prewarm", "request_fnc", "log_level", "shutdown_grace", "runtime")
+    __slots__ = ("agent_name", "entrypoint", "prewarm", "request_fnc", "log_level", "shutdown_grace", "runtime", "session_end_fnc")
     AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
     ENTRYPOINT_FIELD_NUMBER: _ClassVar[int]
     PREWARM_FIELD_NUMBER: _ClassVar[int]
@@ -15,6 +15,7 @@ class Initialize(_message.Message):
     LOG_LEVEL_FIELD_NUMBER: _ClassVar[int]
     SHUTDOWN_GRACE_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    SESSION_END_FNC_FIELD_NUMBER: _ClassVar[int]
     agent_name: str
     entrypoint: str
     prewarm: str
@@ -22,7 +23,8 @@ class Initialize(_message.Message):
     log_level: str
     shutdown_grace: float
     runtime: str
-    def __init__(self, agent_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., prewarm: _Optional[str] = ..., request_fnc: _Optional[str] = ..., log_level: _Optional[str] = ..., shutdown_grace: _Optional[float] = ..., runtime: _Optional[str] = ...) -> None: ...
+    session_end_fnc: str
+    def __init__(self, agent_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., prewarm: _Optional[str] = ..., request_fnc: _Optional[str] = ..., log_level: _Optional[str] = ..., shutdown_grace: _Optional[float] = ..., runtime: _Optional[str] = ..., session_end_fnc: _Optional[str] = ...) -> None: ...
 
 class StartInference(_message.Message):
     __slots__ = ("runners", "log_level")

@@ -112,6 +112,7 @@ def build_spec(
         initialize_timeout=agent.initialize_process_timeout,
         secrets=redactor.values,
         runtime=agent.runtime,
+        session_end_fnc=agent.session_end_fnc or "",
         python=interpreter(agent, env.base_dir),
     )
 

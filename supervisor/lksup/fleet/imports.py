@@ -24,7 +24,12 @@ from lksup.jobs.ipc import ExitCode, launch_command, runtime_missing_message
 
 #: Extra time beyond the agent's initialize_process_timeout that an import check may take.
 CHECK_TIMEOUT_MARGIN = 50.0
-_KINDS = {"entrypoint": "async", "prewarm": "sync", "request_fnc": "async"}
+_KINDS = {
+    "entrypoint": "async",
+    "prewarm": "sync",
+    "request_fnc": "async",
+    "session_end_fnc": "async",
+}
 
 
 @dataclass(frozen=True)

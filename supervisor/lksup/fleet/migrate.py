@@ -239,6 +239,14 @@ def _dropped(advice: str) -> Callable[[_Builder, str, Any], None]:
     return handle
 
 
+def _preload(b: _Builder, option: str, value: Any) -> None:
+    if isinstance(value, list | tuple) and all(isinstance(m, str) for m in value):
+        if value:
+            b.agent["preload"] = list(value)
+    else:
+        b.note(option, "unexpected value, not carried over", value=_label(value))
+
+
 def _executor(b: _Builder, option: str, value: Any) -> None:
     if value != "process":
         _dropped("not yet: lksup runs every job in its own process (process only)")(
@@ -288,19 +296,10 @@ HANDLERS: dict[str, Callable[[_Builder, str, Any], None]] = {
         "lksup starts job processes itself, each in its own session; there is no start "
         "method to choose"
     ),
-    "preload_modules": _dropped(
-        "not yet: each job process imports the agent's module; import heavy modules at its "
-        "top level, or load models in prewarm"
-    ),
-    "on_session_end": _dropped(
-        "no equivalent yet: do end-of-session work at the end of the entrypoint "
-        "(try/finally) or in ctx.add_shutdown_callback()"
-    ),
-    "session_end_fnc": _dropped(
-        "no equivalent yet: do end-of-session work at the end of the entrypoint "
-        "(try/finally) or in ctx.add_shutdown_callback()"
-    ),
-    "session_end_timeout": _dropped("no equivalent (on_session_end is not supported)"),
+    "preload_modules": _preload,
+    "on_session_end": _function("session_end_fnc"),
+    "session_end_fnc": _function("session_end_fnc"),
+    "session_end_timeout": _dropped("no equivalent: session_end_fnc gets the SDK's 60 s"),
     "on_simulation_end": _dropped("no equivalent (`lk simulate` runs are not supported)"),
     "log_level": _log_level,
     "prometheus_multiproc_dir": _dropped(

@@ -135,6 +135,14 @@ def _check_agent(fleet: Fleet, name: str, agent: Agent) -> list[Finding]:
                 "(jobs = running jobs / max_jobs)",
             )
         )
+    if agent.session_end_fnc and agent.runtime != "livekit-agents":
+        found.append(
+            Finding(
+                origin(fleet, name, "session_end_fnc"),
+                f"agent {name!r}: session_end_fnc needs runtime: livekit-agents (it receives "
+                "the SDK's JobContext once the AgentSession closed)",
+            )
+        )
     limit, warn = agent.job_memory_limit_mb, agent.job_memory_warn_mb
     if limit and warn and warn >= limit:
         found.append(

@@ -424,6 +424,10 @@ class AgentOptions(_Model):
     """Python request function ``async def f(req: JobRequest)``, run in the warm process that
     would take the job, after the declarative ``request`` policy accepted the offer."""
 
+    session_end_fnc: ImportRef | None = None
+    """runtime livekit-agents: ``async def on_session_end(ctx: JobContext)``, run when the job's
+    primary AgentSession has closed (the SDK's ``on_session_end``)."""
+
     load: LoadExpr = "cpu"
     """How load is computed (``load_fnc``): cpu (host/cgroup CPU share), memory (host memory
     share), jobs (running jobs / max_jobs), or an expression such as max(cpu, jobs)."""

@@ -119,6 +119,8 @@ class Initialize:
     """Seconds the entrypoint gets to return after a shutdown request before it is cancelled."""
     runtime: str = ""
     """What the functions are written against: ``lksup`` (empty) or ``livekit-agents``."""
+    session_end_fnc: str = ""
+    """livekit-agents: ``module:attribute`` run once the primary AgentSession closed."""
 
 
 @dataclass(frozen=True)

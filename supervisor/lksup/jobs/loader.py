@@ -50,6 +50,7 @@ class AgentFunctions:
     entrypoint: Callable[[JobContext], Awaitable[None]]
     prewarm: Callable[[JobProcess], object] | None = None
     request_fnc: Callable[[JobRequest], Awaitable[None]] | None = None
+    session_end_fnc: Callable[[Any], Awaitable[None]] | None = None
 
 
 def _relative(filename: str) -> str:
@@ -129,7 +130,17 @@ def load_agent(init: Initialize) -> AgentFunctions:
         if init.request_fnc
         else None
     )
-    return AgentFunctions(entrypoint=entrypoint, prewarm=prewarm, request_fnc=request_fnc)
+    session_end_fnc = (
+        _resolve(init.session_end_fnc, field="session_end_fnc", want_async=True)
+        if init.session_end_fnc
+        else None
+    )
+    return AgentFunctions(
+        entrypoint=entrypoint,
+        prewarm=prewarm,
+        request_fnc=request_fnc,
+        session_end_fnc=session_end_fnc,
+    )
 
 
 def run_prewarm(functions: AgentFunctions, proc: JobProcess, *, ref: str) -> None:

@@ -141,6 +141,8 @@ class ProcessSpec:
     records, stdout, stderr and error messages) before it reaches the supervisor's log."""
     runtime: str = ""
     """What the agent's functions are written against: lksup (empty) or livekit-agents."""
+    session_end_fnc: str = ""
+    """livekit-agents: run once the job's primary AgentSession closed."""
     python: str = ""
     """The interpreter of the job processes; empty: the supervisor's own."""
 
@@ -314,6 +316,7 @@ class WorkerProcess:
             log_level=spec.log_level,
             shutdown_grace=spec.shutdown_grace,
             runtime=spec.runtime,
+            session_end_fnc=spec.session_end_fnc,
         )
 
     async def _initialize(self) -> str | None:

@@ -653,7 +653,7 @@ def forking_supported() -> bool:
 
 def _imports(spec: ProcessSpec) -> tuple[str, ...]:
     modules = []
-    for ref in (spec.entrypoint, spec.prewarm, spec.request_fnc):
+    for ref in (spec.entrypoint, spec.prewarm, spec.request_fnc, spec.session_end_fnc):
         module = ref.partition(":")[0]
         if module and module not in modules:
             modules.append(module)

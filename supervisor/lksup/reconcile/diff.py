@@ -33,6 +33,7 @@ REPLACE_FIELDS = frozenset(
         "entrypoint",
         "prewarm",
         "request_fnc",
+        "session_end_fnc",
         "env",
         "working_dir",
         "permissions",

@@ -161,6 +161,7 @@ class JobHost:
         prewarm: Callable[[Any], object] | None,
         on_inference: Callable[[str, str, bytes], None],
         on_exiting: Callable[[str], Awaitable[None]] | None = None,
+        session_end: Callable[[Any], Awaitable[None]] | None = None,
     ) -> None:
         from livekit.agents.ipc import job_proc_lazy_main, proto
 
@@ -179,7 +180,7 @@ class JobHost:
         self._proc = job_proc_lazy_main._JobProc(
             prewarm or _no_prewarm,
             entrypoint,
-            None,  # session_end_fnc: the fleet has no equivalent yet
+            session_end,
             executor_type=JobExecutorType.PROCESS,
             **kwargs,
         )

@@ -105,6 +105,7 @@ def initialise(init: Initialize, outbox: Outbox) -> SdkRuntime | None:
             prewarm=functions.prewarm,
             on_inference=runtime.request_inference,
             on_exiting=runtime.job_exiting,
+            session_end=functions.session_end_fnc,
         )
     except Exception as exc:  # installed but broken (a missing native library...)
         failed(f"livekit-agents cannot be imported: {describe_exception(exc, with_location=True)}")
