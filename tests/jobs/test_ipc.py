@@ -29,6 +29,8 @@ messages: st.SearchStrategy[ipc.Message] = st.one_of(
         log_level=text,
         shutdown_grace=floats,
         runtime=text,
+        session_end_fnc=text,
+        max_jobs=int32,
     ),
     st.builds(
         ipc.OfferRequest,
@@ -61,7 +63,7 @@ messages: st.SearchStrategy[ipc.Message] = st.one_of(
         error=text,
     ),
     st.builds(ipc.InferenceRequest, request_id=text, method=text, data=st.binary(max_size=64)),
-    st.builds(ipc.Shutdown, reason=text),
+    st.builds(ipc.Shutdown, reason=text, job_id=text),
     st.builds(
         ipc.ZygoteStart,
         preload=st.lists(text, max_size=3).map(tuple),

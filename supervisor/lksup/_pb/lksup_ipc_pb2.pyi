@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Initialize(_message.Message):
-    __slots__ = ("agent_name", "entrypoint", "prewarm", "request_fnc", "log_level", "shutdown_grace", "runtime", "session_end_fnc")
+    __slots__ = ("agent_name", "entrypoint", "prewarm", "request_fnc", "log_level", "shutdown_grace", "runtime", "session_end_fnc", "max_jobs")
     AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
     ENTRYPOINT_FIELD_NUMBER: _ClassVar[int]
     PREWARM_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class Initialize(_message.Message):
     SHUTDOWN_GRACE_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     SESSION_END_FNC_FIELD_NUMBER: _ClassVar[int]
+    MAX_JOBS_FIELD_NUMBER: _ClassVar[int]
     agent_name: str
     entrypoint: str
     prewarm: str
@@ -24,7 +25,8 @@ class Initialize(_message.Message):
     shutdown_grace: float
     runtime: str
     session_end_fnc: str
-    def __init__(self, agent_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., prewarm: _Optional[str] = ..., request_fnc: _Optional[str] = ..., log_level: _Optional[str] = ..., shutdown_grace: _Optional[float] = ..., runtime: _Optional[str] = ..., session_end_fnc: _Optional[str] = ...) -> None: ...
+    max_jobs: int
+    def __init__(self, agent_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., prewarm: _Optional[str] = ..., request_fnc: _Optional[str] = ..., log_level: _Optional[str] = ..., shutdown_grace: _Optional[float] = ..., runtime: _Optional[str] = ..., session_end_fnc: _Optional[str] = ..., max_jobs: _Optional[int] = ...) -> None: ...
 
 class StartInference(_message.Message):
     __slots__ = ("runners", "log_level")
@@ -150,10 +152,12 @@ class InferenceResponse(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., data: _Optional[bytes] = ..., has_data: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Shutdown(_message.Message):
-    __slots__ = ("reason",)
+    __slots__ = ("reason", "job_id")
     REASON_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
     reason: str
-    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+    job_id: str
+    def __init__(self, reason: _Optional[str] = ..., job_id: _Optional[str] = ...) -> None: ...
 
 class Ping(_message.Message):
     __slots__ = ("sent_at_ns",)

@@ -113,6 +113,7 @@ def build_spec(
         secrets=redactor.values,
         runtime=agent.runtime,
         session_end_fnc=agent.session_end_fnc or "",
+        max_jobs=agent.max_jobs_per_process if agent.job_executor == "thread" else 1,
         python=interpreter(agent, env.base_dir),
     )
 

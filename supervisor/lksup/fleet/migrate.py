@@ -249,7 +249,7 @@ def _preload(b: _Builder, option: str, value: Any) -> None:
 
 def _executor(b: _Builder, option: str, value: Any) -> None:
     if value != "process":
-        _dropped("not yet: lksup runs every job in its own process (process only)")(
+        _dropped("not yet for livekit-agents agents: every SDK job runs in its own process")(
             b, option, value
         )
 

@@ -405,6 +405,14 @@ class AgentOptions(_Model):
     environment at import); spawn: a fresh interpreter per process. Where forking with pidfds
     is not available (not Linux), zygote and isolated spawn."""
 
+    job_executor: Literal["process", "thread"] = "process"
+    """process: every job in a process of its own. thread: several jobs share one job host
+    process, each in its own thread and event loop (as the SDK's thread executor; for light
+    agents on small machines: jobs share the host's memory, its memory limit and its fate)."""
+
+    max_jobs_per_process: Annotated[int, Field(ge=1)] = 4
+    """job_executor thread: most jobs one host runs at once (more start another host)."""
+
     preload: list[Annotated[str, AfterValidator(_check_module_name)]] = Field(default_factory=list)
     """Modules the fleet's base template imports for this agent too (plugins, model loaders),
     so their memory is shared with every agent's processes."""

@@ -110,6 +110,10 @@ def _initialise(init: Initialize, outbox: Outbox) -> ChildRuntime | SdkRuntime |
     if not sys.path or sys.path[0] != cwd:
         sys.path.insert(0, cwd)
     if init.runtime == RUNTIME_LIVEKIT_AGENTS:
+        if init.max_jobs > 1:
+            error = "job_executor: thread is not available for runtime livekit-agents yet"
+            outbox.send(Ready(pid=os.getpid(), error=error))
+            return None
         from lksup.jobs.sdk import runtime as sdk_runtime  # imports nothing of the SDK yet
 
         return sdk_runtime.initialise(init, outbox)
@@ -126,6 +130,10 @@ def _initialise(init: Initialize, outbox: Outbox) -> ChildRuntime | SdkRuntime |
         outbox.send(Ready(pid=os.getpid(), error=str(exc), init_seconds=elapsed))
         return None
     outbox.send(Ready(pid=os.getpid(), init_seconds=time.perf_counter() - started))
+    if init.max_jobs > 1:
+        from lksup.jobs.threads import ThreadHost
+
+        return ThreadHost(init=init, functions=functions, proc=proc, outbox=outbox)
     return ChildRuntime(init=init, functions=functions, proc=proc, outbox=outbox)
 
 

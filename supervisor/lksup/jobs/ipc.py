@@ -121,6 +121,9 @@ class Initialize:
     """What the functions are written against: ``lksup`` (empty) or ``livekit-agents``."""
     session_end_fnc: str = ""
     """livekit-agents: ``module:attribute`` run once the primary AgentSession closed."""
+    max_jobs: int = 0
+    """Above 1: a thread host that runs up to this many jobs at once, each in its own thread
+    and event loop (``job_executor: thread``)."""
 
 
 @dataclass(frozen=True)
@@ -216,6 +219,8 @@ class Shutdown:
     """End the job (or stop an idle process)."""
 
     reason: str = ""
+    job_id: str = ""
+    """A thread host: end this job only. Empty: the job, or the whole process."""
 
 
 @dataclass(frozen=True)

@@ -151,15 +151,22 @@ class ChildRuntime:
                 self._tg.start_soon(self._offer, msg, name="request function")
             case StartJob():
                 self._start_job(msg)
-            case Shutdown(reason=reason):
-                self._shutdown(reason or "shutdown requested")
-            case OutcomeReported():
-                if self._job is not None:
-                    self._job.outcome_reported()
+            case Shutdown(reason=reason, job_id=job_id):
+                self._shutdown(reason or "shutdown requested", job_id)
+            case OutcomeReported(job_id=job_id):
+                self._outcome_reported(job_id)
             case _:
                 logger.warning("Ignoring an unexpected %s message.", type(msg).__name__)
 
-    def _shutdown(self, reason: str) -> None:
+    def _outcome_reported(self, job_id: str) -> None:
+        if self._job is not None:
+            self._job.outcome_reported()
+
+    def _busy(self) -> bool:
+        """No room for another job (answers offers with a decline)."""
+        return self._job is not None
+
+    def _shutdown(self, reason: str, job_id: str = "") -> None:
         if self._job is None:
             logger.info("Shutting down while idle: %s.", reason)
             self._finish()
@@ -220,7 +227,7 @@ class ChildRuntime:
         except DecodeError as exc:
             self._answer(OfferAnswer(accept=False, error=f"undecodable job: {exc}"), "")
             return
-        if self._job is not None:
+        if self._busy():
             busy = OfferAnswer(accept=False, error="this process is already running a job")
             self._answer(busy, job.id)
             return

@@ -346,8 +346,15 @@ class AgentPool:
         for process in list(self.idle):  # an idle process over its limit: replace it
             if process.pid == event.pid and self._tg is not None:
                 self.idle.remove(process)
-                self._tg.start_soon(process.stop, event.reason)
+                if process.running_jobs():  # a host: its jobs fail with the reason
+                    self._tg.start_soon(process.kill, event.reason)
+                else:
+                    self._tg.start_soon(process.stop, event.reason)
                 self._changed()
+                return
+        for process in set(self.running.values()):  # a full host over its limit
+            if process.pid == event.pid and self._tg is not None:
+                self._tg.start_soon(process.kill, event.reason)
 
     def _record_failure(self, reason: str) -> None:
         now = anyio.current_time()
@@ -406,8 +413,24 @@ class AgentPool:
 
     # --- offers -------------------------------------------------------------------------------
 
+    def _load(self, process: WorkerProcess) -> int:
+        """Jobs a process holds: reserved for it or running in it."""
+        tables = (self.reserved, self.running)
+        return sum(1 for table in tables for owner in table.values() if owner is process)
+
+    def _has_room(self, process: WorkerProcess) -> bool:
+        return self._load(process) < self.spec.max_jobs
+
     async def _acquire(self) -> WorkerProcess | None:
         """A READY process for an offer: an idle one, or a new one (the caller bounds the wait)."""
+        if self.spec.max_jobs > 1:  # thread hosts stay in the idle set while they have room
+            hosts = [
+                host
+                for host in self.idle
+                if host.alive and host.state is ProcessState.READY and self._has_room(host)
+            ]
+            if hosts:  # the busiest with room: jobs pack, the others stay warm
+                return max(hosts, key=self._load)
         while self.idle:
             process = self.idle.pop(0)
             if process.alive and process.state is ProcessState.READY:
@@ -439,8 +462,12 @@ class AgentPool:
         process = await self._acquire()
         if process is None:
             return Decline(reason=self.last_failure or "no job process available")
-        process.state = ProcessState.RESERVED
         self.reserved[job.id] = process
+        if process.host:
+            if process in self.idle and not self._has_room(process):
+                self.idle.remove(process)  # full: back in the idle set when a job ends
+        else:
+            process.state = ProcessState.RESERVED
         values = {"job_id": job.id, "agent_name": self.spec.agent_name, "room": job.room_name}
         identity = self.policy.fill(self.policy.identity, **values)
         name = self.policy.fill(self.policy.name, **values)
@@ -470,7 +497,7 @@ class AgentPool:
         process = self.reserved.pop(job_id, None)
         if process is None:
             return
-        if process.alive and not self._closed:
+        if process.alive and not self._closed and process not in self.idle:
             process.state = ProcessState.READY
             self.idle.insert(0, process)
         self._changed()
@@ -491,7 +518,8 @@ class AgentPool:
             self.stats.jobs_failed += 1
             return
         self.running[job.id] = process
-        self._watch_memory(process, job_id=job.id)
+        if not process.host:  # a host's memory is its own, whatever jobs it runs
+            self._watch_memory(process, job_id=job.id)
         try:
             accept = accepted.accept if accepted is not None else None
             start = ipc.StartJob(
@@ -515,27 +543,34 @@ class AgentPool:
                 self.stats.jobs_started += 1
                 session.job_started(job.id)
                 self._changed()
-            outcome: JobOutcome = await process.wait_job()
+            outcome: JobOutcome = await process.wait_job(job.id)
             if outcome.error is None:
                 self.stats.jobs_succeeded += 1
             else:
                 self.stats.jobs_failed += 1
             session.job_ended(job.id, error=outcome.error)
-            if process.awaits_outcome_ack:  # once the status is written, the room may be left
+            if process.awaits_outcome_ack(job.id):  # once the status is written, leave the room
                 with anyio.move_on_after(OUTCOME_FLUSH_TIMEOUT):
                     await session.flushed()
                 await process.send(ipc.OutcomeReported(job_id=job.id))
         finally:
             self.running.pop(job.id, None)
-            with anyio.CancelScope(shield=True):
-                await process.stop("job ended")
+            if process.host:  # it serves the next jobs
+                if process.alive and not self._closed and process not in self.idle:
+                    self.idle.append(process)
+            else:
+                with anyio.CancelScope(shield=True):
+                    await process.stop("job ended")
             self._changed()
 
     def terminate(self, job_id: str) -> None:
         """The server ended the job: run the stop sequence (``Hooks.terminate``)."""
         process = self.running.get(job_id)
         if process is not None and self._tg is not None:
-            self._tg.start_soon(process.stop, "terminated by the server")
+            if process.host:
+                self._tg.start_soon(process.stop_job, job_id, "terminated by the server")
+            else:
+                self._tg.start_soon(process.stop, "terminated by the server")
 
     def fail_job(self, job_id: str, reason: str) -> None:
         """End a running job now, as failed with ``reason`` (memory limit): kill its process."""

@@ -136,6 +136,8 @@ class ProcessSpec:
     term_grace: float = 2.0
     ping_interval: float = 2.5
     ping_timeout: float = 60.0
+    max_jobs: int = 1
+    """Jobs one process runs at once: above 1, a thread host (``job_executor: thread``)."""
     secrets: frozenset[str] = field(default_factory=frozenset, repr=False)
     """Resolved secret values in ``env``: masked in everything the process says (its log
     records, stdout, stderr and error messages) before it reaches the supervisor's log."""
@@ -145,6 +147,19 @@ class ProcessSpec:
     """livekit-agents: run once the job's primary AgentSession closed."""
     python: str = ""
     """The interpreter of the job processes; empty: the supervisor's own."""
+
+
+@dataclass
+class _JobSlot:
+    """One job of a process: when it started and how it ended."""
+
+    started: anyio.Event = field(default_factory=anyio.Event)
+    ended: anyio.Event = field(default_factory=anyio.Event)
+    outcome: JobOutcome | None = None
+    failure: str | None = None
+    """The supervisor ended the process as a failure while this job ran: that wins."""
+    awaits_ack: bool = False
+    """It reported its outcome before leaving its room and waits for it to be sent."""
 
 
 @dataclass(frozen=True)
@@ -186,8 +201,8 @@ class WorkerProcess:
         self.on_inference_response: Callable[[ipc.InferenceResponse], None] | None = None
         self.generation = 0
         """The template generation it was forked from (0: spawned)."""
-        self.awaits_outcome_ack = False
-        """The job reported its outcome before leaving its room and waits for it to be sent."""
+        self.jobs: dict[str, _JobSlot] = {}
+        """Its jobs (several at once in a thread host), kept until the process exits."""
         self.started_at = 0.0
         self.ready_at: float | None = None
         self.job_started_at: float | None = None
@@ -197,9 +212,6 @@ class WorkerProcess:
         self._ready = anyio.Event()
         self._ready_message: ipc.Ready | None = None
         self._exited = anyio.Event()
-        self._job_started = anyio.Event()
-        self._job_ended = anyio.Event()
-        self._outcome: JobOutcome | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._answers: dict[str, anyio.Event] = {}
         self._answer_values: dict[str, ipc.OfferAnswer] = {}
@@ -317,6 +329,7 @@ class WorkerProcess:
             shutdown_grace=spec.shutdown_grace,
             runtime=spec.runtime,
             session_end_fnc=spec.session_end_fnc,
+            max_jobs=spec.max_jobs if spec.max_jobs > 1 else 0,
         )
 
     async def _initialize(self) -> str | None:
@@ -429,14 +442,19 @@ class WorkerProcess:
                 self._answer_values[message.job_id] = message
                 waiter.set()
         elif isinstance(message, ipc.JobStarted):
-            self._job_started.set()
+            slot = self._slot(message.job_id)
+            if slot is not None:
+                slot.started.set()
         elif isinstance(message, ipc.JobOutcome | ipc.JobEnded):
-            if self._outcome is None:  # an early outcome was reported already: it stands
+            slot = self._slot(message.job_id)
+            if slot is None:
+                return
+            if slot.outcome is None:  # an early outcome was reported already: it stands
                 error = self._scrub(message.error) or None
                 reason = self._scrub(message.reason)
-                self._outcome = JobOutcome(error, reason or ("failed" if error else "done"))
-                self.awaits_outcome_ack = isinstance(message, ipc.JobOutcome)
-            self._job_ended.set()
+                slot.outcome = JobOutcome(error, reason or ("failed" if error else "done"))
+                slot.awaits_ack = isinstance(message, ipc.JobOutcome)
+            slot.ended.set()
         elif isinstance(message, ipc.LogRecord):
             text = message.message + (f"\n{message.exc_text}" if message.exc_text else "")
             text = self._scrub(text)
@@ -506,7 +524,7 @@ class WorkerProcess:
                     self.spec.ping_timeout,
                     extra=self._extra(),
                 )
-                self._stop_reason = "job process unresponsive"
+                self._fail_running("job process unresponsive")
                 await self._kill()
                 return
             await self.send(ipc.Ping(sent_at_ns=int(anyio.current_time() * 1e9)))
@@ -532,49 +550,101 @@ class WorkerProcess:
         finally:
             self._answers.pop(job_id, None)
 
+    def _slot(self, job_id: str) -> _JobSlot | None:
+        """The job a message is about (an empty id: the only one, from an older child)."""
+        if job_id:
+            return self.jobs.get(job_id)
+        return next(iter(self.jobs.values()), None) if len(self.jobs) == 1 else None
+
+    @property
+    def host(self) -> bool:
+        """A thread host: several jobs at once, and it outlives them."""
+        return bool(self.spec.max_jobs > 1)
+
+    async def _until(self, event: anyio.Event) -> None:
+        """Wait for ``event`` or the exit of the process, whichever comes first."""
+        async with anyio.create_task_group() as tg:
+
+            async def exited() -> None:
+                await self._exited.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(exited)
+            await event.wait()
+            tg.cancel_scope.cancel()
+
     async def start_job(self, start: ipc.StartJob, job_id: str) -> bool:
         """Hand the job over; True once the entrypoint was called (JobStarted)."""
+        slot = self.jobs[job_id] = _JobSlot()
         self.job_id = job_id
         self.job_started_at = anyio.current_time()
-        self.state = ProcessState.RUNNING
+        if not self.host:
+            self.state = ProcessState.RUNNING
         if not await self.send(start):
             return False
-        async with anyio.create_task_group() as tg:
+        await self._until(slot.started)
+        return slot.started.is_set()
 
-            async def exited() -> None:
-                await self._exited.wait()
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(exited)
-            await self._job_started.wait()
-            tg.cancel_scope.cancel()
-        return self._job_started.is_set()
-
-    async def wait_job(self) -> JobOutcome:
+    async def wait_job(self, job_id: str) -> JobOutcome:
         """Wait until the job ended (JobEnded, or the process died)."""
-        async with anyio.create_task_group() as tg:
+        slot = self.jobs[job_id]
+        await self._until(slot.ended)
+        self._settle(slot)
+        assert slot.outcome is not None
+        return slot.outcome
 
-            async def exited() -> None:
-                await self._exited.wait()
-                tg.cancel_scope.cancel()
+    def awaits_outcome_ack(self, job_id: str) -> bool:
+        """The job reported its outcome early and waits to hear that it was sent."""
+        slot = self.jobs.get(job_id)
+        return slot is not None and slot.awaits_ack
 
-            tg.start_soon(exited)
-            await self._job_ended.wait()
-            tg.cancel_scope.cancel()
-        self._settle_job()
-        assert self._outcome is not None
-        return self._outcome
+    def running_jobs(self) -> int:
+        """Jobs handed over that have not ended."""
+        return sum(1 for slot in self.jobs.values() if not slot.ended.is_set())
 
     def _settle_job(self) -> None:
-        if self._stop_reason is not None:  # the supervisor ended it as a failure: that wins
-            self._outcome = JobOutcome(self._stop_reason, self._stop_reason)
-        elif self._outcome is None and self._exited.is_set():
+        for slot in self.jobs.values():
+            self._settle(slot)
+
+    def _fail_running(self, reason: str) -> None:
+        """The supervisor ends the process as a failure: its running jobs fail with ``reason``."""
+        self._stop_reason = reason
+        for slot in self.jobs.values():
+            if not slot.ended.is_set():
+                slot.failure = reason
+
+    def _settle(self, slot: _JobSlot) -> None:
+        if slot.failure is not None:  # the supervisor ended it as a failure: that wins
+            slot.outcome = JobOutcome(slot.failure, slot.failure)
+        elif slot.outcome is None and self._exited.is_set():
             reason = describe_exit(self.exit_code)
-            self._outcome = JobOutcome(reason, reason)
+            slot.outcome = JobOutcome(reason, reason)
+
+    async def stop_job(self, job_id: str, reason: str) -> None:
+        """End one job of a thread host: Shutdown(job_id), then ``shutdown_timeout``.
+
+        A job that does not end in time takes its host down (the stop sequence): its thread
+        cannot be stopped on its own, and the host's other jobs fail with it.
+        """
+        slot = self.jobs.get(job_id)
+        if slot is None or slot.ended.is_set():
+            return
+        await self.send(ipc.Shutdown(reason=reason, job_id=job_id))
+        with anyio.move_on_after(self.spec.shutdown_timeout):
+            await self._until(slot.ended)
+        if not slot.ended.is_set() and self.alive:
+            log.warning(
+                "Job %s did not end in %gs; stopping its host %s.",
+                job_id,
+                self.spec.shutdown_timeout,
+                self.pid,
+                extra=self._extra(),
+            )
+            await self.stop(f"job {job_id} did not end in time")
 
     async def kill(self, reason: str) -> None:
         """End the process now (SIGKILL) and fail its job with ``reason``."""
-        self._stop_reason = reason
+        self._fail_running(reason)
         self._stopping = True
         await self._kill()
 

@@ -42,6 +42,8 @@ REPLACE_FIELDS = frozenset(
         "runtime",
         "python",
         "process_start",
+        "job_executor",
+        "max_jobs_per_process",
         "preload",
     }
 )
