@@ -57,10 +57,14 @@ async def entrypoint(ctx):
         sys.stdout.flush()
         return
     if mode.startswith("alloc:"):
-        blob = bytearray(int(mode.split(":")[1]) * 1024 * 1024)
-        for i in range(0, len(blob), 4096):
-            blob[i] = 1
-        log.info("allocated %d MB", len(blob) // (1024 * 1024))
+        blobs = []
+        for _ in range(int(mode.split(":")[1]) // 10):  # 10 MB at a time: the monitor sees it grow
+            blob = bytearray(10 * 1024 * 1024)
+            for i in range(0, len(blob), 4096):
+                blob[i] = 1
+            blobs.append(blob)
+            await asyncio.sleep(0.02)
+        log.info("allocated %d MB", 10 * len(blobs))
         await ctx.wait_for_shutdown()
         return
     await asyncio.sleep(0.05)

@@ -489,9 +489,11 @@ def decode(payload: bytes) -> Message:
 #: missing lksup is one clear exit status instead of a traceback.
 _BOOTSTRAP = """\
 import importlib.util, runpy, sys
-try:
+try:  # lksup and what it needs (its source alone on sys.path is not an installation)
+    import anyio, google.protobuf, lksup.jobs.ipc
     found = importlib.util.find_spec(MODULE) is not None
-except ImportError:
+except ImportError as exc:
+    sys.stderr.write("cannot import lksup's job runtime: " + str(exc) + "\\n")
     found = False
 if not found:
     sys.stderr.write("cannot import " + MODULE + " (is lksup installed here?)\\n")
