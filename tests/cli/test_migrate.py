@@ -125,9 +125,7 @@ def test_worker_options_no_equivalent_listed_in_file_and_on_stderr() -> None:
     assert "load_fnc (migrate.worker_options.compute_load): use the declarative `load:`" in (
         result.stderr
     )
-    assert "job_executor_type (thread): not yet for livekit-agents agents" in (
-        result.stderr
-    )
+    assert "job_executor_type (thread): not yet for livekit-agents agents" in (result.stderr)
     assert header_options(result.stdout, "Carried over differently") == ["http_proxy", "port"]
     assert yaml.safe_load(result.stdout)["apiVersion"] == "lksup/v1"  # comments stay comments
 
