@@ -30,7 +30,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import anyio
@@ -45,7 +45,7 @@ from lksup.jobs.runtime import EOF_CLEANUP_TIMEOUT, EXIT_TIMEOUT, ChildRuntime
 if TYPE_CHECKING:
     from lksup.jobs.sdk.runtime import SdkRuntime
 
-__all__ = ["main"]
+__all__ = ["main", "run_child"]
 
 logger = logging.getLogger("lksup.jobs")
 
@@ -156,9 +156,24 @@ def _serve(sock: socket.socket, outbox: Outbox) -> ExitCode:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the job process; returns its exit code (``ExitCode``)."""
+    return run_child(argv, "lksup.jobs.child", "lksup job process", _serve)
+
+
+def run_child(
+    argv: Sequence[str] | None,
+    module: str,
+    what: str,
+    serve: Callable[[socket.socket, Outbox], ExitCode],
+) -> int:
+    """The start and end every child process of the supervisor shares.
+
+    Parses ``--ipc-fd``, ignores SIGINT, turns faulthandler on (SIGUSR1 dumps stacks), opens
+    the socket, starts the outbox, the EOF watchdog and log forwarding, runs ``serve`` and
+    flushes what is queued (bounded). Returns the exit code.
+    """
     parser = argparse.ArgumentParser(
-        prog="python -m lksup.jobs.child",
-        description="lksup job process (started by the supervisor, not by hand).",
+        prog=f"python -m {module}",
+        description=f"{what} (started by the supervisor, not by hand).",
     )
     parser.add_argument("--ipc-fd", type=int, required=True, help="the IPC socket's descriptor")
     try:
@@ -171,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         sock = _open_socket(args.ipc_fd)
     except OSError as exc:
-        print(f"lksup.jobs.child: --ipc-fd {args.ipc_fd}: {exc}", file=sys.stderr)  # noqa: T201
+        print(f"{module}: --ipc-fd {args.ipc_fd}: {exc}", file=sys.stderr)  # noqa: T201
         return ExitCode.USAGE
     outbox = Outbox(sock)
     start_eof_watchdog(sock, exit_timeout=EOF_EXIT_TIMEOUT, exit_code=ExitCode.OK)
@@ -180,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     try:
-        code = _serve(sock, outbox)
+        code = serve(sock, outbox)
     finally:
         root.removeHandler(handler)
         outbox.close(FLUSH_TIMEOUT)

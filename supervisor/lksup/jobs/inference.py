@@ -20,12 +20,9 @@ raised, the process goes on); ``Ping`` is answered with ``Pong`` from the event 
 
 from __future__ import annotations
 
-import argparse
-import faulthandler
 import importlib
 import logging
 import os
-import signal
 import socket
 import sys
 import time
@@ -35,9 +32,9 @@ from typing import Any
 import anyio
 import anyio.abc
 import anyio.to_thread
-from anyio.abc import UNIXSocketStream
 
-from lksup.jobs.channel import ForwardingHandler, Outbox, arm_exit_watchdog, start_eof_watchdog
+from lksup.jobs.channel import Outbox, arm_exit_watchdog
+from lksup.jobs.child import run_child
 from lksup.jobs.framing import FrameDecoder, FramingError
 from lksup.jobs.ipc import (
     ExitCode,
@@ -52,6 +49,7 @@ from lksup.jobs.ipc import (
     decode,
 )
 from lksup.jobs.loader import describe_exception
+from lksup.jobs.runtime import EXIT_TIMEOUT, IpcLoop
 
 __all__ = ["load_runners", "main"]
 
@@ -90,69 +88,33 @@ def load_runners(refs: Sequence[str]) -> dict[str, Any]:
     return runners
 
 
-class InferenceServer:
+class InferenceServer(IpcLoop):
     """Serves inference requests for the loaded runners."""
 
     def __init__(self, runners: dict[str, Any], outbox: Outbox) -> None:
+        super().__init__(outbox)
         self._runners = runners
-        self._outbox = outbox
         self._limiter = anyio.CapacityLimiter(MAX_THREADS)
-        self._done = anyio.Event()
-        self._tg: anyio.abc.TaskGroup | None = None
 
-    async def serve(
-        self, sock: socket.socket, decoder: FrameDecoder, received: list[bytes]
-    ) -> None:
-        """Serve until ``Shutdown``, SIGTERM or EOF."""
-        stream = await UNIXSocketStream.from_socket(sock)
-        async with stream, anyio.create_task_group() as tg:
-            self._tg = tg
-            tg.start_soon(self._watch_sigterm)
-            tg.start_soon(self._read, stream, decoder, received)
-            await self._done.wait()
-            tg.cancel_scope.cancel()
+    def _shutdown(self, reason: str, job_id: str = "") -> None:
+        self._finish()
 
-    async def _watch_sigterm(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM) as signals:
-            async for _ in signals:
-                logger.info("SIGTERM received.")
-                self._done.set()
-
-    async def _read(
-        self, stream: UNIXSocketStream, decoder: FrameDecoder, received: list[bytes]
-    ) -> None:
-        for payload in received:
-            self._dispatch(payload)
-        while True:
-            try:
-                data = await stream.receive()
-                payloads = decoder.feed(data)
-            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                self._done.set()
-                return
-            except FramingError as exc:
-                logger.error("IPC stream broken: %s.", exc)
-                self._done.set()
-                return
-            for payload in payloads:
-                self._dispatch(payload)
+    def _lost(self, reason: str) -> None:
+        self._finish()
 
     def _dispatch(self, payload: bytes) -> None:
-        try:
-            msg = decode(payload)
-        except IpcError as exc:
-            logger.warning("Ignoring an IPC frame: %s.", exc)
-            return
-        match msg:
+        match self._decode(payload):
             case Ping(sent_at_ns=sent_at_ns):
                 self._outbox.send(Pong(sent_at_ns=sent_at_ns))
-            case InferenceRequest():
+            case InferenceRequest() as request:
                 assert self._tg is not None
-                self._tg.start_soon(self._infer, msg)
+                self._tg.start_soon(self._infer, request)
             case Shutdown():
-                self._done.set()
-            case _:
-                logger.warning("Ignoring an unexpected %s message.", type(msg).__name__)
+                self._finish()
+            case None:
+                pass
+            case other:
+                logger.warning("Ignoring an unexpected %s message.", type(other).__name__)
 
     async def _infer(self, request: InferenceRequest) -> None:
         runner = self._runners.get(request.method)
@@ -216,47 +178,16 @@ def _serve(sock: socket.socket, outbox: Outbox) -> ExitCode:
         return ExitCode.INIT_FAILED
     outbox.send(Ready(pid=os.getpid(), init_seconds=time.perf_counter() - began))
     server = InferenceServer(runners, outbox)
-    anyio.run(server.serve, sock, decoder, received, backend="asyncio")
-    return ExitCode.OK
+    code: ExitCode = anyio.run(server.serve, sock, decoder, received, backend="asyncio")
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the inference process; returns its exit code."""
-    parser = argparse.ArgumentParser(
-        prog="python -m lksup.jobs.inference",
-        description="lksup inference process (started by the supervisor, not by hand).",
-    )
-    parser.add_argument("--ipc-fd", type=int, required=True, help="the IPC socket's descriptor")
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return ExitCode.USAGE if exc.code else ExitCode.OK
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    faulthandler.enable()
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
-    try:
-        sock = socket.socket(fileno=args.ipc_fd)
-    except OSError as exc:
-        print(f"lksup.jobs.inference: --ipc-fd {args.ipc_fd}: {exc}", file=sys.stderr)  # noqa: T201
-        return ExitCode.USAGE
-    os.set_inheritable(args.ipc_fd, False)
-    sock.settimeout(60.0)  # never blocking: see lksup.jobs.channel
-    outbox = Outbox(sock)
-    start_eof_watchdog(sock, exit_timeout=1.0, exit_code=ExitCode.OK)
-    handler = ForwardingHandler(outbox)
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    try:
-        code = _serve(sock, outbox)
-    finally:
-        root.removeHandler(handler)
-        outbox.close(1.0)
-        sock.close()
-    return code
+    return run_child(argv, "lksup.jobs.inference", "lksup inference process", _serve)
 
 
 if __name__ == "__main__":
     status = main()
-    arm_exit_watchdog(2.0, status)
+    arm_exit_watchdog(EXIT_TIMEOUT, status)
     sys.exit(status)

@@ -43,6 +43,7 @@ from lksup.jobs.ipc import (
     Initialize,
     IpcError,
     JobEnded,
+    Message,
     OfferAnswer,
     OfferRequest,
     OutcomeReported,
@@ -55,7 +56,13 @@ from lksup.jobs.ipc import (
 from lksup.jobs.loader import AgentFunctions, describe_exception
 from lksup.jobs.runner import OUTCOME_ACK_TIMEOUT, JobRun
 
-__all__ = ["EOF_CLEANUP_TIMEOUT", "EXIT_TIMEOUT", "OUTCOME_ACK_TIMEOUT", "ChildRuntime"]
+__all__ = [
+    "EOF_CLEANUP_TIMEOUT",
+    "EXIT_TIMEOUT",
+    "OUTCOME_ACK_TIMEOUT",
+    "ChildRuntime",
+    "IpcLoop",
+]
 
 logger = logging.getLogger("lksup.jobs")
 
@@ -65,22 +72,15 @@ EOF_CLEANUP_TIMEOUT = 0.5
 EXIT_TIMEOUT = 2.0
 
 
-class ChildRuntime:
-    """Serves the supervisor's messages for one initialised job process."""
+class IpcLoop:
+    """What every child loop shares: read frames, dispatch them, end on SIGTERM or EOF.
 
-    def __init__(
-        self,
-        *,
-        init: Initialize,
-        functions: AgentFunctions,
-        proc: JobProcess,
-        outbox: Outbox,
-    ) -> None:
-        self._init = init
-        self._functions = functions
-        self._proc = proc
+    Subclasses implement ``_dispatch(payload)``, ``_shutdown(reason, job_id)`` (SIGTERM) and
+    ``_lost(reason)`` (end of the stream, or a broken one); ``_finish()`` ends ``serve``.
+    """
+
+    def __init__(self, outbox: Outbox) -> None:
         self._outbox = outbox
-        self._job: JobRun | None = None
         self._exit_code = ExitCode.OK
         self._done: anyio.Event | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -91,11 +91,12 @@ class ChildRuntime:
         """Serve until the process should exit; returns its exit code.
 
         Args:
-            sock: the IPC socket (this runtime takes ownership and closes it).
-            decoder: the decoder that read ``Initialize`` (it may hold part of a frame).
-            received: payloads already decoded after ``Initialize``, handled first.
+            sock: the IPC socket (this loop takes ownership and closes it).
+            decoder: the decoder that read the first frame (it may hold part of a frame).
+            received: payloads already decoded after the first frame, handled first.
         """
-        self._done = anyio.Event()
+        if self._done is None:  # a subclass may have made it earlier
+            self._done = anyio.Event()
         stream = await UNIXSocketStream.from_socket(sock)
         async with stream, anyio.create_task_group() as tg:
             self._tg = tg
@@ -137,13 +138,55 @@ class ChildRuntime:
             for payload in payloads:
                 self._dispatch(payload)
 
-    def _dispatch(self, payload: bytes) -> None:
+    def _decode(self, payload: bytes) -> Message | None:
+        """The message in a frame, or None (logged) when this version cannot read it."""
         try:
-            msg = decode(payload)
+            return decode(payload)
         except IpcError as exc:
             logger.warning("Ignoring an IPC frame: %s.", exc)
-            return
+            return None
+
+    def _answer(self, answer: OfferAnswer, job_id: str) -> None:
+        """Send the answer to an offer (a decline when it cannot be framed)."""
+        answer = dataclasses.replace(answer, job_id=job_id)
+        try:
+            self._outbox.send(answer)
+        except ValueError as exc:  # e.g. metadata too large to frame
+            failed = OfferAnswer(accept=False, error=f"cannot send the answer: {exc}")
+            self._outbox.send(dataclasses.replace(failed, job_id=job_id))
+
+    def _dispatch(self, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def _shutdown(self, reason: str, job_id: str = "") -> None:
+        raise NotImplementedError
+
+    def _lost(self, reason: str) -> None:
+        raise NotImplementedError
+
+
+class ChildRuntime(IpcLoop):
+    """Serves the supervisor's messages for one initialised job process."""
+
+    def __init__(
+        self,
+        *,
+        init: Initialize,
+        functions: AgentFunctions,
+        proc: JobProcess,
+        outbox: Outbox,
+    ) -> None:
+        super().__init__(outbox)
+        self._init = init
+        self._functions = functions
+        self._proc = proc
+        self._job: JobRun | None = None
+
+    def _dispatch(self, payload: bytes) -> None:
+        msg = self._decode(payload)
         match msg:
+            case None:
+                return
             case Ping(sent_at_ns=sent_at_ns):
                 self._outbox.send(Pong(sent_at_ns=sent_at_ns))
             case OfferRequest():
@@ -212,14 +255,6 @@ class ChildRuntime:
     def _job_ended(self, ended: JobEnded) -> None:
         self._outbox.send(ended)
         self._finish()
-
-    def _answer(self, answer: OfferAnswer, job_id: str) -> None:
-        answer = dataclasses.replace(answer, job_id=job_id)
-        try:
-            self._outbox.send(answer)
-        except ValueError as exc:  # e.g. metadata too large to frame
-            failed = OfferAnswer(accept=False, error=f"cannot send the answer: {exc}")
-            self._outbox.send(dataclasses.replace(failed, job_id=job_id))
 
     async def _offer(self, msg: OfferRequest) -> None:
         try:

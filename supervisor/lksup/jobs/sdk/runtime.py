@@ -33,10 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
-import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -44,18 +42,16 @@ from typing import Any
 
 import anyio
 import anyio.abc
-from anyio.abc import UNIXSocketStream
 from google.protobuf.message import DecodeError
 from livekit.protocol import agent
 
 from lksup.jobs.channel import Outbox, arm_exit_watchdog
-from lksup.jobs.framing import FrameDecoder, FramingError
+from lksup.jobs.framing import FrameDecoder
 from lksup.jobs.ipc import (
     ExitCode,
     InferenceRequest,
     InferenceResponse,
     Initialize,
-    IpcError,
     JobEnded,
     JobOutcome,
     JobStarted,
@@ -67,10 +63,9 @@ from lksup.jobs.ipc import (
     Ready,
     Shutdown,
     StartJob,
-    decode,
 )
 from lksup.jobs.loader import LoadError, describe_exception, load_agent
-from lksup.jobs.runtime import EOF_CLEANUP_TIMEOUT, EXIT_TIMEOUT, OUTCOME_ACK_TIMEOUT
+from lksup.jobs.runtime import EOF_CLEANUP_TIMEOUT, EXIT_TIMEOUT, OUTCOME_ACK_TIMEOUT, IpcLoop
 from lksup.jobs.sdk import adapter
 
 __all__ = ["SdkRuntime", "initialise"]
@@ -129,7 +124,7 @@ def initialise(init: Initialize, outbox: Outbox) -> SdkRuntime | None:
     return runtime
 
 
-class SdkRuntime:
+class SdkRuntime(IpcLoop):
     """Serves the supervisor's messages for one initialised livekit-agents job process."""
 
     def __init__(
@@ -139,17 +134,14 @@ class SdkRuntime:
         outbox: Outbox,
         request_fnc: Callable[[Any], Awaitable[None]] | None,
     ) -> None:
+        super().__init__(outbox)
         self._init = init
-        self._outbox = outbox
         self._request_fnc = request_fnc
         self.host: adapter.JobHost | None = None
         self._channel: Any = None
         self._main: asyncio.Task[None] | None = None
         self._job_id: str | None = None
         self._error = ""
-        self._exit_code = ExitCode.OK
-        self._done: anyio.Event | None = None
-        self._tg: anyio.abc.TaskGroup | None = None
         self._outcome_acked: asyncio.Event | None = None
 
     # --- hooks the SDK calls ------------------------------------------------------------------
@@ -202,17 +194,10 @@ class SdkRuntime:
             self.host.run(self._channel), name="livekit-agents job loop"
         )
         self._main.add_done_callback(self._main_done)
-        stream = await UNIXSocketStream.from_socket(sock)
-        async with stream, anyio.create_task_group() as tg:
-            self._tg = tg
-            tg.start_soon(self._watch_sigterm, name="sigterm")
-            tg.start_soon(self._read, stream, decoder, received, name="ipc reader")
-            await self._done.wait()
-            tg.cancel_scope.cancel()
-        arm_exit_watchdog(EXIT_TIMEOUT, self._exit_code)
+        code = await super().serve(sock, decoder, received)
         if self._job_id is not None:
             self._outbox.send(self._ended())
-        return self._exit_code
+        return code
 
     def _ended(self) -> JobEnded:
         assert self.host is not None
@@ -233,41 +218,12 @@ class SdkRuntime:
         assert self._done is not None
         self._done.set()
 
-    async def _watch_sigterm(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM) as signals:
-            async for _ in signals:
-                logger.info("SIGTERM received.")
-                self._shutdown("SIGTERM")
-
-    async def _read(
-        self, stream: UNIXSocketStream, decoder: FrameDecoder, received: list[bytes]
-    ) -> None:
-        for payload in received:
-            self._dispatch(payload)
-        while True:
-            try:
-                data = await stream.receive()
-            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                self._lost("supervisor went away")
-                return
-            try:
-                payloads = decoder.feed(data)
-            except FramingError as exc:
-                logger.error("IPC stream broken: %s.", exc)
-                self._exit_code = ExitCode.PROTOCOL
-                self._lost("IPC protocol error")
-                return
-            for payload in payloads:
-                self._dispatch(payload)
-
     def _dispatch(self, payload: bytes) -> None:
         assert self.host is not None
-        try:
-            msg = decode(payload)
-        except IpcError as exc:
-            logger.warning("Ignoring an IPC frame: %s.", exc)
-            return
+        msg = self._decode(payload)
         match msg:
+            case None:
+                return
             case Ping(sent_at_ns=sent_at_ns):
                 self._outbox.send(Pong(sent_at_ns=sent_at_ns))
             case OfferRequest():
@@ -275,8 +231,8 @@ class SdkRuntime:
                 self._tg.start_soon(self._offer, msg, name="request function")
             case StartJob():
                 self._start_job(msg)
-            case Shutdown(reason=reason):
-                self._shutdown(reason or "shutdown requested")
+            case Shutdown(reason=reason, job_id=job_id):
+                self._shutdown(reason or "shutdown requested", job_id)
             case OutcomeReported():
                 if self._outcome_acked is not None:
                     self._outcome_acked.set()
@@ -286,7 +242,7 @@ class SdkRuntime:
             case _:
                 logger.warning("Ignoring an unexpected %s message.", type(msg).__name__)
 
-    def _shutdown(self, reason: str) -> None:
+    def _shutdown(self, reason: str, job_id: str = "") -> None:
         assert self.host is not None
         self.host.shutdown(self._channel, reason)
 
@@ -331,14 +287,6 @@ class SdkRuntime:
                 "launched_at": msg.launched_at,
             },
         )
-
-    def _answer(self, answer: OfferAnswer, job_id: str) -> None:
-        answer = dataclasses.replace(answer, job_id=job_id)
-        try:
-            self._outbox.send(answer)
-        except ValueError as exc:  # e.g. metadata too large to frame
-            failed = OfferAnswer(accept=False, error=f"cannot send the answer: {exc}")
-            self._outbox.send(dataclasses.replace(failed, job_id=job_id))
 
     async def _offer(self, msg: OfferRequest) -> None:
         try:
