@@ -31,21 +31,29 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 
 from lksup.jobs.channel import ForwardingHandler, Outbox, arm_exit_watchdog, start_eof_watchdog
 from lksup.jobs.context import JobProcess
 from lksup.jobs.framing import FrameDecoder, FramingError
-from lksup.jobs.ipc import RUNTIME_LIVEKIT_AGENTS, ExitCode, Initialize, IpcError, Ready, decode
+from lksup.jobs.ipc import (
+    RUNTIME_LIVEKIT_AGENTS,
+    ExitCode,
+    Initialize,
+    IpcError,
+    ParentMessage,
+    Ready,
+    decode,
+)
 from lksup.jobs.loader import LoadError, load_agent, run_prewarm
 from lksup.jobs.runtime import EOF_CLEANUP_TIMEOUT, EXIT_TIMEOUT, ChildRuntime
 
 if TYPE_CHECKING:
     from lksup.jobs.sdk.runtime import SdkRuntime
 
-__all__ = ["main", "run_child"]
+__all__ = ["ProtocolError", "main", "receive_first", "run_child"]
 
 logger = logging.getLogger("lksup.jobs")
 
@@ -57,8 +65,11 @@ EOF_EXIT_TIMEOUT = EOF_CLEANUP_TIMEOUT + 1.0
 _RECEIVE_WAIT = 60.0
 
 
-class _ProtocolError(Exception):
-    pass
+class ProtocolError(Exception):
+    """The supervisor's first frame is not what this process is for (or not a frame)."""
+
+
+M = TypeVar("M", bound=ParentMessage)
 
 
 def _open_socket(fd: int) -> socket.socket:
@@ -72,10 +83,14 @@ def _open_socket(fd: int) -> socket.socket:
     return sock
 
 
-def _receive_initialize(
-    sock: socket.socket, decoder: FrameDecoder
-) -> tuple[Initialize, list[bytes]] | None:
-    """The first message and the payloads that followed it; None at EOF."""
+def receive_first(
+    sock: socket.socket, decoder: FrameDecoder, expected: type[M]
+) -> tuple[M, list[bytes]] | None:
+    """The first message, which must be ``expected``, and the payloads after it; None at EOF.
+
+    Raises:
+        ProtocolError: not a frame, or another message.
+    """
     while True:
         try:
             data = sock.recv(65536)
@@ -89,9 +104,10 @@ def _receive_initialize(
                 continue
             first = decode(payloads[0])
         except (FramingError, IpcError) as exc:
-            raise _ProtocolError(str(exc)) from None
-        if not isinstance(first, Initialize):
-            raise _ProtocolError(f"first message is {type(first).__name__}, not Initialize")
+            raise ProtocolError(str(exc)) from None
+        if not isinstance(first, expected):
+            name = expected.__name__
+            raise ProtocolError(f"first message is {type(first).__name__}, not {name}")
         return first, payloads[1:]
 
 
@@ -140,8 +156,8 @@ def _initialise(init: Initialize, outbox: Outbox) -> ChildRuntime | SdkRuntime |
 def _serve(sock: socket.socket, outbox: Outbox) -> ExitCode:
     decoder = FrameDecoder()
     try:
-        first = _receive_initialize(sock, decoder)
-    except _ProtocolError as exc:
+        first = receive_first(sock, decoder, Initialize)
+    except ProtocolError as exc:
         logger.error("IPC protocol error before Initialize: %s.", exc)
         return ExitCode.PROTOCOL
     if first is None:

@@ -34,19 +34,17 @@ import anyio.abc
 import anyio.to_thread
 
 from lksup.jobs.channel import Outbox, arm_exit_watchdog
-from lksup.jobs.child import run_child
-from lksup.jobs.framing import FrameDecoder, FramingError
+from lksup.jobs.child import ProtocolError, receive_first, run_child
+from lksup.jobs.framing import FrameDecoder
 from lksup.jobs.ipc import (
     ExitCode,
     InferenceRequest,
     InferenceResponse,
-    IpcError,
     Ping,
     Pong,
     Ready,
     Shutdown,
     StartInference,
-    decode,
 )
 from lksup.jobs.loader import describe_exception
 from lksup.jobs.runtime import EXIT_TIMEOUT, IpcLoop
@@ -138,30 +136,11 @@ class InferenceServer(IpcLoop):
         )
 
 
-def _receive_start(
-    sock: socket.socket, decoder: FrameDecoder
-) -> tuple[StartInference, list[bytes]] | None:
-    while True:
-        try:
-            data = sock.recv(65536)
-        except TimeoutError:
-            continue
-        if not data:
-            return None
-        payloads = decoder.feed(data)
-        if not payloads:
-            continue
-        first = decode(payloads[0])
-        if not isinstance(first, StartInference):
-            raise IpcError(f"first message is {type(first).__name__}, not StartInference")
-        return first, payloads[1:]
-
-
 def _serve(sock: socket.socket, outbox: Outbox) -> ExitCode:
     decoder = FrameDecoder()
     try:
-        first = _receive_start(sock, decoder)
-    except (FramingError, IpcError) as exc:
+        first = receive_first(sock, decoder, StartInference)
+    except ProtocolError as exc:
         logger.error("IPC protocol error before StartInference: %s.", exc)
         return ExitCode.PROTOCOL
     if first is None:
