@@ -96,6 +96,8 @@ def _import_all(modules: Sequence[str], *, optional: bool) -> list[str]:
     return failed
 
 
+#: lksup's own job runtime and what it imports lazily: every forked job process runs them.
+_RUNTIME = ("lksup.jobs.child", "lksup.jobs.sdk.runtime", "anyio._backends._asyncio")
 #: Shared packages a template reports having imported (the base can preload them).
 _SHAREABLE = ("livekit.agents", "livekit.rtc")
 
@@ -135,7 +137,7 @@ class Template:
         """Import, freeze, answer ``ZygoteReady``; False when the template must exit."""
         began = time.perf_counter()
         try:
-            failed = _import_all(start.preload, optional=True)
+            failed = _import_all(_RUNTIME + start.preload, optional=True)
             _import_all(start.imports, optional=False)
         except _StartFailed as exc:
             elapsed = time.perf_counter() - began
