@@ -152,6 +152,13 @@ async def test_status_check_jobs_wide_reload_drain_undrain_and_sigquit() -> None
         for name in AGENTS:
             assert len(wide_rows[name]) > len(rows[name])
             assert before[name]["worker_id"] in wide_rows[name]
+        # and the templates the job processes were forked from: one shared base, one per agent
+        section = out.split("\n\n")[-1].splitlines()
+        assert section[0].split() == ["TEMPLATE", "PID", "FORKS", "MEM"]
+        templates = {line.split()[0]: line.split() for line in section[1:]}
+        assert sorted(templates) == sorted(["(base)", *AGENTS])
+        assert templates["(base)"][2] == "3"  # the agents' templates
+        assert all(int(templates[name][2]) >= 1 for name in AGENTS)  # their warm processes
         code, _, err = await d.cli("status", "--check")
         assert code == 0, err
 

@@ -304,6 +304,8 @@ def status(
         click.echo(_status_table(result.items, wide=output == "wide", show_jobs=show_jobs))
         if result.inference:
             click.echo("\n" + _inference_table(result.inference))
+        if output == "wide" and result.templates:
+            click.echo("\n" + _template_table(result.templates))
     if check and not all(item.ready for item in result.items):
         raise SystemExit(EXIT_NOT_READY)
 
@@ -341,6 +343,20 @@ def _age(started_at: str | None) -> str:
 def _columns(rows: list[list[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+def _template_table(items: list[Any]) -> str:
+    header = ["TEMPLATE", "PID", "FORKS", "MEM"]
+    rows = [
+        [
+            item.agent or "(base)",
+            str(item.pid or "-"),
+            str(item.children),
+            f"{item.memory_mb:.0f}Mi",
+        ]
+        for item in items
+    ]
+    return "\n".join(_columns([header, *rows]))
 
 
 def _inference_table(items: list[Any]) -> str:

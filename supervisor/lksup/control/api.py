@@ -159,6 +159,20 @@ class InferenceStatus(_Document):
     """The interpreter it runs on ("" for lksup's own)."""
 
 
+class TemplateStatus(_Document):
+    """One template (zygote) job processes are forked from."""
+
+    agent: str | None = None
+    """The agent whose template it is; None: a base template, shared by the agents."""
+    pid: int | None = None
+    children: int = 0
+    """Processes forked from it that are alive (job processes, or agent templates)."""
+    memory_mb: float = 0.0
+    python: str = ""
+    preload: list[str] = Field(default_factory=list)
+    """A base template: what it imported for every agent."""
+
+
 class StatusList(_Document):
     """The answer to ``GET /v1/status``: one item per agent, sorted by name by the daemon."""
 
@@ -167,6 +181,8 @@ class StatusList(_Document):
     items: list[AgentStatus] = Field(default_factory=list)
     inference: list[InferenceStatus] = Field(default_factory=list)
     """The fleet's inference processes (none unless an agent's imports register runners)."""
+    templates: list[TemplateStatus] = Field(default_factory=list)
+    """The templates job processes are forked from (process_start zygote or isolated)."""
 
 
 class Health(_Document):

@@ -27,6 +27,7 @@ from lksup.control.api import (
     SimulateRequest,
     StatusList,
     SyncState,
+    TemplateStatus,
 )
 from lksup.control.errors import ControlError
 from lksup.daemon import state
@@ -234,7 +235,29 @@ class DaemonApp:
         return StatusList(
             items=[self.agent_status(slots[n]) for n in sorted(slots)],
             inference=self.inference_status(),
+            templates=self.template_status(),
         )
+
+    def template_status(self) -> list[TemplateStatus]:
+        """The templates job processes are forked from: bases first, then agents'."""
+        zygotes = self.supervisor.zygotes
+        if zygotes is None:
+            return []
+        rows = []
+        for base, template in zygotes.live():
+            pid = template.pid if template.alive else None
+            sample = self.supervisor.monitor.sample(pid) if pid is not None else None
+            rows.append(
+                TemplateStatus(
+                    agent=None if base else template.spec.agent_name,
+                    pid=pid,
+                    children=len(template.children),
+                    memory_mb=round(sample.mb, 1) if sample else 0.0,
+                    python=template.spec.python,
+                    preload=list(zygotes.preload) if base else [],
+                )
+            )
+        return rows
 
     def inference_status(self) -> list[InferenceStatus]:
         """The fleet's inference processes."""

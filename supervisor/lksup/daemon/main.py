@@ -118,7 +118,7 @@ class Daemon:
                 except OSError as exc:
                     log.warning("Cannot keep the learned plugins in the state directory: %s", exc)
 
-            zygotes = Zygotes(learned=learned, on_learned=remember)
+            zygotes = Zygotes(learned=learned, on_learned=remember, monitor=monitor)
             supervisor = Supervisor(env, monitor, zygotes=zygotes)
             await tg.start(supervisor.run)
             app = DaemonApp(supervisor, settings.state_dir, dev=settings.dev)

@@ -38,6 +38,8 @@ import anyio.abc
 from anyio.abc import UNIXSocketStream
 
 from lksup.jobs import ipc
+from lksup.monitors.memory_policy import MemoryPolicy
+from lksup.monitors.monitor import Monitor
 from lksup.pool.process import (
     InitFailed,
     ProcessHandle,
@@ -61,6 +63,9 @@ _signals = signal  # methods below take a parameter named ``signal``, as anyio's
 #: What the base template imports when installed: the SDK and its realtime package, and the
 #: SDK's own warm-up (the rtc library, av, its SSL context).
 DEFAULT_PRELOAD = ("livekit.agents", "livekit.rtc", "livekit.agents.ipc._preload")
+#: The name templates' memory is watched under (never an agent's name).
+TEMPLATE_OWNER = "(template)"
+_NO_LIMIT = MemoryPolicy(warn_mb=0, limit_mb=0)
 #: The least time a template gets to import (its agent's initialize_process_timeout if longer).
 TEMPLATE_INIT_TIMEOUT = 60.0
 #: How long a fork request may take before the template is deemed stuck.
@@ -363,8 +368,10 @@ class Zygotes:
         learned: Sequence[str] = (),
         on_learned: Callable[[list[str]], None] | None = None,
         log_level: str = "INFO",
+        monitor: Monitor | None = None,
     ) -> None:
         self.log_level = log_level
+        self.monitor = monitor
         self.learned: set[str] = set(learned)
         self.on_learned = on_learned
         self._configured: tuple[str, ...] = ()
@@ -458,6 +465,13 @@ class Zygotes:
 
         self._tg.start_soon(retire)
 
+    def live(self) -> list[tuple[bool, TemplateProcess]]:
+        """(is a base, template) for every template now, bases first."""
+        bases = [(True, t) for t in [*self.bases.values()] if t.alive]
+        agents = [(False, t) for t in self.templates.values() if t.alive]
+        retiring = [(t.launcher is None, t) for t in self._retiring if t.alive]
+        return [*bases, *agents, *retiring]
+
     def launcher(self, spec: ProcessSpec, *, isolated: bool = False) -> ZygoteLauncher:
         """The launcher of ``spec``'s job processes."""
         return ZygoteLauncher(self, spec, isolated)
@@ -474,7 +488,15 @@ class Zygotes:
         except InitFailed as exc:
             raise InitFailed(f"its template failed to start: {exc}") from None
         assert isinstance(started, TemplateProcess)
+        if self.monitor is not None and started.pid is not None:  # its memory, for status
+            self.monitor.watch(started.pid, agent=TEMPLATE_OWNER, job_id=None, policy=_NO_LIMIT)
+            self._tg.start_soon(self._unwatch_at_exit, started)
         return started
+
+    async def _unwatch_at_exit(self, template: TemplateProcess) -> None:
+        await template.wait_exited()
+        if self.monitor is not None and template.pid is not None:
+            self.monitor.unwatch(template.pid)
 
     async def base(self, spec: ProcessSpec) -> TemplateProcess:
         """The base template of ``spec``'s interpreter, started or restarted as needed."""
