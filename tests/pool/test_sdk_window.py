@@ -101,10 +101,10 @@ async def one_job(pool: AgentPool, agent_dir: Path) -> tuple[dict[str, object], 
 
 @pytest.mark.parametrize("end", ["oldest", "newest"])
 async def test_both_ends_of_the_window_give_the_sdk_job_context(
-    agent_dir: Path, end: str, request: pytest.FixtureRequest
+    agent_dir: Path, end: str, launch: str, request: pytest.FixtureRequest
 ) -> None:
     python = request.getfixturevalue("oldest_python") if end == "oldest" else ""
-    async with running_pool(sdk_spec(agent_dir, python), num_idle=1) as pool:
+    async with running_pool(sdk_spec(agent_dir, python), num_idle=1, launch=launch) as pool:
         await wait_for(pool, lambda: len(pool.idle) == 1, timeout=60)
         version = pool.idle[0].sdk_version
         seen, reason = await one_job(pool, agent_dir)
