@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import ctypes
 import gc
 import importlib
 import logging
@@ -76,6 +77,7 @@ logger = logging.getLogger("lksup.zygote")
 _MAX_FDS = 16
 _RECEIVE = 65536
 _LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+_PR_SET_PDEATHSIG = 1
 
 
 class _StartFailed(Exception):
@@ -373,7 +375,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         return ExitCode.USAGE if exc.code else ExitCode.OK
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
     return _serve_template(args.ipc_fd)
+
+
+def _die_with_parent() -> None:
+    """A spawned template is killed with the supervisor, even in the middle of its imports.
+
+    (Its control socket's EOF is only seen between imports.) Forked templates and job processes
+    do not get this: they must survive the death of the template they were forked from.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the request took effect
+        os._exit(ExitCode.OK)
 
 
 if __name__ == "__main__":
