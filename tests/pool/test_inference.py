@@ -20,6 +20,7 @@ from lksup.monitors.memory_policy import MemoryPolicy
 from lksup.pool.inference import InferenceService
 from lksup.pool.pool import AgentPool
 from lksup.pool.process import ProcessSpec
+from lksup.protocol.events import JobAssigned, OfferReceived
 from tests.pool.helpers import Reporter, make_job, offer_and_run, running_pool, spec, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.process]
@@ -185,3 +186,39 @@ def test_nothing_starts_before_the_service_runs() -> None:
     assert (
         service.register(sdk_spec(Path("/tmp"), "x"), ("m:R",), MemoryPolicy(0, 0)) is None
     )  # not running
+
+
+SLOW_CALLBACK_AGENT = """
+import asyncio, os
+from livekit.agents import JobContext
+
+
+async def entrypoint(ctx: JobContext) -> None:
+    async def slow_goodbye(reason: str) -> None:
+        await asyncio.sleep(1.0)
+        with open(os.path.join(os.environ["OUT_DIR"], "goodbye.txt"), "w") as f:
+            f.write(reason)
+
+    ctx.add_shutdown_callback(slow_goodbye)  # the job goes on after this returns
+"""
+
+
+async def test_closing_the_pool_waits_for_a_job_still_running_its_callbacks(
+    agent_dir: Path, launch: str
+) -> None:
+    """Regression: an SDK job reports its outcome before its shutdown callbacks run; the pool
+    forgot the process then, and closing it (a drain's end) SIGKILLed the callbacks away."""
+    (agent_dir / "sdk_inference_agent.py").write_text(textwrap.dedent(SLOW_CALLBACK_AGENT))
+    reporter = Reporter()
+    async with running_pool(sdk_spec(agent_dir, "alpha"), launch=launch) as pool:
+        await wait_for(pool, lambda: len(pool.idle) == 1)
+        job = make_job("AJ_slow", metadata="x")
+        await pool.decide(OfferReceived(job))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pool.run_job, JobAssigned(job, token="jwt"), reporter)
+            await wait_for(pool, lambda: reporter.started == ["AJ_slow"])
+            pool.terminate("AJ_slow")
+            await wait_for(pool, lambda: "AJ_slow" in reporter.ended)
+            with anyio.fail_after(15):
+                await pool.aclose()
+            assert (agent_dir / "out" / "goodbye.txt").read_text() == "terminated by the server"

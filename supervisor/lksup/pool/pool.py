@@ -195,6 +195,9 @@ class AgentPool:
         self.reserved: dict[str, WorkerProcess] = {}
         self.running: dict[str, WorkerProcess] = {}
         self._accepted: dict[str, _Accepted] = {}
+        self.ending: set[WorkerProcess] = set()
+        """Processes whose job reported its outcome and that are still shutting down (their
+        callbacks run): closing the pool waits for them too."""
         self.consecutive_failures = 0
         self.last_failure: str | None = None
         self._last_failure_at = 0.0
@@ -219,8 +222,9 @@ class AgentPool:
 
     @property
     def processes(self) -> list[WorkerProcess]:
-        """Every live process: idle, reserved and running."""
-        return [*self.idle, *self.reserved.values(), *self.running.values()]
+        """Every live process: idle, reserved, running, and ending after its job."""
+        found = [*self.idle, *self.reserved.values(), *self.running.values(), *self.ending]
+        return list(dict.fromkeys(found))  # a thread host can hold several jobs
 
     def _changed(self) -> None:
         self._wake.set()
@@ -559,8 +563,12 @@ class AgentPool:
                 if process.alive and not self._closed and process not in self.idle:
                     self.idle.append(process)
             else:
-                with anyio.CancelScope(shield=True):
-                    await process.stop("job ended")
+                self.ending.add(process)
+                try:
+                    with anyio.CancelScope(shield=True):
+                        await process.stop("job ended")
+                finally:
+                    self.ending.discard(process)
             self._changed()
 
     def terminate(self, job_id: str) -> None:
