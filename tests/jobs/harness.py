@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 import textwrap
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -148,13 +147,20 @@ async def _drain(stream: anyio.abc.ByteReceiveStream | None, sink: Callable[[str
         sink(text)
 
 
+#: The interpreter ``spawn`` starts job processes with ("": this one); a test may change it.
+PYTHON = ""
+
+
 @asynccontextmanager
-async def spawn(cwd: Path, *, env: Mapping[str, str] | None = None) -> AsyncIterator[Child]:
+async def spawn(
+    cwd: Path, *, env: Mapping[str, str] | None = None, python: str | None = None
+) -> AsyncIterator[Child]:
     parent, child_end = socket.socketpair()
     try:
         fd = child_end.fileno()
+        interpreter = PYTHON if python is None else python
         process = await anyio.open_process(
-            [sys.executable, "-m", "lksup.jobs.child", "--ipc-fd", str(fd)],
+            ipc.launch_command(interpreter, "lksup.jobs.child", "--ipc-fd", str(fd)),
             pass_fds=[fd],
             start_new_session=True,
             cwd=cwd,

@@ -19,12 +19,11 @@ import pytest
 
 from lksup.pool.pool import AgentPool
 from lksup.pool.process import ProcessSpec
-from tests.conftest import ROOT
 from tests.pool.helpers import Reporter, make_job, offer_and_run, running_pool, spec, wait_for
+from tests.sdkruntime.conftest import OLDEST, sdk_venv_python
 
 pytestmark = [pytest.mark.anyio, pytest.mark.process]
 
-OLDEST = "1.6.10"
 
 AGENT = """
 import json, os
@@ -56,14 +55,6 @@ async def entrypoint(ctx: JobContext) -> None:
         json.dump(seen, f)
     ctx.shutdown("all said")
 """
-
-
-def sdk_venv_python() -> str:
-    result = subprocess.run(
-        [str(ROOT / "scripts" / "sdk-venv.sh"), OLDEST], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout.strip()
 
 
 @pytest.fixture(scope="module")

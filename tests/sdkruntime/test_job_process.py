@@ -21,6 +21,7 @@ import pytest
 from lksup.jobs import ipc
 from tests.jobs import harness
 from tests.jobs.harness import job_wire, spawn, write_agent
+from tests.sdkruntime.conftest import OLDEST, sdk_venv_python
 
 pytestmark = [pytest.mark.anyio, pytest.mark.process]
 
@@ -75,7 +76,10 @@ AGENT = """
                 "metadata": ctx.job.metadata,
                 "url": info.url,
                 "accept": [accept.identity, accept.name, accept.metadata, accept.attributes],
-                "timeline": [info.received_at, info.accepted_at, info.assigned_at, info.launched_at],
+                "timeline": [  # livekit-agents 1.8.2 and later
+                    getattr(info, stage, None)
+                    for stage in ("received_at", "accepted_at", "assigned_at", "launched_at")
+                ],
             }
             log.info("observed %s", json.dumps(seen, sort_keys=True))
             ctx.shutdown("observed")
@@ -118,6 +122,16 @@ AGENT = """
 SDK_ENV = {"LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE": "0"}
 
 
+@pytest.fixture(autouse=True, params=["newest", "oldest"])
+def sdk_end(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs at both ends of the supported window: 1.8.9 here, 1.6.10 in its own
+    virtual environment (the agent's ``python:``)."""
+    end: str = request.param
+    if end == "oldest":
+        monkeypatch.setattr(harness, "PYTHON", sdk_venv_python())
+    return end
+
+
 @pytest.fixture(autouse=True)
 def slower_handshakes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Importing livekit-agents takes seconds: give the harness's handshakes more room."""
@@ -156,13 +170,14 @@ def observed(child: harness.Child, prefix: str) -> Mapping[str, object]:
 
 @pytest.mark.parametrize("how", ["Shutdown", "SIGTERM"])
 async def test_ready_reports_the_sdk_version_and_an_idle_process_stops_when_told(
-    agent_dir: Path, how: str
+    agent_dir: Path, how: str, sdk_end: str
 ) -> None:
     """An SDK agent initialises through the SDK (version in Ready), ignores SIGINT and leaves
     when told while idle."""
     async with spawn(agent_dir, env=sdk_env()) as child:
         ready = await child.ready(initialize(prewarm="agent:prewarm"))
-        assert (ready.pid, ready.sdk_version) == (child.process.pid, "1.8.9")
+        version = OLDEST if sdk_end == "oldest" else "1.8.9"
+        assert (ready.pid, ready.sdk_version) == (child.process.pid, version)
         if how == "SIGTERM":
             child.process.send_signal(signal.SIGINT)  # Ctrl+C is the supervisor's business
             await child.send(ipc.Ping(sent_at_ns=1))  # serving: the SIGTERM handler is in place
@@ -175,7 +190,7 @@ async def test_ready_reports_the_sdk_version_and_an_idle_process_stops_when_told
 
 
 async def test_the_entrypoint_gets_the_sdk_context_with_what_the_supervisor_sent(
-    agent_dir: Path,
+    agent_dir: Path, sdk_end: str
 ) -> None:
     """get_job_context(), prewarm's userdata, the proxy, worker id, accept arguments, metadata
     and the dispatch timeline."""
@@ -216,7 +231,9 @@ async def test_the_entrypoint_gets_the_sdk_context_with_what_the_supervisor_sent
                 '{"team": "cs"}',
                 {"tier": "std", "lk.agent.name": "support"},
             ],
-            "timeline": [1000.25, 1000.5, 1001.0, 1001.125],
+            "timeline": (
+                [1000.25, 1000.5, 1001.0, 1001.125] if sdk_end == "newest" else [None] * 4
+            ),
         }
         assert "shutdown callback: observed" in child.log_messages()
         assert await child.wait_exit() == ipc.ExitCode.OK
