@@ -44,6 +44,8 @@ async def test_apply_dispatch_drain_and_sigterm_with_the_real_server(tmp_path: P
             "LIVEKIT_URL": server.url,
             "LIVEKIT_API_KEY": real.API_KEY,
             "LIVEKIT_API_SECRET": real.API_SECRET,
+            # the survey's job must still run at SIGTERM, however slow the host is by then
+            "SURVEY_STEP_SECONDS": "4",
         }
         log = scratch / "daemon.log"
         with log.open("wb") as sink:  # no fleet yet: `lksup apply` gives it one
