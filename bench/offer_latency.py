@@ -29,29 +29,29 @@ from bench.devserver_process import RemoteDevServer
 def summary(name: str, values: list[float]) -> str:
     ms = [v * 1000 for v in values]
     return (
-        f"{name:<22} n={len(ms):<5} p50={statistics.median(ms):6.2f} ms  "
+        f"{name:<32} n={len(ms):<5} p50={statistics.median(ms):6.2f} ms  "
         f"p99={job_start.pct(ms, 0.99):6.2f} ms  max={max(ms):6.2f} ms"
     )
 
 
 async def main(jobs: int, skip_sdk: bool) -> None:
-    job_start.PACING = 0.5  # room for both warm pools to refill between offers
+    job_start.PACING = 0.1  # the next offer waits for the replacement process anyway
     server = await RemoteDevServer.start(job_start.KEY, job_start.SECRET)
     results = {}
     try:
         with tempfile.TemporaryDirectory() as scratch:
-            for kind in ("lksup",) if skip_sdk else ("lksup", "sdk"):
-                log = Path(scratch) / f"{kind}.log"
-                results[kind] = await job_start.bench_worker(server, jobs, log, kind=kind)
+            for worker in job_start.workers("trivial", skip_sdk=skip_sdk):
+                results[worker.label] = await job_start.bench_worker(
+                    server, worker, jobs, 2, Path(scratch)
+                )
     finally:
         await server.aclose()
     print(
         f"offer -> answer latency, measured by the dev server ({platform.python_version()}, "
         f"{os.cpu_count()} CPUs, {jobs} sequential offers each)"
     )
-    print(summary("lksup", results["lksup"]["answers"]))
-    if "sdk" in results:
-        print(summary("livekit-agents 1.8.9", results["sdk"]["answers"]))
+    for label, result in results.items():
+        print(summary(label, result["answers"]))
 
 
 if __name__ == "__main__":

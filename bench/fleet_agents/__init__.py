@@ -1,0 +1,1 @@
+"""Agent modules and the SDK worker of the fleet-scale benchmark (bench/fleet.py)."""
