@@ -31,7 +31,9 @@ from tests.sdkagents.participant import ConversationStalled, run_conversation
 pytestmark = [pytest.mark.anyio, pytest.mark.interop, pytest.mark.process]
 
 AGENT = Path(__file__).with_name("voice_agent.py")
-START_TIMEOUT = 90  # ~3.5 s on an idle host: the SDK imports a lot and prewarms idle processes first
+START_TIMEOUT = (
+    90  # ~3.5 s on an idle host: the SDK imports a lot and prewarms idle processes first
+)
 REGISTERED = b'"message": "registered worker"'  # the SDK's JSON log line (start mode)
 
 
