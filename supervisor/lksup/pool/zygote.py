@@ -551,6 +551,7 @@ class Zygotes:
         template_spec = dataclasses.replace(
             spec, initialize_timeout=max(spec.initialize_timeout, TEMPLATE_INIT_TIMEOUT)
         )
+        generation = self.generation  # what it is forked from; learning may move on meanwhile
         if isolated:
             start = ipc.ZygoteStart(
                 preload=self.preload,
@@ -561,6 +562,7 @@ class Zygotes:
             template = TemplateProcess(template_spec, start)
         else:
             base = await self.base(spec)
+            generation = base.generation
             request = ipc.ForkTemplate(
                 request_id="",
                 agent_name=spec.agent_name,
@@ -571,7 +573,7 @@ class Zygotes:
             )
             template = TemplateProcess(template_spec, None, launcher=_ForkLauncher(base, request))
         template = await self._start(template)
-        template.generation = self.generation
+        template.generation = generation  # older than self.generation: replaced by template()
         self.templates[key] = template
         self._learn(template)
         assert self._tg is not None
