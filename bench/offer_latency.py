@@ -35,7 +35,6 @@ def summary(name: str, values: list[float]) -> str:
 
 
 async def main(jobs: int, skip_sdk: bool) -> None:
-    job_start.PACING = 0.1  # the next offer waits for the replacement process anyway
     server = await RemoteDevServer.start(job_start.KEY, job_start.SECRET)
     results = {}
     try:
