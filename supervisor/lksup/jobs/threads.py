@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 from collections.abc import Callable
-from typing import Any
 
 import anyio
 from google.protobuf.message import DecodeError
@@ -34,7 +34,8 @@ from livekit.protocol import agent
 
 from lksup.jobs.channel import Outbox, arm_exit_watchdog
 from lksup.jobs.context import JobContext, JobProcess
-from lksup.jobs.ipc import Initialize, JobEnded, StartJob
+from lksup.jobs.framing import FrameDecoder
+from lksup.jobs.ipc import ExitCode, Initialize, JobEnded, StartJob
 from lksup.jobs.loader import AgentFunctions, describe_exception
 from lksup.jobs.runner import JobRun
 from lksup.jobs.runtime import EOF_CLEANUP_TIMEOUT, EXIT_TIMEOUT, ChildRuntime
@@ -81,14 +82,14 @@ class _ThreadJob:
             anyio.run(self._serve, backend="asyncio")
         except BaseException as exc:  # the job's own failures are in JobEnded; this is ours
             logger.exception("The thread of job %s failed.", self.job_id)
-            self._host.outbox.send(JobEnded(job_id=self.job_id, error=describe_exception(exc)))
+            self._host._outbox.send(JobEnded(job_id=self.job_id, error=describe_exception(exc)))
         finally:
             self._host.job_done(self.job_id)
 
     async def _serve(self) -> None:
         msg, host = self._msg, self._host
         ctx = JobContext(
-            proc=host.proc,
+            proc=host._proc,
             job=self._job,
             url=msg.url,
             token=msg.token,
@@ -98,15 +99,15 @@ class _ThreadJob:
         ended = anyio.Event()
 
         def on_ended(message: JobEnded) -> None:
-            host.outbox.send(message)
+            host._outbox.send(message)
             ended.set()
 
         async with anyio.create_task_group() as tg:
             run = JobRun(
                 ctx=ctx,
-                entrypoint=host.functions.entrypoint,
-                grace=host.init.shutdown_grace,
-                send=host.outbox.send,
+                entrypoint=host._functions.entrypoint,
+                grace=host._init.shutdown_grace,
+                send=host._outbox.send,
                 on_ended=on_ended,
             )
             run.start(tg)
@@ -131,31 +132,29 @@ class ThreadHost(ChildRuntime):
         outbox: Outbox,
     ) -> None:
         super().__init__(init=init, functions=functions, proc=proc, outbox=outbox)
-        self.init = init
-        self.functions = functions
-        self.proc = proc
-        self.outbox = outbox
         self._jobs: dict[str, _ThreadJob] = {}
         self._closing = False
         self._host_loop: asyncio.AbstractEventLoop | None = None
 
-    async def serve(self, *args: Any) -> Any:
+    async def serve(
+        self, sock: socket.socket, decoder: FrameDecoder, received: list[bytes]
+    ) -> ExitCode:
         """As ``ChildRuntime.serve``; jobs run on their own threads meanwhile."""
         self._host_loop = asyncio.get_running_loop()
-        return await super().serve(*args)
+        return await super().serve(sock, decoder, received)
 
     def _busy(self) -> bool:
-        return self._closing or len(self._jobs) >= self.init.max_jobs
+        return self._closing or len(self._jobs) >= self._init.max_jobs
 
     def _start_job(self, msg: StartJob) -> None:
         try:
             job = agent.Job.FromString(msg.job)
         except DecodeError as exc:
-            self.outbox.send(JobEnded(job_id="", error=f"undecodable job: {exc}"))
+            self._outbox.send(JobEnded(job_id="", error=f"undecodable job: {exc}"))
             return
         if job.id in self._jobs or self._busy():
             logger.warning("Ignoring StartJob %s: no room for it in this host.", job.id)
-            self.outbox.send(JobEnded(job_id=job.id, error="this job host is full"))
+            self._outbox.send(JobEnded(job_id=job.id, error="this job host is full"))
             return
         thread_job = self._jobs[job.id] = _ThreadJob(msg, job, host=self)
         thread_job.start()
