@@ -28,6 +28,7 @@ import dataclasses
 import logging
 import signal
 import socket
+from collections.abc import Awaitable, Callable
 
 import anyio
 import anyio.abc
@@ -155,6 +156,50 @@ class IpcLoop:
             failed = OfferAnswer(accept=False, error=f"cannot send the answer: {exc}")
             self._outbox.send(dataclasses.replace(failed, job_id=job_id))
 
+    def _busy(self) -> bool:
+        """No room for another job (answers offers with a decline)."""
+        return False
+
+    def _offered_job(self, msg: OfferRequest) -> agent.Job | None:
+        """The offered job, or None once a decline was sent (undecodable, or no room)."""
+        try:
+            job = agent.Job.FromString(msg.job)
+        except DecodeError as exc:
+            self._answer(OfferAnswer(accept=False, error=f"undecodable job: {exc}"), "")
+            return None
+        if self._busy():
+            busy = OfferAnswer(accept=False, error="this process is already running a job")
+            self._answer(busy, job.id)
+            return None
+        return job
+
+    async def _ask(
+        self,
+        job_id: str,
+        ask: Awaitable[None],
+        *,
+        answered: Callable[[], bool],
+        decline: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Run the request function's call ``ask``: a failure or no answer is a decline."""
+        try:
+            await ask
+        except anyio.get_cancelled_exc_class():
+            raise
+        except BaseException as exc:  # user code: SystemExit and friends are failures too
+            if answered():
+                logger.exception("Request function failed after answering job %s.", job_id)
+            else:
+                logger.exception("Request function failed; declining job %s.", job_id)
+                self._answer(
+                    OfferAnswer(accept=False, terminate=False, error=describe_exception(exc)),
+                    job_id,
+                )
+            return
+        if not answered():
+            logger.warning("Request function did not answer job %s; declining it.", job_id)
+            await decline()
+
     def _dispatch(self, payload: bytes) -> None:
         raise NotImplementedError
 
@@ -206,7 +251,6 @@ class ChildRuntime(IpcLoop):
             self._job.outcome_reported()
 
     def _busy(self) -> bool:
-        """No room for another job (answers offers with a decline)."""
         return self._job is not None
 
     def _shutdown(self, reason: str, job_id: str = "") -> None:
@@ -257,14 +301,8 @@ class ChildRuntime(IpcLoop):
         self._finish()
 
     async def _offer(self, msg: OfferRequest) -> None:
-        try:
-            job = agent.Job.FromString(msg.job)
-        except DecodeError as exc:
-            self._answer(OfferAnswer(accept=False, error=f"undecodable job: {exc}"), "")
-            return
-        if self._busy():
-            busy = OfferAnswer(accept=False, error="this process is already running a job")
-            self._answer(busy, job.id)
+        job = self._offered_job(msg)
+        if job is None:
             return
 
         async def on_accept(arguments: JobAcceptArguments) -> None:
@@ -297,20 +335,9 @@ class ChildRuntime(IpcLoop):
         if request_fnc is None:
             await request.accept()
             return
-        try:
-            await request_fnc(request)
-        except anyio.get_cancelled_exc_class():
-            raise
-        except BaseException as exc:  # user code: SystemExit and friends are failures too
-            if request.answered:
-                logger.exception("Request function failed after answering job %s.", job.id)
-            else:
-                logger.exception("Request function failed; declining job %s.", job.id)
-                self._answer(
-                    OfferAnswer(accept=False, terminate=False, error=describe_exception(exc)),
-                    job.id,
-                )
-            return
-        if not request.answered:
-            logger.warning("Request function did not answer job %s; declining it.", job.id)
-            await request.reject(terminate=False)
+        await self._ask(
+            job.id,
+            request_fnc(request),
+            answered=lambda: request.answered,
+            decline=lambda: request.reject(terminate=False),
+        )

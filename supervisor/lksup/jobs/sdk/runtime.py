@@ -288,15 +288,12 @@ class SdkRuntime(IpcLoop):
             },
         )
 
+    def _busy(self) -> bool:
+        return self._job_id is not None
+
     async def _offer(self, msg: OfferRequest) -> None:
-        try:
-            job = agent.Job.FromString(msg.job)
-        except DecodeError as exc:
-            self._answer(OfferAnswer(accept=False, error=f"undecodable job: {exc}"), "")
-            return
-        if self._job_id is not None:
-            busy = OfferAnswer(accept=False, error="this process is already running a job")
-            self._answer(busy, job.id)
+        job = self._offered_job(msg)
+        if job is None:
             return
         answered = False
 
@@ -334,21 +331,9 @@ class SdkRuntime(IpcLoop):
         if self._request_fnc is None:
             await request.accept()
             return
-        try:
-            await self._request_fnc(request)
-        except anyio.get_cancelled_exc_class():
-            raise
-        except BaseException as exc:  # user code: SystemExit and friends are failures too
-            if answered:
-                logger.exception("Request function failed after answering job %s.", job.id)
-            else:
-                logger.exception("Request function failed; declining job %s.", job.id)
-                answered = True
-                self._answer(
-                    OfferAnswer(accept=False, terminate=False, error=describe_exception(exc)),
-                    job.id,
-                )
-            return
-        if not answered:
-            logger.warning("Request function did not answer job %s; declining it.", job.id)
-            await on_reject(False)
+        await self._ask(
+            job.id,
+            self._request_fnc(request),
+            answered=lambda: answered,
+            decline=lambda: on_reject(False),
+        )
