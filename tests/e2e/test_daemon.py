@@ -607,6 +607,31 @@ async def test_dev_mode_has_no_threshold_and_no_idle_processes() -> None:
         assert {a["num_idle_processes"] for a in agents.values()} != {0}
 
 
+async def test_dev_mode_runs_the_agents_code_as_it_is_when_each_job_starts(
+    tmp_path: Path,
+) -> None:
+    code_file = tmp_path / "edited_agent.py"
+    agent = "async def entrypoint(ctx):\n    print('edited agent VERSION')\n"
+    code_file.write_text(agent.replace("VERSION", "v1"))
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(
+        "apiVersion: lksup/v1\nkind: Fleet\nmetadata: {name: dev-edit}\n"
+        # load by jobs: a busy CPU (the spawns themselves) never makes the server drop one
+        f"defaults: {{working_dir: {tmp_path}, load: jobs, max_jobs: 10}}\n"
+        "agents:\n  edited: {entrypoint: edited_agent:entrypoint}\n"
+    )
+    async with daemon(str(fleet), "--dev") as d:
+        await d.wait_ready(1)
+        for version, room in (("v1", "edit-1"), ("v2", "edit-2")):
+            if version == "v2":  # the edit, between two jobs
+                code_file.write_text(agent.replace("VERSION", version))
+            code, _, err = await d.cli("dispatch", "edited", "--room", room)
+            assert code == 0, err
+            with anyio.fail_after(30):
+                while f"edited agent {version}" not in d.log.read_text():
+                    await anyio.sleep(0.05)  # the daemon's log is the observable
+
+
 async def test_systemd_notifications() -> None:
     notify = Path(tempfile.mkdtemp(dir="/tmp", prefix="lksup-notify-")) / "n.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:

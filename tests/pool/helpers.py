@@ -92,11 +92,14 @@ async def running_pool(
     launch: str = "spawn",
     **kw: Any,
 ) -> AsyncIterator[AgentPool]:
-    """A running pool; ``launch`` zygote or isolated forks its processes from a template."""
+    """A running pool; ``launch`` zygote or isolated forks its processes from a template
+    (zygote as the daemon does by default: prewarm runs in the template)."""
     async with AsyncExitStack() as stack:
         if launch != "spawn":
             zygotes = await stack.enter_async_context(zygote_service())
-            kw["launcher"] = zygotes.launcher(process_spec, isolated=launch == "isolated")
+            kw["launcher"] = zygotes.launcher(
+                process_spec, isolated=launch == "isolated", prepare=launch == "zygote"
+            )
         pool = AgentPool(process_spec, num_idle=num_idle, policy=policy, **kw)
         async with anyio.create_task_group() as tg:
             await tg.start(pool.run)

@@ -40,7 +40,8 @@ async def entrypoint(ctx: JobContext) -> None:
     seen = {
         "same_context": get_job_context() is ctx,
         "http_session": type(session).__name__,
-        "warm_pid": ctx.proc.userdata["warm"] == os.getpid(),
+        "prewarmed": "warm" in ctx.proc.userdata,
+        "proc_pid": ctx.proc.pid == os.getpid(),  # even when prewarm ran in the template
         "worker_id": ctx.worker_id,
         "metadata": ctx.job.metadata,
         "room": ctx.job.room.name,
@@ -103,7 +104,8 @@ async def test_both_ends_of_the_window_give_the_sdk_job_context(
     assert seen == {
         "same_context": True,
         "http_session": "ClientSession",
-        "warm_pid": True,
+        "prewarmed": True,
+        "proc_pid": True,
         "worker_id": "AW_test",
         "metadata": "m-1",
         "room": "window-room",

@@ -231,3 +231,186 @@ async def test_the_base_learns_the_plugins_agents_import(tmp_path: Path) -> None
             assert base.zygote is not None
             assert "livekit.plugins.silero" in base.zygote.plugins
             assert parent(parent(pool.idle[0].pid)) == base.pid
+
+
+PREWARM_REPORTER = """
+import json, os, threading
+
+def prewarm(proc):
+    with open(os.path.join(os.environ["OUT_DIR"], "prewarm.log"), "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    if os.environ.get("PREWARM_MODE") == "thread":
+        threading.Thread(target=threading.Event().wait, daemon=True, name="poller").start()
+    if os.environ.get("PREWARM_MODE") == "raise":
+        raise RuntimeError("no model file")
+    proc.userdata["model"] = "weights-" + os.environ["AGENT_COLOUR"]
+
+
+async def entrypoint(ctx):
+    with open(os.path.join(os.environ["OUT_DIR"], ctx.job.id + ".json"), "w") as f:
+        json.dump(
+            {"model": ctx.proc.userdata.get("model"), "pid": os.getpid(), "proc_pid": ctx.proc.pid},
+            f,
+        )
+"""
+
+
+def prewarm_agent(tmp_path: Path, mode: str = "") -> ProcessSpec:
+    red = agent(tmp_path, "red", "red", PREWARM_MODE=mode)
+    (tmp_path / "red" / "red_agent.py").write_text(textwrap.dedent(PREWARM_REPORTER))
+    return red
+
+
+def prewarm_pids(tmp_path: Path) -> list[int]:
+    return [int(line) for line in (tmp_path / "out" / "prewarm.log").read_text().split()]
+
+
+async def test_prewarm_runs_once_in_the_template_and_every_fork_starts_with_its_result(
+    tmp_path: Path,
+) -> None:
+    red = prewarm_agent(tmp_path)
+    async with (
+        zygote_service() as zygotes,
+        running_pool(red, launcher=zygotes.launcher(red, prepare=True), num_idle=2) as pool,
+    ):
+        await wait_for(pool, lambda: len(pool.idle) == 2)
+        (template,) = zygotes.templates.values()
+        assert template.zygote is not None
+        assert template.zygote.prepared
+        first = await job(pool, tmp_path, "AJ_1")
+        second = await job(pool, tmp_path, "AJ_2")
+        await wait_for(pool, lambda: len(pool.idle) == 2)
+    # three processes forked (two warm, one refill), one prewarm: in the template
+    assert prewarm_pids(tmp_path) == [template.pid]
+    for seen in (first, second):
+        assert seen["model"] == "weights-red"
+        assert seen["proc_pid"] == seen["pid"] != template.pid  # ctx.proc.pid is the job's
+    assert first["pid"] != second["pid"]
+
+
+async def test_with_prewarm_in_process_each_fork_runs_prewarm(tmp_path: Path) -> None:
+    red = prewarm_agent(tmp_path)
+    async with (
+        zygote_service() as zygotes,
+        running_pool(red, launcher=zygotes.launcher(red, prepare=False), num_idle=2) as pool,
+    ):
+        await wait_for(pool, lambda: len(pool.idle) == 2)
+        pids = sorted(p.pid for p in pool.idle if p.pid is not None)
+        seen = await job(pool, tmp_path, "AJ_1")
+    assert sorted(prewarm_pids(tmp_path)[:2]) == pids
+    assert seen["model"] == "weights-red"
+
+
+async def test_a_prewarm_that_leaves_a_thread_running_runs_in_each_process_instead(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="lksup.zygote")
+    red = prewarm_agent(tmp_path, mode="thread")
+    async with (
+        zygote_service() as zygotes,
+        running_pool(red, launcher=zygotes.launcher(red, prepare=True), num_idle=1) as pool,
+    ):
+        await wait_for(pool, lambda: len(pool.idle) == 1)
+        (template,) = zygotes.templates.values()
+        assert template.zygote is not None
+        assert not template.zygote.prepared
+        (reason,) = zygotes.unforkable.values()
+        assert reason == "prewarm red_agent:prewarm left 1 thread(s) still running (poller)"
+        warm = pool.idle[0].pid
+        seen = await job(pool, tmp_path, "AJ_1")
+    pids = prewarm_pids(tmp_path)
+    # the first template ran it, found the thread, and was stopped; the job process ran its own
+    assert len(pids) >= 2
+    assert pids[0] != template.pid
+    assert warm in pids[1:]
+    assert not psutil.pid_exists(pids[0]) or psutil.Process(pids[0]).status() == "zombie"
+    assert seen == {"model": "weights-red", "pid": warm, "proc_pid": warm}
+    messages = [r.getMessage() for r in caplog.records if r.name == "lksup.zygote"]
+    assert (
+        "Agent red: prewarm red_agent:prewarm left 1 thread(s) still running (poller), which a "
+        "fork cannot carry: its prewarm runs in each job process instead (prewarm_in: process "
+        "says so and skips this check)."
+    ) in messages
+
+
+async def test_a_prewarm_that_fails_in_the_template_is_the_agents_init_failure(
+    tmp_path: Path,
+) -> None:
+    red = prewarm_agent(tmp_path, mode="raise")
+    async with (
+        zygote_service() as zygotes,
+        running_pool(red, launcher=zygotes.launcher(red, prepare=True)) as pool,
+    ):
+        await wait_for(pool, lambda: pool.last_failure is not None)
+        assert pool.last_failure == (
+            "its template failed to start: prewarm red_agent:prewarm failed: "
+            "RuntimeError: no model file (at red_agent.py:10)"
+        )
+        assert pool.in_backoff
+
+
+GATED = """
+import os
+
+# the test holds this import until it opens the other end of the FIFO (first template only)
+if not os.path.exists(os.environ["GATE"] + ".open"):
+    with open(os.environ["GATE"]) as gate:
+        gate.read()
+"""
+
+
+def gated_agent(tmp_path: Path, name: str, *, teaches: bool) -> tuple[ProcessSpec, Path]:
+    gate = tmp_path / f"{name}.gate"
+    os.mkfifo(gate)
+    process_spec = agent(tmp_path, name, name, GATE=str(gate))
+    module = tmp_path / name / f"{name}_agent.py"
+    teach = "import livekit.plugins.silero  # noqa: F401\n" if teaches else ""
+    module.write_text(textwrap.dedent(GATED) + teach + textwrap.dedent(REPORTER))
+    return process_spec, gate
+
+
+def forked_from_base(zygotes: Zygotes) -> int:
+    """How many processes the (one) base template has forked so far."""
+    bases = [b for b in zygotes.bases.values() if b.pid is not None]
+    return len(psutil.Process(bases[0].pid).children()) if len(bases) == 1 else 0
+
+
+async def open_gate(gate: Path) -> None:
+    Path(f"{gate}.open").touch()
+
+    def release() -> None:
+        with open(gate, "w") as writer:  # blocks until the template opened it to read
+            writer.write("go")
+
+    with anyio.fail_after(30):
+        await anyio.to_thread.run_sync(release)
+
+
+async def test_a_template_forked_from_the_base_another_agent_just_taught_is_replaced(
+    tmp_path: Path,
+) -> None:
+    # red teaches the base a plugin while blue's template, forked from the same base, is still
+    # importing: blue's template must not be kept (it would keep the old base alive)
+    red, red_gate = gated_agent(tmp_path, "red", teaches=True)
+    blue, blue_gate = gated_agent(tmp_path, "blue", teaches=False)
+    learned: list[list[str]] = []
+    async with zygote_service(defaults=True, on_learned=learned.append) as zygotes:
+        assert isinstance(zygotes, Zygotes)
+        async with (
+            running_pool(red, launcher=zygotes.launcher(red), num_idle=1) as red_pool,
+            running_pool(blue, launcher=zygotes.launcher(blue), num_idle=1) as blue_pool,
+        ):
+            with anyio.fail_after(60):  # both templates are forked from the first base
+                while forked_from_base(zygotes) != 2:
+                    await anyio.sleep(0.02)  # the process table is the observable
+            (old_base,) = zygotes.bases.values()
+            await open_gate(red_gate)
+            await wait_for(red_pool, lambda: len(red_pool.idle) == 1, timeout=60)
+            assert learned == [["livekit.plugins.silero"]]
+            await open_gate(blue_gate)
+            await wait_for(blue_pool, lambda: len(blue_pool.idle) == 1, timeout=60)
+            (base,) = zygotes.bases.values()
+            assert base is not old_base
+            assert parent(parent(blue_pool.idle[0].pid)) == base.pid
+            with anyio.fail_after(30):  # nothing forked from it is left: it retires
+                await old_base.wait_exited()

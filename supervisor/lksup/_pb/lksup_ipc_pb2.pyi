@@ -37,19 +37,21 @@ class StartInference(_message.Message):
     def __init__(self, runners: _Optional[_Iterable[str]] = ..., log_level: _Optional[str] = ...) -> None: ...
 
 class ZygoteStart(_message.Message):
-    __slots__ = ("preload", "imports", "log_level", "agent_name")
+    __slots__ = ("preload", "imports", "log_level", "agent_name", "prepare")
     PRELOAD_FIELD_NUMBER: _ClassVar[int]
     IMPORTS_FIELD_NUMBER: _ClassVar[int]
     LOG_LEVEL_FIELD_NUMBER: _ClassVar[int]
     AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    PREPARE_FIELD_NUMBER: _ClassVar[int]
     preload: _containers.RepeatedScalarFieldContainer[str]
     imports: _containers.RepeatedScalarFieldContainer[str]
     log_level: str
     agent_name: str
-    def __init__(self, preload: _Optional[_Iterable[str]] = ..., imports: _Optional[_Iterable[str]] = ..., log_level: _Optional[str] = ..., agent_name: _Optional[str] = ...) -> None: ...
+    prepare: bytes
+    def __init__(self, preload: _Optional[_Iterable[str]] = ..., imports: _Optional[_Iterable[str]] = ..., log_level: _Optional[str] = ..., agent_name: _Optional[str] = ..., prepare: _Optional[bytes] = ...) -> None: ...
 
 class ForkTemplate(_message.Message):
-    __slots__ = ("request_id", "agent_name", "env", "cwd", "imports", "log_level")
+    __slots__ = ("request_id", "agent_name", "env", "cwd", "imports", "log_level", "prepare")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -63,13 +65,15 @@ class ForkTemplate(_message.Message):
     CWD_FIELD_NUMBER: _ClassVar[int]
     IMPORTS_FIELD_NUMBER: _ClassVar[int]
     LOG_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    PREPARE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     agent_name: str
     env: _containers.ScalarMap[str, str]
     cwd: str
     imports: _containers.RepeatedScalarFieldContainer[str]
     log_level: str
-    def __init__(self, request_id: _Optional[str] = ..., agent_name: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., imports: _Optional[_Iterable[str]] = ..., log_level: _Optional[str] = ...) -> None: ...
+    prepare: bytes
+    def __init__(self, request_id: _Optional[str] = ..., agent_name: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., imports: _Optional[_Iterable[str]] = ..., log_level: _Optional[str] = ..., prepare: _Optional[bytes] = ...) -> None: ...
 
 class ForkJob(_message.Message):
     __slots__ = ("request_id",)
@@ -272,18 +276,22 @@ class InferenceRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., method: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class ZygoteReady(_message.Message):
-    __slots__ = ("pid", "error", "init_seconds", "plugins", "preload_failed")
+    __slots__ = ("pid", "error", "init_seconds", "plugins", "preload_failed", "prepared", "unforkable")
     PID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     INIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     PLUGINS_FIELD_NUMBER: _ClassVar[int]
     PRELOAD_FAILED_FIELD_NUMBER: _ClassVar[int]
+    PREPARED_FIELD_NUMBER: _ClassVar[int]
+    UNFORKABLE_FIELD_NUMBER: _ClassVar[int]
     pid: int
     error: str
     init_seconds: float
     plugins: _containers.RepeatedScalarFieldContainer[str]
     preload_failed: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, pid: _Optional[int] = ..., error: _Optional[str] = ..., init_seconds: _Optional[float] = ..., plugins: _Optional[_Iterable[str]] = ..., preload_failed: _Optional[_Iterable[str]] = ...) -> None: ...
+    prepared: bool
+    unforkable: str
+    def __init__(self, pid: _Optional[int] = ..., error: _Optional[str] = ..., init_seconds: _Optional[float] = ..., plugins: _Optional[_Iterable[str]] = ..., preload_failed: _Optional[_Iterable[str]] = ..., prepared: _Optional[bool] = ..., unforkable: _Optional[str] = ...) -> None: ...
 
 class Forked(_message.Message):
     __slots__ = ("request_id", "pid", "error")

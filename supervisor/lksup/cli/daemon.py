@@ -51,7 +51,8 @@ def _host_port(_ctx: click.Context, param: click.Parameter, value: str | None) -
 @click.option(
     "--dev",
     is_flag=True,
-    help="Development defaults: no load threshold, no idle processes, debug logs.",
+    help="Development defaults: no load threshold, no idle processes, debug logs, and a fresh "
+    "interpreter for every job (an edit to an agent's code applies to its next job).",
 )
 @click.option(
     "--dev-server",

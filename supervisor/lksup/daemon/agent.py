@@ -230,7 +230,11 @@ class AgentRuntime:
         spec = build_spec(name, agent, env)
         launcher = None
         if zygotes is not None and agent.process_start != "spawn" and forking_supported():
-            launcher = zygotes.launcher(spec, isolated=agent.process_start == "isolated")
+            launcher = zygotes.launcher(
+                spec,
+                isolated=agent.process_start == "isolated",
+                prepare=agent.prewarm_in == "template",
+            )
         self.pool = AgentPool(
             spec,
             num_idle=idle_target(agent),

@@ -48,11 +48,14 @@ def _wall(monotonic_at: float | None) -> str | None:
 
 
 def dev_defaults(fleet: Fleet) -> Fleet:
-    """``lksup run --dev``: no load threshold, no idle processes (development defaults)."""
-    agents = {
-        name: agent.model_copy(update={"load_threshold": 1.0, "num_idle_processes": 0})
-        for name, agent in fleet.agents.items()
-    }
+    """``lksup run --dev``'s development defaults.
+
+    No load threshold, no idle processes, and every job process a fresh interpreter (no
+    template keeps the agent's modules imported), so an edit to the agent's code applies to
+    the next job.
+    """
+    update = {"load_threshold": 1.0, "num_idle_processes": 0, "process_start": "spawn"}
+    agents = {name: agent.model_copy(update=update) for name, agent in fleet.agents.items()}
     return fleet.model_copy(update={"agents": agents})
 
 

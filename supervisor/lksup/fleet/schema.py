@@ -423,7 +423,18 @@ class AgentOptions(_Model):
     dependencies share one fleet; lksup must be installed there too. Unset: lksup's own."""
 
     prewarm: ImportRef | None = None
-    """Run once per job process before any job (``prewarm_fnc``): ``def f(proc: JobProcess)``."""
+    """Prepares each job process before any job (``prewarm_fnc``): ``def f(proc: JobProcess)``.
+    Where it runs: ``prewarm_in``."""
+
+    prewarm_in: Literal["template", "process"] = "template"
+    """Where prewarm runs when job processes are forked (process_start zygote or isolated).
+    template: once, in the agent's template, before it forks: every job process starts with
+    ``proc.userdata`` filled, in memory shared with the others (a VAD or model loaded in
+    prewarm is one copy for all the agent's processes), and is ready in milliseconds. A prewarm
+    that leaves a thread running or a descriptor open cannot be forked: lksup sees it, logs
+    it, and runs prewarm in each process instead. process: in each job process (prewarm that
+    must be per process: its own connection, seed or pid). With process_start spawn prewarm
+    always runs in each process."""
 
     request: RequestPolicy = Field(default_factory=RequestPolicy)
     """Declarative request policy, evaluated in the supervisor (room glob, identity...)."""

@@ -31,6 +31,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 import anyio
@@ -47,13 +48,22 @@ from lksup.jobs.ipc import (
     Ready,
     decode,
 )
-from lksup.jobs.loader import LoadError, load_agent, run_prewarm
+from lksup.jobs.loader import AgentFunctions, LoadError, load_agent, run_prewarm
 from lksup.jobs.runtime import EOF_CLEANUP_TIMEOUT, EXIT_TIMEOUT, ChildRuntime
 
 if TYPE_CHECKING:
+    from lksup.jobs.sdk.runtime import Prepared as SdkPrepared
     from lksup.jobs.sdk.runtime import SdkRuntime
 
-__all__ = ["ProtocolError", "main", "receive_first", "run_child"]
+__all__ = [
+    "Prepared",
+    "ProtocolError",
+    "keep_prepared",
+    "main",
+    "prepare",
+    "receive_first",
+    "run_child",
+]
 
 logger = logging.getLogger("lksup.jobs")
 
@@ -119,33 +129,73 @@ def _set_log_level(name: str) -> None:
         logger.warning("Unknown log level %r; using INFO.", name)
 
 
-def _initialise(init: Initialize, outbox: Outbox) -> ChildRuntime | SdkRuntime | None:
-    """Import and prewarm, then send ``Ready``; the runtime, or None when that failed."""
+@dataclass(frozen=True)
+class Prepared:
+    """An lksup agent's functions and the ``JobProcess`` its prewarm filled."""
+
+    functions: AgentFunctions
+    proc: JobProcess
+
+
+#: What the template this process was forked from prepared, and for which ``Initialize``.
+_prepared: tuple[Initialize, Prepared | SdkPrepared] | None = None
+
+
+def prepare(init: Initialize) -> Prepared | SdkPrepared:
+    """Import the agent's functions and run its prewarm.
+
+    In the job process, or once in the agent's template before it forks (every process forked
+    from it adopts the result).
+
+    Raises:
+        LoadError: what ``Ready.error`` says.
+    """
     _set_log_level(init.log_level)
     cwd = os.getcwd()
     if not sys.path or sys.path[0] != cwd:
         sys.path.insert(0, cwd)
     if init.runtime == RUNTIME_LIVEKIT_AGENTS:
         if init.max_jobs > 1:
-            error = "job_executor: thread is not available for runtime livekit-agents yet"
-            outbox.send(Ready(pid=os.getpid(), error=error))
-            return None
+            raise LoadError("job_executor: thread is not available for runtime livekit-agents yet")
         from lksup.jobs.sdk import runtime as sdk_runtime  # imports nothing of the SDK yet
 
-        return sdk_runtime.initialise(init, outbox)
+        return sdk_runtime.prepare(init)
     if init.runtime not in ("", "lksup"):
-        outbox.send(Ready(pid=os.getpid(), error=f"unknown runtime {init.runtime!r}"))
-        return None
-    started = time.perf_counter()
+        raise LoadError(f"unknown runtime {init.runtime!r}")
     proc = JobProcess(agent_name=init.agent_name)
-    try:
-        functions = load_agent(init)
-        run_prewarm(functions, proc, ref=init.prewarm)
-    except LoadError as exc:
-        elapsed = time.perf_counter() - started
-        outbox.send(Ready(pid=os.getpid(), error=str(exc), init_seconds=elapsed))
-        return None
+    functions = load_agent(init)
+    run_prewarm(functions, proc, ref=init.prewarm)
+    return Prepared(functions=functions, proc=proc)
+
+
+def keep_prepared(init: Initialize, prepared: Prepared | SdkPrepared) -> None:
+    """A template keeps what it prepared for ``init``: its forks adopt it."""
+    global _prepared
+    _prepared = (init, prepared)
+
+
+def _initialise(init: Initialize, outbox: Outbox) -> ChildRuntime | SdkRuntime | None:
+    """Import and prewarm (unless the template did), then send ``Ready``.
+
+    Returns the runtime, or None when that failed.
+    """
+    started = time.perf_counter()
+    prepared = _prepared[1] if _prepared is not None and _prepared[0] == init else None
+    if prepared is None:
+        try:
+            prepared = prepare(init)
+        except LoadError as exc:
+            elapsed = time.perf_counter() - started
+            outbox.send(Ready(pid=os.getpid(), error=str(exc), init_seconds=elapsed))
+            return None
+    else:
+        _set_log_level(init.log_level)
+    if not isinstance(prepared, Prepared):
+        from lksup.jobs.sdk import runtime as sdk_runtime
+
+        return sdk_runtime.initialise(init, outbox, prepared)
     outbox.send(Ready(pid=os.getpid(), init_seconds=time.perf_counter() - started))
+    functions, proc = prepared.functions, prepared.proc
     if init.max_jobs > 1:
         from lksup.jobs.threads import ThreadHost
 

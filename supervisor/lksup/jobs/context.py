@@ -92,13 +92,16 @@ class JobProcess:
 
     def __init__(self, *, agent_name: str = "", pid: int | None = None) -> None:
         self._agent_name = agent_name
-        self._pid = os.getpid() if pid is None else pid
+        self._pid = pid
         self._userdata: dict[Any, Any] = {}
 
     @property
     def pid(self) -> int:
-        """This process's id."""
-        return self._pid
+        """This process's id.
+
+        Read when asked: prewarm may have run in the template this process was forked from.
+        """
+        return os.getpid() if self._pid is None else self._pid
 
     @property
     def userdata(self) -> dict[Any, Any]:

@@ -145,6 +145,9 @@ class ZygoteStart:
     """The agent's own modules (an agent template; a failure is the agent's init error)."""
     log_level: str = "INFO"
     agent_name: str = ""
+    prepare: bytes = b""
+    """An encoded ``Initialize`` (``encode_payload``) whose prewarm the template runs before it
+    forks: its job processes then start prepared. Empty: they prewarm themselves."""
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,8 @@ class ForkTemplate:
     cwd: str = ""
     imports: tuple[str, ...] = ()
     log_level: str = "INFO"
+    prepare: bytes = b""
+    """As ``ZygoteStart.prepare``."""
 
 
 @dataclass(frozen=True)
@@ -320,6 +325,12 @@ class ZygoteReady:
     """``livekit.plugins.*`` modules loaded, which the base template can preload."""
     preload_failed: tuple[str, ...] = ()
     """``module: error`` of each preload that could not be imported."""
+    prepared: bool = False
+    """It ran the prewarm of ``ZygoteStart.prepare``: its job processes start prepared."""
+    unforkable: str = ""
+    """Non-empty: that prewarm left the template unsafe to fork (threads still running,
+    descriptors open), and why; the supervisor stops it, and the agent's processes prewarm
+    themselves."""
 
 
 @dataclass(frozen=True)

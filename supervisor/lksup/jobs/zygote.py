@@ -46,6 +46,7 @@ import select
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -58,6 +59,7 @@ from lksup.jobs.ipc import (
     Forked,
     ForkJob,
     ForkTemplate,
+    Initialize,
     IpcError,
     Ping,
     Pong,
@@ -67,7 +69,7 @@ from lksup.jobs.ipc import (
     decode,
     encode,
 )
-from lksup.jobs.loader import describe_exception
+from lksup.jobs.loader import LoadError, describe_exception
 
 __all__ = ["main"]
 
@@ -115,6 +117,62 @@ def _plugins() -> tuple[str, ...]:
     )
 
 
+class _Unforkable(Exception):
+    """Prewarm left the template in a state that cannot be forked safely (the message: why)."""
+
+
+def _thread_count() -> int:
+    """How many threads this process has (the kernel's count: native ones too)."""
+    return len(os.listdir("/proc/self/task"))
+
+
+def _descriptors() -> dict[int, str]:
+    """This process's open descriptors and what each is."""
+    found = {}
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            found[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+    return found
+
+
+def _prepare(payload: bytes) -> bool:
+    """Run the prewarm of the encoded ``Initialize`` here, once, for every fork to adopt.
+
+    A fork copies memory, not threads: prewarm that leaves a thread running (a client's
+    background thread, a native thread pool) would leave its forks with locks nobody releases,
+    and a descriptor it opened (a connection) would be shared by every fork. Either is
+    ``_Unforkable``: the agent's processes then run prewarm themselves.
+
+    Raises:
+        _StartFailed: the agent cannot be imported, or prewarm raised (its init failure).
+        _Unforkable: prewarm left threads or descriptors behind.
+    """
+    from lksup.jobs import child
+
+    init = decode(payload)
+    if not isinstance(init, Initialize):
+        raise _StartFailed(f"prepare carries {type(init).__name__}, not Initialize")
+    threads, python_threads, descriptors = _thread_count(), threading.enumerate(), _descriptors()
+    try:
+        prepared = child.prepare(init)
+    except LoadError as exc:
+        raise _StartFailed(str(exc)) from None
+    left = []
+    started = _thread_count() - threads
+    if started > 0:
+        names = [t.name for t in threading.enumerate() if t not in python_threads]
+        if started > len(names):
+            names.append(f"{started - len(names)} native")
+        left.append(f"{started} thread(s) still running ({', '.join(names)})")
+    opened = sorted(set(_descriptors().items()) - set(descriptors.items()))
+    if opened:
+        left.append("descriptors open (" + ", ".join(what for _fd, what in opened[:4]) + ")")
+    if left:
+        raise _Unforkable(f"prewarm {init.prewarm} left " + " and ".join(left))
+    child.keep_prepared(init, prepared)
+    return True
+
+
 class Template:
     """One template's loop: fork on request, reap and report children, exit on EOF."""
 
@@ -147,6 +205,18 @@ class Template:
             return False
         for failure in failed:
             logger.warning("Preload of %s", failure)
+        prepared = False
+        if start.prepare:
+            try:
+                prepared = _prepare(start.prepare)
+            except _StartFailed as exc:
+                elapsed = time.perf_counter() - began
+                self.send(ZygoteReady(pid=os.getpid(), error=str(exc), init_seconds=elapsed))
+                return False
+            except _Unforkable as exc:  # the supervisor stops it and never asks it to fork
+                elapsed = time.perf_counter() - began
+                self.send(ZygoteReady(pid=os.getpid(), unforkable=str(exc), init_seconds=elapsed))
+                return True
         gc.collect()
         gc.freeze()  # what was imported stays put: its pages stay shared with every fork
         self.send(
@@ -155,6 +225,7 @@ class Template:
                 init_seconds=time.perf_counter() - began,
                 plugins=_plugins(),
                 preload_failed=tuple(failed),
+                prepared=prepared,
             )
         )
         return True
@@ -317,6 +388,7 @@ def _template_runner(request: ForkTemplate) -> Callable[[int], int]:
                 imports=request.imports,
                 log_level=request.log_level,
                 agent_name=request.agent_name,
+                prepare=request.prepare,
             ),
         )
 

@@ -149,6 +149,21 @@ class ProcessSpec:
     """The interpreter of the job processes; empty: the supervisor's own."""
 
 
+def initialize_message(spec: ProcessSpec) -> ipc.Initialize:
+    """The ``Initialize`` that ``spec``'s job processes get (and their template prepares)."""
+    return ipc.Initialize(
+        agent_name=spec.agent_name,
+        entrypoint=spec.entrypoint,
+        prewarm=spec.prewarm,
+        request_fnc=spec.request_fnc,
+        log_level=spec.log_level,
+        shutdown_grace=spec.shutdown_grace,
+        runtime=spec.runtime,
+        session_end_fnc=spec.session_end_fnc,
+        max_jobs=spec.max_jobs if spec.max_jobs > 1 else 0,
+    )
+
+
 @dataclass
 class _JobSlot:
     """One job of a process: when it started and how it ended."""
@@ -319,18 +334,7 @@ class WorkerProcess:
 
     def _first_message(self) -> ipc.ParentMessage | None:
         """What the process is for (answered by ``Ready``)."""
-        spec = self.spec
-        return ipc.Initialize(
-            agent_name=spec.agent_name,
-            entrypoint=spec.entrypoint,
-            prewarm=spec.prewarm,
-            request_fnc=spec.request_fnc,
-            log_level=spec.log_level,
-            shutdown_grace=spec.shutdown_grace,
-            runtime=spec.runtime,
-            session_end_fnc=spec.session_end_fnc,
-            max_jobs=spec.max_jobs if spec.max_jobs > 1 else 0,
-        )
+        return initialize_message(self.spec)
 
     async def _initialize(self) -> str | None:
         """Initialize and wait for Ready; the reason it failed, or None."""

@@ -47,6 +47,7 @@ from lksup.pool.process import (
     ProcessState,
     WorkerProcess,
     describe_exit,
+    initialize_message,
 )
 
 __all__ = [
@@ -373,6 +374,8 @@ class Zygotes:
         self.log_level = log_level
         self.monitor = monitor
         self.learned: set[str] = set(learned)
+        self.unforkable: dict[tuple[object, ...], str] = {}
+        """Templates (by key) whose prewarm was found unsafe to fork, and why."""
         self.on_learned = on_learned
         self._configured: tuple[str, ...] = ()
         self._defaults = True
@@ -472,9 +475,11 @@ class Zygotes:
         retiring = [(t.launcher is None, t) for t in self._retiring if t.alive]
         return [*bases, *agents, *retiring]
 
-    def launcher(self, spec: ProcessSpec, *, isolated: bool = False) -> ZygoteLauncher:
-        """The launcher of ``spec``'s job processes."""
-        return ZygoteLauncher(self, spec, isolated)
+    def launcher(
+        self, spec: ProcessSpec, *, isolated: bool = False, prepare: bool = False
+    ) -> ZygoteLauncher:
+        """The launcher of ``spec``'s job processes; ``prepare``: its template runs prewarm."""
+        return ZygoteLauncher(self, spec, isolated, prepare)
 
     def _lock(self, key: object) -> anyio.Lock:
         return self._locks.setdefault(key, anyio.Lock())
@@ -527,19 +532,25 @@ class Zygotes:
                 log.info("Base template: not preloaded: %s", "; ".join(base.zygote.preload_failed))
             return base
 
-    async def template(self, spec: ProcessSpec, *, isolated: bool) -> TemplateProcess:
-        """``spec``'s agent template, started (or restarted after it died) as needed."""
-        key = _key(spec, isolated)
+    async def template(
+        self, spec: ProcessSpec, *, isolated: bool, prepare: bool = False
+    ) -> TemplateProcess:
+        """``spec``'s agent template, started (or restarted after it died) as needed.
+
+        ``prepare``: the template runs the agent's prewarm before it forks, unless that
+        prewarm was found unsafe to fork (then its processes run it, as with False).
+        """
+        key = _key(spec, isolated, prepare)
         async with self._lock(key):
             while True:
-                template = await self._template(key, spec, isolated)
+                template = await self._template(key, spec, isolated, prepare)
                 if isolated or template.generation == self.generation:
                     return template
                 # it taught the base something: fork from a base that shares it instead
                 self._retire(template)
 
     async def _template(
-        self, key: tuple[object, ...], spec: ProcessSpec, isolated: bool
+        self, key: tuple[object, ...], spec: ProcessSpec, isolated: bool, prepare: bool
     ) -> TemplateProcess:
         current = self.templates.get(key)
         if current is not None and current.alive and current.state is ProcessState.READY:
@@ -548,9 +559,36 @@ class Zygotes:
             self._retire(current)  # forked from an older base: fork anew from the new one
         elif current is not None:
             log.warning("The template of agent %s is gone; starting a new one.", spec.agent_name)
+        while True:
+            template, generation = await self._new_template(
+                spec, isolated, prepare and key not in self.unforkable
+            )
+            reason = template.zygote.unforkable if template.zygote else ""
+            if not reason:
+                break
+            log.info(
+                "Agent %s: %s, which a fork cannot carry: its prewarm runs in each job process "
+                "instead (prewarm_in: process says so and skips this check).",
+                spec.agent_name,
+                reason,
+            )
+            self.unforkable[key] = reason
+            await template.stop("its prewarm runs in each job process")
+        template.generation = generation  # older than self.generation: replaced by template()
+        self.templates[key] = template
+        self._learn(template)
+        assert self._tg is not None
+        self._tg.start_soon(self._watch_template, key, template)
+        return template
+
+    async def _new_template(
+        self, spec: ProcessSpec, isolated: bool, prepare: bool
+    ) -> tuple[TemplateProcess, int]:
+        """Start a template for ``spec``; it and the generation it was forked from."""
         template_spec = dataclasses.replace(
             spec, initialize_timeout=max(spec.initialize_timeout, TEMPLATE_INIT_TIMEOUT)
         )
+        prepared = ipc.encode_payload(initialize_message(spec)) if prepare else b""
         generation = self.generation  # what it is forked from; learning may move on meanwhile
         if isolated:
             start = ipc.ZygoteStart(
@@ -558,6 +596,7 @@ class Zygotes:
                 imports=_imports(spec),
                 log_level=spec.log_level,
                 agent_name=spec.agent_name,
+                prepare=prepared,
             )
             template = TemplateProcess(template_spec, start)
         else:
@@ -570,15 +609,10 @@ class Zygotes:
                 cwd=str(spec.cwd or os.getcwd()),
                 imports=_imports(spec),
                 log_level=spec.log_level,
+                prepare=prepared,
             )
             template = TemplateProcess(template_spec, None, launcher=_ForkLauncher(base, request))
-        template = await self._start(template)
-        template.generation = generation  # older than self.generation: replaced by template()
-        self.templates[key] = template
-        self._learn(template)
-        assert self._tg is not None
-        self._tg.start_soon(self._watch_template, key, template)
-        return template
+        return await self._start(template), generation
 
     async def _watch_template(self, key: tuple[object, ...], template: TemplateProcess) -> None:
         """An agent template that dies unexpectedly is its agents' init failure (backoff)."""
@@ -601,13 +635,13 @@ class Zygotes:
 
     def acquire(self, launcher: ZygoteLauncher) -> None:
         """A pool launches from ``launcher``'s template."""
-        key = _key(launcher.spec, launcher.isolated)
+        key = _key(launcher.spec, launcher.isolated, launcher.prepare)
         self._users[key] = self._users.get(key, 0) + 1
         self._launchers.setdefault(key, []).append(launcher)
 
     async def release(self, launcher: ZygoteLauncher) -> None:
         """A pool is done with its template: the last one stops it."""
-        key = _key(launcher.spec, launcher.isolated)
+        key = _key(launcher.spec, launcher.isolated, launcher.prepare)
         users = self._launchers.get(key, [])
         if launcher in users:
             users.remove(launcher)
@@ -631,6 +665,8 @@ class ZygoteLauncher:
     zygotes: Zygotes
     spec: ProcessSpec
     isolated: bool = False
+    prepare: bool = False
+    """Its template runs the agent's prewarm before forking (``prewarm_in: template``)."""
     on_failure: Callable[[str], None] | None = field(default=None, compare=False)
     """Told when the template dies unexpectedly (the pool records an init failure)."""
     on_stale: Callable[[int], None] | None = field(default=None, compare=False)
@@ -642,7 +678,9 @@ class ZygoteLauncher:
 
     async def launch(self, process: WorkerProcess, child: socket.socket) -> ProcessHandle:
         """Fork ``process`` from the agent's template (raises ``InitFailed``)."""
-        template = await self.zygotes.template(self.spec, isolated=self.isolated)
+        template = await self.zygotes.template(
+            self.spec, isolated=self.isolated, prepare=self.prepare
+        )
         process.generation = template.generation
         return await _ForkLauncher(template).launch(process, child)
 
@@ -684,8 +722,10 @@ def _imports(spec: ProcessSpec) -> tuple[str, ...]:
     return tuple(modules)
 
 
-def _key(spec: ProcessSpec, isolated: bool) -> tuple[object, ...]:
+def _key(spec: ProcessSpec, isolated: bool, prepare: bool) -> tuple[object, ...]:
     """What the template depends on: a change needs a new template."""
+    if prepare:  # it runs prewarm: everything its job processes are initialised with
+        return (isolated, initialize_message(spec), *_key(spec, isolated, False)[1:])
     return (
         isolated,
         spec.python,

@@ -32,6 +32,7 @@ REPLACE_FIELDS = frozenset(
     {
         "entrypoint",
         "prewarm",
+        "prewarm_in",
         "request_fnc",
         "session_end_fnc",
         "env",

@@ -15,7 +15,12 @@ What is used, and why it is private:
   disconnect and the shutdown callbacks with their reason, in the SDK's order. Its constructor
   changed in 1.4 (``session_end_fnc``) and 1.6 (``session_end_timeout``,
   ``simulation_end_fnc``): arguments are passed by name where the installed version has them.
-* ``_JobProc.initialize(init_req, client)`` builds the SDK ``JobProcess`` and runs prewarm;
+* ``_JobProc.initialize(init_req, client)`` builds the SDK ``JobProcess``, imports the SDK's
+  warm-up (``ipc/_preload``), detects the telemetry resource and runs prewarm, then keeps the
+  client. lksup does the same steps in two halves: ``new_job_process`` and prewarm, which may
+  run in an agent's template before it forks, then ``JobHost.adopt`` in the job process (the
+  client, ``_InfClient``, the per-process resource detection), which sets the attributes
+  ``initialize`` sets (``_client``, ``_inf_client``, ``_job_proc``).
   ``_JobProc.entrypoint(cch)`` is the job loop, fed through an ``aio.Chan`` of the SDK's
   ``ipc.proto`` messages (``StartJobRequest``, ``ShutdownRequest``, ``InferenceResponse``).
   It talks back through ``client.send``: ``InferenceRequest`` and ``Exiting(reason)`` matter
@@ -42,6 +47,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
 import inspect
 import logging
 import re
@@ -56,6 +62,7 @@ __all__ = [
     "installed_version",
     "make_job_request",
     "new_channel",
+    "new_job_process",
     "registered_runners",
 ]
 
@@ -119,6 +126,23 @@ def registered_runners() -> tuple[str, ...]:
     return tuple(sorted(f"{cls.__module__}:{cls.__qualname__}" for cls in runners))
 
 
+def new_job_process(*, http_proxy: str | None) -> Any:
+    """The SDK ``JobProcess`` that prewarm fills, after the SDK's warm-up (as ``initialize``).
+
+    It holds no state of the process it was made in (its ``pid`` is read when asked), so one
+    made and prewarmed in a template serves every process forked from it.
+    """
+    from livekit.agents.job import JobExecutorType, JobProcess
+
+    kwargs: dict[str, Any] = {"executor_type": JobExecutorType.PROCESS, "http_proxy": http_proxy}
+    if "user_arguments" in inspect.signature(JobProcess).parameters:
+        kwargs["user_arguments"] = None
+    proc = JobProcess(**kwargs)
+    if importlib.util.find_spec("livekit.agents.ipc._preload") is not None:  # 1.8.2+
+        importlib.import_module("livekit.agents.ipc._preload")
+    return proc
+
+
 def make_job_request(
     job: Any,
     *,
@@ -150,7 +174,6 @@ class JobHost:
 
     Args:
         entrypoint: the entrypoint as ``_JobProc`` should call it (lksup wraps the user's).
-        prewarm: ``def prewarm(proc)``, or None.
         on_inference: called with ``(request_id, method, data)`` for each inference request.
     """
 
@@ -158,7 +181,6 @@ class JobHost:
         self,
         *,
         entrypoint: Callable[[Any], Awaitable[None]],
-        prewarm: Callable[[Any], object] | None,
         on_inference: Callable[[str, str, bytes], None],
         on_exiting: Callable[[str], Awaitable[None]] | None = None,
         session_end: Callable[[Any], Awaitable[None]] | None = None,
@@ -178,24 +200,29 @@ class JobHost:
         from livekit.agents.job import JobExecutorType
 
         self._proc = job_proc_lazy_main._JobProc(
-            prewarm or _no_prewarm,
+            _no_prewarm,  # prewarm ran on ``new_job_process``'s result
             entrypoint,
             session_end,
             executor_type=JobExecutorType.PROCESS,
             **kwargs,
         )
 
-    def initialize(self, *, http_proxy: str | None) -> Any:
-        """Build the SDK ``JobProcess`` and run prewarm (main thread, no event loop yet).
+    def adopt(self, job_proc: Any) -> None:
+        """Take the ``JobProcess`` that ``new_job_process`` made and prewarm filled.
 
-        Returns the ``JobProcess``. Exceptions from prewarm propagate.
+        Made here or in the template this process was forked from. This is what
+        ``_JobProc.initialize`` does besides prewarm.
         """
-        request = self._proto.InitializeRequest()
-        if hasattr(request, "http_proxy"):
-            request.http_proxy = http_proxy or ""
+        from livekit.agents.ipc.job_proc_lazy_main import _InfClient
+
         client: Any = _Client(self)  # duck-typed: only ``send`` is used
-        self._proc.initialize(request, client)
-        return self._proc._job_proc
+        self._proc._client = client
+        self._proc._inf_client = _InfClient(client)
+        self._proc._job_proc = job_proc
+        traces = importlib.import_module("livekit.agents.telemetry.traces")
+        resource = getattr(traces, "_resource", None)  # 1.8.2+: detected once per process
+        if resource is not None:
+            resource({})
 
     async def run(self, channel: Any) -> None:
         """The SDK's job loop; returns when the job ended or the process was shut down idle."""

@@ -38,6 +38,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -64,17 +65,60 @@ from lksup.jobs.ipc import (
     Shutdown,
     StartJob,
 )
-from lksup.jobs.loader import LoadError, describe_exception, load_agent
+from lksup.jobs.loader import (
+    AgentFunctions,
+    LoadError,
+    describe_exception,
+    load_agent,
+    run_prewarm,
+)
 from lksup.jobs.runtime import EOF_CLEANUP_TIMEOUT, EXIT_TIMEOUT, OUTCOME_ACK_TIMEOUT, IpcLoop
 from lksup.jobs.sdk import adapter
 
-__all__ = ["SdkRuntime", "initialise"]
+__all__ = ["Prepared", "SdkRuntime", "initialise", "prepare"]
 
 logger = logging.getLogger("lksup.jobs")
 
 
-def initialise(init: Initialize, outbox: Outbox) -> SdkRuntime | None:
-    """Check the SDK, import the agent, run prewarm through the SDK, send ``Ready``.
+@dataclass(frozen=True)
+class Prepared:
+    """What ``prepare`` made: the SDK version, the agent's functions, the SDK ``JobProcess``."""
+
+    version: str
+    functions: AgentFunctions
+    job_proc: Any
+
+
+def prepare(init: Initialize) -> Prepared:
+    """Check the SDK, import the agent, run its prewarm through the SDK.
+
+    In the job process, or once in the agent's template before it forks (``prewarm_in:
+    template``): every process forked from it then adopts the result.
+
+    Raises:
+        LoadError: the SDK is missing or unsupported, the agent cannot be imported, or prewarm
+            failed (the message is ``Ready.error``).
+    """
+    try:
+        version = adapter.check_version(adapter.installed_version())
+    except adapter.UnsupportedSdk as exc:
+        raise LoadError(str(exc)) from None
+    functions = load_agent(init)
+    try:
+        job_proc = adapter.new_job_process(
+            http_proxy=os.environ.get("HTTPS_PROXY") or os.environ.get("HTTP_PROXY")
+        )
+    except Exception as exc:  # installed but broken (a missing native library...)
+        detail = describe_exception(exc, with_location=True)
+        raise LoadError(f"livekit-agents cannot be imported: {detail}") from None
+    run_prewarm(functions, job_proc, ref=init.prewarm)
+    return Prepared(version=version, functions=functions, job_proc=job_proc)
+
+
+def initialise(
+    init: Initialize, outbox: Outbox, prepared: Prepared | None = None
+) -> SdkRuntime | None:
+    """Prepare (unless ``prepared`` came from the template), bind the SDK's runner, send Ready.
 
     Returns the runtime, or None when initialisation failed (``Ready.error`` was sent).
     """
@@ -84,40 +128,29 @@ def initialise(init: Initialize, outbox: Outbox) -> SdkRuntime | None:
         outbox.send(Ready(pid=os.getpid(), error=error, init_seconds=time.perf_counter() - started))
 
     try:
-        version = adapter.check_version(adapter.installed_version())
-    except adapter.UnsupportedSdk as exc:
-        failed(str(exc))
-        return None
-    try:
-        functions = load_agent(init)
+        prepared = prepared or prepare(init)
     except LoadError as exc:
         failed(str(exc))
         return None
+    functions = prepared.functions
     runtime = SdkRuntime(init=init, outbox=outbox, request_fnc=functions.request_fnc)
     try:
         host = adapter.JobHost(
             entrypoint=runtime.wrap_entrypoint(functions.entrypoint),
-            prewarm=functions.prewarm,
             on_inference=runtime.request_inference,
             on_exiting=runtime.job_exiting,
             session_end=functions.session_end_fnc,
         )
+        host.adopt(prepared.job_proc)
     except Exception as exc:  # installed but broken (a missing native library...)
         failed(f"livekit-agents cannot be imported: {describe_exception(exc, with_location=True)}")
-        return None
-    try:
-        host.initialize(http_proxy=os.environ.get("HTTPS_PROXY") or os.environ.get("HTTP_PROXY"))
-    except BaseException as exc:  # user code: SystemExit and friends are failures too
-        detail = describe_exception(exc, with_location=True)
-        what = f"prewarm {init.prewarm}" if init.prewarm else "livekit-agents initialisation"
-        failed(f"{what} failed: {detail}")
         return None
     runtime.host = host
     outbox.send(
         Ready(
             pid=os.getpid(),
             init_seconds=time.perf_counter() - started,
-            sdk_version=version,
+            sdk_version=prepared.version,
             inference_runners=adapter.registered_runners(),
         )
     )
