@@ -9,6 +9,7 @@ import os
 import signal
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import anyio
 import psutil
@@ -69,14 +70,14 @@ def agent(tmp_path: Path, name: str, colour: str, **env: str) -> ProcessSpec:
     )
 
 
-async def job(pool: object, tmp_path: Path, job_id: str) -> dict[str, str | None]:
+async def job(pool: object, tmp_path: Path, job_id: str) -> dict[str, Any]:
     from lksup.pool.pool import AgentPool
 
     assert isinstance(pool, AgentPool)
     reporter = Reporter()
     await offer_and_run(pool, reporter, make_job(job_id))
     assert reporter.ended == {job_id: None}
-    result: dict[str, str | None] = json.loads((tmp_path / "out" / f"{job_id}.json").read_text())
+    result: dict[str, Any] = json.loads((tmp_path / "out" / f"{job_id}.json").read_text())
     return result
 
 
