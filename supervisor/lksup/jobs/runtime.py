@@ -55,6 +55,7 @@ from lksup.jobs.ipc import (
     decode,
 )
 from lksup.jobs.loader import AgentFunctions, describe_exception
+from lksup.jobs.rehearsal import touch
 from lksup.jobs.runner import OUTCOME_ACK_TIMEOUT, JobRun
 
 __all__ = [
@@ -226,6 +227,13 @@ class ChildRuntime(IpcLoop):
         self._functions = functions
         self._proc = proc
         self._job: JobRun | None = None
+
+    async def serve(
+        self, sock: socket.socket, decoder: FrameDecoder, received: list[bytes]
+    ) -> ExitCode:
+        """As ``IpcLoop.serve``, once the first job's way was walked (``rehearsal.touch``)."""
+        touch()  # while idle: the job's start then finds its pages copied and caches filled
+        return await super().serve(sock, decoder, received)
 
     def _dispatch(self, payload: bytes) -> None:
         msg = self._decode(payload)

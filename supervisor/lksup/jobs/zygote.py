@@ -101,7 +101,12 @@ def _import_all(modules: Sequence[str], *, optional: bool) -> list[str]:
 
 
 #: lksup's own job runtime and what it imports lazily: every forked job process runs them.
-_RUNTIME = ("lksup.jobs.child", "lksup.jobs.sdk.runtime", "anyio._backends._asyncio")
+_RUNTIME = (
+    "lksup.jobs.child",
+    "lksup.jobs.rehearsal",
+    "lksup.jobs.sdk.runtime",
+    "anyio._backends._asyncio",
+)
 #: Shared packages a template reports having imported (the base can preload them).
 _SHAREABLE = ("livekit.agents", "livekit.rtc")
 
@@ -205,6 +210,9 @@ class Template:
             return False
         for failure in failed:
             logger.warning("Preload of %s", failure)
+        from lksup.jobs.rehearsal import rehearse
+
+        rehearse()  # the job-start path's first-use costs, paid once for every fork
         prepared = False
         if start.prepare:
             try:

@@ -32,6 +32,8 @@ What is used, and why it is private:
 * ``inference_runner._InferenceRunner.registered_runners``: the runners the agent's imports
   registered (the turn detector...), reported to the supervisor so one shared inference process
   serves the fleet.
+* ``livekit.rtc._ffi_client.FfiClient.instance``: started in an idle job process, so the
+  first ``rtc.Room()`` of its job does not pay for it.
 * ``AgentServer``'s private attributes are not used to run jobs: the fleet names the functions.
 
 Differences inside the window, handled here: ``RunningJobInfo`` gained the dispatch timestamps
@@ -45,6 +47,7 @@ the SDK's cleanup (its shutdown sequence was not yet in a ``finally``).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
@@ -64,6 +67,7 @@ __all__ = [
     "new_channel",
     "new_job_process",
     "registered_runners",
+    "start_rtc_runtime",
 ]
 
 logger = logging.getLogger("lksup.jobs")
@@ -141,6 +145,23 @@ def new_job_process(*, http_proxy: str | None) -> Any:
     if importlib.util.find_spec("livekit.agents.ipc._preload") is not None:  # 1.8.2+
         importlib.import_module("livekit.agents.ipc._preload")
     return proc
+
+
+def start_rtc_runtime() -> None:
+    """Start livekit-rtc's native runtime (``FfiClient.instance``, its threads) now.
+
+    The first ``rtc.Room()`` of a process starts it otherwise, inside the job's start (about
+    2 ms; the SDK's worker pays it there). For an idle job process only: a job process never
+    forks, so these threads are harmless there; a template must never call this.
+    """
+    from livekit.rtc._ffi_client import FfiClient
+
+    FfiClient.instance  # noqa: B018  (a class property that starts the runtime)
+
+
+@functools.cache
+def _fields(cls: type) -> frozenset[str]:
+    return frozenset(inspect.signature(cls).parameters)
 
 
 def make_job_request(
@@ -245,11 +266,10 @@ class JobHost:
         """Queue the job for the SDK's loop (``StartJobRequest``)."""
         from livekit.agents.job import JobAcceptArguments, RunningJobInfo
 
-        accept_fields = inspect.signature(JobAcceptArguments).parameters
         accept: dict[str, Any] = {"name": name, "identity": identity, "metadata": metadata}
-        if "attributes" in accept_fields:
+        if "attributes" in _fields(JobAcceptArguments):
             accept["attributes"] = dict(attributes)
-        info_fields = inspect.signature(RunningJobInfo).parameters
+        info_fields = _fields(RunningJobInfo)
         info: dict[str, Any] = {
             "accept_arguments": JobAcceptArguments(**accept),
             "job": job,

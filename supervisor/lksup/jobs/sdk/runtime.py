@@ -221,6 +221,10 @@ class SdkRuntime(IpcLoop):
     ) -> ExitCode:
         """Serve until the process should exit; returns its exit code (see ``ChildRuntime``)."""
         assert self.host is not None
+        try:
+            adapter.start_rtc_runtime()  # while idle, not inside the job's start
+        except Exception:  # the job's own rtc.Room() will say what is wrong
+            logger.debug("Cannot start livekit-rtc's runtime ahead of a job.", exc_info=True)
         self._done = anyio.Event()
         self._channel = adapter.new_channel()
         self._main = asyncio.get_running_loop().create_task(
