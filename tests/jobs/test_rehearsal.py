@@ -37,6 +37,6 @@ async def test_the_idle_walk_logs_nothing_and_starts_nothing(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     threads = len(os.listdir("/proc/self/task"))
-    rehearsal.touch()
+    await rehearsal.walk()
     assert caplog.records == []
     assert len(os.listdir("/proc/self/task")) == threads

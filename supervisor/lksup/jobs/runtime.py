@@ -55,7 +55,7 @@ from lksup.jobs.ipc import (
     decode,
 )
 from lksup.jobs.loader import AgentFunctions, describe_exception
-from lksup.jobs.rehearsal import touch
+from lksup.jobs.rehearsal import walk
 from lksup.jobs.runner import OUTCOME_ACK_TIMEOUT, JobRun
 
 __all__ = [
@@ -231,8 +231,8 @@ class ChildRuntime(IpcLoop):
     async def serve(
         self, sock: socket.socket, decoder: FrameDecoder, received: list[bytes]
     ) -> ExitCode:
-        """As ``IpcLoop.serve``, once the first job's way was walked (``rehearsal.touch``)."""
-        touch()  # while idle: the job's start then finds its pages copied and caches filled
+        """As ``IpcLoop.serve``, once the first job's way was walked (``rehearsal.walk``)."""
+        await walk()  # while idle: the job's start then finds its pages copied, caches filled
         return await super().serve(sock, decoder, received)
 
     def _dispatch(self, payload: bytes) -> None:

@@ -33,7 +33,7 @@ from typing import Protocol
 
 import anyio
 import anyio.abc
-from anyio.abc import UNIXSocketStream
+from anyio.abc import SocketAttribute, UNIXSocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from lksup.fleet.secrets import Redactor
@@ -149,6 +149,15 @@ class ProcessSpec:
     """The interpreter of the job processes; empty: the supervisor's own."""
 
 
+def _send_now(stream: UNIXSocketStream, data: bytes) -> int:
+    """Write what the (non-blocking) socket takes now; how many bytes that was."""
+    raw: socket.socket = stream.extra(SocketAttribute.raw_socket)
+    try:
+        return raw.send(data)
+    except BlockingIOError:
+        return 0
+
+
 def initialize_message(spec: ProcessSpec) -> ipc.Initialize:
     """The ``Initialize`` that ``spec``'s job processes get (and their template prepares)."""
     return ipc.Initialize(
@@ -223,7 +232,7 @@ class WorkerProcess:
         self.job_started_at: float | None = None
         self._process: ProcessHandle | None = None
         self._stream: UNIXSocketStream | None = None
-        self._send_lock = anyio.Lock()
+        self._send_lock = anyio.Lock(fast_acquire=True)  # uncontended: no loop trip
         self._ready = anyio.Event()
         self._ready_message: ipc.Ready | None = None
         self._exited = anyio.Event()
@@ -396,9 +405,14 @@ class WorkerProcess:
         """Send a message; False when the process is gone."""
         if self._stream is None or self._exited.is_set():
             return False
+        data = ipc.encode(message)
         async with self._send_lock:
             try:
-                await self._stream.send(ipc.encode(message))
+                # straight into the socket when it has room (a job's start waits for this
+                # frame): no trip round the event loop first; the stream writes what is left
+                sent = _send_now(self._stream, data)
+                if sent < len(data):
+                    await self._stream.send(data[sent:])
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 return False
         return True

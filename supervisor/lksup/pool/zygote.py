@@ -281,7 +281,8 @@ class TemplateProcess(WorkerProcess):
         self._pending[request.request_id] = (event, box)
         try:
             try:
-                await self._stream.send_fds(ipc.encode(request), [s.fileno() for s in fds])
+                async with self._send_lock:  # one writer at a time on the control stream
+                    await self._stream.send_fds(ipc.encode(request), [s.fileno() for s in fds])
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
                 raise InitFailed(f"its template is gone ({exc})") from None
             with anyio.move_on_after(FORK_TIMEOUT):

@@ -69,7 +69,7 @@ class WebSocket:
     def __init__(self, stream: anyio.abc.ByteStream, protocol: ClientProtocol) -> None:
         self._stream = stream
         self._protocol = protocol
-        self._send_lock = anyio.Lock()
+        self._send_lock = anyio.Lock(fast_acquire=True)  # uncontended: no loop trip per message
         self._pending: list[bytes | str] = []
         self._fragments: list[bytes] = []
         self._fragment_text = False
