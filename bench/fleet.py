@@ -891,6 +891,19 @@ def targets(fleet: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> list[dic
                         "holds": mine / sdk_best <= limit,
                     }
                 )
+        # like for like: the same LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE on both sides (the
+        # default preloads the end-of-turn weights, which this agent never uses, on both)
+        for side, sdk_side in (("lksup", "sdk"), ("lksup-preload0", "sdk-preload0")):
+            mine, theirs = pss("heavy", n, side), pss("heavy", n, sdk_side)
+            if mine is not None and theirs:
+                found.append(
+                    {
+                        "target": f"heavy {n} agents x {idle_for(n)} warm: {side} PSS <= "
+                        f"{limit}x {sdk_side} (same preload setting)",
+                        "value": round(mine / theirs, 3),
+                        "holds": mine / theirs <= limit,
+                    }
+                )
 
     def job(agent: str, side: str) -> dict[str, Any] | None:
         return next((r for r in jobs if (r["agent"], r["side"]) == (agent, side)), None)
