@@ -50,6 +50,9 @@ async def entrypoint(ctx):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         while True:  # blocks the event loop: shutdown is never processed
             time.sleep(0.05)
+    if mode == "linger":  # ends at once; its loop's executor keeps a thread for a while
+        asyncio.get_running_loop().run_in_executor(None, time.sleep, 3)
+        return
     if mode == "flood":
         for i in range(20000):
             print(f"out line {i} " + "x" * 60)

@@ -63,6 +63,26 @@ async def test_one_host_runs_several_jobs_and_a_raising_job_fails_only_itself(
     assert pids == {host.pid}  # jobs pack into the busiest host with room
 
 
+async def test_a_job_that_ended_frees_its_place_while_its_thread_winds_down(
+    agent_dir: Path,
+) -> None:
+    # the first job's thread waits for its loop's executor after JobEnded: the host must
+    # count it out at JobEnded, as the supervisor does, or it refuses the next job as full
+    async with running_pool(spec(agent_dir, max_jobs=2), num_idle=1) as pool:
+        await wait_for(pool, lambda: len(pool.idle) == 1)
+        host = pool.idle[0]
+        reporter = Reporter()
+        async with anyio.create_task_group() as tg:
+            await start(pool, reporter, tg, "AJ_1", "hold")
+            await start(pool, reporter, tg, "AJ_2", "linger")
+            await wait_for(pool, lambda: "AJ_2" in reporter.ended)
+            await start(pool, reporter, tg, "AJ_3", "")
+            await wait_for(pool, lambda: "AJ_3" in reporter.ended)
+            assert pool.running["AJ_1"].pid == host.pid
+            pool.terminate("AJ_1")
+        assert reporter.ended == {"AJ_1": None, "AJ_2": None, "AJ_3": None}
+
+
 async def test_a_full_host_makes_the_pool_start_another(agent_dir: Path) -> None:
     async with running_pool(spec(agent_dir, max_jobs=2), num_idle=1) as pool:
         await wait_for(pool, lambda: len(pool.idle) == 1)

@@ -63,6 +63,9 @@ class _ThreadJob:
         self._run: JobRun | None = None
         self._pending: list[Callable[[JobRun], None]] = []
         self._lock = threading.Lock()
+        self.ended = False
+        """Its ``JobEnded`` is sent: its place in the host is free, though its thread may still
+        be winding down (its loop's executor, async generators)."""
 
     def start(self) -> None:
         thread = threading.Thread(target=self._main, name=f"job {self.job_id}", daemon=True)
@@ -82,7 +85,10 @@ class _ThreadJob:
             anyio.run(self._serve, backend="asyncio")
         except BaseException as exc:  # the job's own failures are in JobEnded; this is ours
             logger.exception("The thread of job %s failed.", self.job_id)
-            self._host._outbox.send(JobEnded(job_id=self.job_id, error=describe_exception(exc)))
+            if not self.ended:
+                self.ended = True
+                error = describe_exception(exc)
+                self._host._outbox.send(JobEnded(job_id=self.job_id, error=error))
         finally:
             self._host.job_done(self.job_id)
 
@@ -99,6 +105,7 @@ class _ThreadJob:
         ended = anyio.Event()
 
         def on_ended(message: JobEnded) -> None:
+            self.ended = True  # before the supervisor can hear of it and send the next job
             host._outbox.send(message)
             ended.set()
 
@@ -144,7 +151,8 @@ class ThreadHost(ChildRuntime):
         return await super().serve(sock, decoder, received)
 
     def _busy(self) -> bool:
-        return self._closing or len(self._jobs) >= self._init.max_jobs
+        running = sum(1 for job in self._jobs.values() if not job.ended)
+        return self._closing or running >= self._init.max_jobs
 
     def _start_job(self, msg: StartJob) -> None:
         try:
@@ -152,7 +160,7 @@ class ThreadHost(ChildRuntime):
         except DecodeError as exc:
             self._outbox.send(JobEnded(job_id="", error=f"undecodable job: {exc}"))
             return
-        if job.id in self._jobs or self._busy():
+        if (job.id in self._jobs and not self._jobs[job.id].ended) or self._busy():
             logger.warning("Ignoring StartJob %s: no room for it in this host.", job.id)
             self._outbox.send(JobEnded(job_id=job.id, error="this job host is full"))
             return
