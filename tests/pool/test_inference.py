@@ -139,15 +139,17 @@ async def test_a_killed_inference_process_is_restarted(agent_dir: Path) -> None:
             await wait_for(pool, lambda: len(pool.idle) == 2)
             (group,) = service.groups.values()
             with anyio.fail_after(20):
-                while not group.ready:
-                    await anyio.sleep(0.05)
+                await group.wait_until(lambda: group.ready)
             assert group.process is not None
             first_pid = group.process.pid
             assert first_pid is not None
             os.kill(first_pid, signal.SIGKILL)
             with anyio.fail_after(20):
-                while not (group.ready and group.process.pid != first_pid):
-                    await anyio.sleep(0.05)
+                await group.wait_until(
+                    lambda: (
+                        group.ready and group.process is not None and group.process.pid != first_pid
+                    )
+                )
             assert group.restarts == 1
             result = await run_job(pool, agent_dir, "AJ_r", "back")
             assert result["answer"] == f"back from {group.process.pid}"
@@ -166,8 +168,7 @@ async def test_a_runner_that_cannot_load_fails_the_requests_with_its_reason(
             await wait_for(pool, lambda: len(pool.idle) == 1)
             (group,) = service.groups.values()
             with anyio.fail_after(20):
-                while group.last_error is None:
-                    await anyio.sleep(0.05)
+                await group.wait_until(lambda: group.last_error is not None)
             result = await run_job(pool, agent_dir, "AJ_f", "x")
             error = str(result["error"])
             assert error.startswith(

@@ -87,6 +87,17 @@ class InferenceGroup:
     in_flight: dict[str, _Relay] = field(default_factory=dict)
     waiting: list[tuple[str, ipc.InferenceRequest]] = field(default_factory=list)
     ready: bool = False
+    _changed: anyio.Event = field(default_factory=anyio.Event, repr=False)
+
+    def changed(self) -> None:
+        """Wake whoever waits on this group's state (``wait_until``)."""
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Return once ``predicate()`` holds (checked on every change of ready or last_error)."""
+        while not predicate():
+            await self._changed.wait()
 
 
 class InferenceService:
@@ -236,12 +247,14 @@ class InferenceService:
                 await self._tg.start(process.run)
             except InitFailed as exc:
                 group.last_error = f"failed to start: {exc}"
+                group.changed()
                 log.error("Inference process for %s %s", ", ".join(group.runners), group.last_error)
                 self._fail_pending(group, f"inference process {group.last_error}")
             else:
                 failures = -1  # a start that got ready resets the backoff
                 group.ready = True
                 group.last_error = None
+                group.changed()
                 if self.monitor is not None and process.pid is not None:
                     self.monitor.watch(
                         process.pid, agent=INFERENCE_OWNER, job_id=None, policy=group.memory
@@ -254,8 +267,10 @@ class InferenceService:
                 if self.monitor is not None and process.pid is not None:
                     self.monitor.unwatch(process.pid)
                 if self.closed:
+                    group.changed()
                     break
                 group.last_error = f"exited ({process.exit_description})"
+                group.changed()
                 log.error("Inference process %s %s; restarting it.", process.pid, group.last_error)
                 self._fail_pending(group, f"inference process {group.last_error}")
             group.restarts += 1
