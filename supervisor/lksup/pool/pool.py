@@ -542,6 +542,14 @@ class AgentPool:
             )
             began = anyio.current_time()
             started = await process.start_job(start, job.id)
+            log.info(  # after the hand-over: the job's start never waits for this line
+                "agent %s assigned job %s (room %s) to process %s",
+                self.spec.agent_name,
+                job.id,
+                job.room_name,
+                process.pid,
+                extra={"agent": self.spec.agent_name, "job_id": job.id, "pid": process.pid},
+            )
             if started:
                 self.stats.start_latency.observe(anyio.current_time() - began)
                 self.stats.jobs_started += 1

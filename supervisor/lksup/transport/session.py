@@ -413,14 +413,7 @@ class AgentSession:
             log.debug("agent %s answered offer %s: %s", agent, event.job_id, answer)
         elif isinstance(event, JobAssigned):
             assert self._tg is not None
-            log.info(
-                "agent %s assigned job %s (room %s)",
-                agent,
-                event.job.id,
-                event.job.room_name,
-                extra={**extra, "job_id": event.job.id},
-            )
-            self._tg.start_soon(self._run_job, event)
+            self._tg.start_soon(self._run_job, event)  # the runner logs once it is handed over
         elif isinstance(event, TerminationRequested):
             self.hooks.terminate(event.job_id)
         elif isinstance(event, ReservationExpired):
