@@ -607,6 +607,26 @@ async def test_dev_mode_has_no_threshold_and_no_idle_processes() -> None:
         assert {a["num_idle_processes"] for a in agents.values()} != {0}
 
 
+async def test_a_bad_duration_is_a_usage_error_before_anything_is_sent() -> None:
+    """Regression: `apply --wait --timeout 1zz` applied the fleet, then raised a traceback;
+    `drain sales --wait --timeout 3x` drained, then did the same."""
+    async with daemon("fleets/dev.yaml") as d:
+        await d.wait_ready(3)
+        applied = (d.state_dir / "applied.json").read_text()
+        for command in (
+            ("apply", "fleets/dev.yaml", "--set", "hold_seconds=9", "--wait", "--timeout", "1zz"),
+            ("drain", "sales", "--wait", "--timeout", "3x"),
+        ):
+            code, out, err = await d.cli(*command)
+            assert code == 2, out + err
+            assert "Invalid value for '--timeout'" in err
+            assert "is not a duration" in err
+            assert "Traceback" not in err
+        code, out, _ = await d.cli("status", "-o", "json")
+        assert out.count('"draining": false') == 3  # nothing was drained
+        assert (d.state_dir / "applied.json").read_text() == applied  # nothing was applied
+
+
 async def test_dev_mode_runs_the_agents_code_as_it_is_when_each_job_starts(
     tmp_path: Path,
 ) -> None:

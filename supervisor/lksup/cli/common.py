@@ -26,6 +26,32 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class DurationType(click.ParamType[float]):
+    """A duration option (``30``, ``500ms``, ``2m``, ``1h30m``), as seconds.
+
+    Click checks it before the command does anything, so a typo is a usage error (exit 2),
+    never a traceback after the work was done.
+    """
+
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        """Seconds, or a usage error that says what a duration looks like."""
+        if isinstance(value, float):
+            return value
+        from lksup.fleet.durations import parse_duration
+
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(f"{value!r} is not a duration: {exc}", param, ctx)
+
+
+DURATION = DurationType()
+
+
 def _colour() -> bool:
     return sys.stdout.isatty() and "NO_COLOR" not in os.environ
 

@@ -11,6 +11,7 @@ import anyio
 import click
 
 from lksup.cli.common import (
+    DURATION,
     EXIT_FAILED,
     EXIT_NOT_READY,
     EXIT_USAGE,
@@ -139,10 +140,10 @@ def run(
 )
 @click.option(
     "--timeout",
-    "timeout_text",
+    type=DURATION,
     default="5m",
     show_default=True,
-    help="With --wait: give up after this long.",
+    help="With --wait: give up after this long (30s, 5m, 1h).",
 )
 @click.option("--skip-import-check", is_flag=True, help="Do not import-check entrypoints first.")
 @_output_option(["text", "json"], "text")
@@ -154,7 +155,7 @@ def apply(
     dry_run: bool,
     prune_all: bool,
     wait: bool,
-    timeout_text: str,
+    timeout: float,
     skip_import_check: bool,
     output: str,
 ) -> None:
@@ -169,7 +170,6 @@ def apply(
       lksup apply fleets/prod.yaml --dry-run
       lksup apply fleets/prod.yaml --wait --timeout 2m
     """
-    from lksup.fleet.durations import parse_duration
     from lksup.fleet.normalize import REVEAL
 
     values = _values(values_files, assignments)
@@ -192,7 +192,7 @@ def apply(
         click.echo(_plan_text(plan))
     if wait and not dry_run:
         removed = [a["name"] for a in plan["agents"] if a["action"] == "drain-and-remove"]
-        _wait_converged(socket_path, parse_duration(timeout_text), removed)
+        _wait_converged(socket_path, timeout, removed)
 
 
 def _plan_text(plan: dict[str, Any]) -> str:
@@ -429,14 +429,14 @@ def _status_table(items: list[Any], *, wide: bool, show_jobs: bool) -> str:
 @click.option("--wait", is_flag=True, help="Wait until the drained agents have no job left.")
 @click.option(
     "--timeout",
-    "timeout_text",
+    type=DURATION,
     default="1h",
     show_default=True,
-    help="With --wait: give up after this long (exit 1).",
+    help="With --wait: give up after this long (exit 1; 30s, 5m, 1h).",
 )
 @_socket_option
 def drain(
-    agent: str | None, all_agents: bool, wait: bool, timeout_text: str, socket_path: str | None
+    agent: str | None, all_agents: bool, wait: bool, timeout: float, socket_path: str | None
 ) -> None:
     """Stop AGENT (or --all) taking jobs; running jobs finish. Recorded as an override.
 
@@ -453,10 +453,9 @@ def drain(
     result = _control(socket_path, call)
     click.echo(f"draining {', '.join(result['draining'])} ({result['jobs']} job(s) running)")
     if wait:
-        from lksup.fleet.durations import format_duration, parse_duration
+        from lksup.fleet.durations import format_duration
 
         names = set(result["draining"])
-        timeout = parse_duration(timeout_text)
 
         async def until_drained(client: Any) -> Any:
             last = None
