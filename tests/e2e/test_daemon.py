@@ -364,6 +364,58 @@ async def test_startup_refusals_say_why_in_one_line(tmp_path: Path) -> None:
         assert (await d.cli("status"))[0] == 0  # the running daemon never noticed
 
 
+async def test_the_state_dir_is_one_daemons_and_a_failed_start_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    """Regression: two daemons with one --state-dir both ran and overwrote each other's applied
+    fleet; a daemon that could not bind its --http port had already applied and persisted."""
+
+    async def run(*args: str) -> tuple[int, str]:
+        command = [sys.executable, "-m", "lksup", "run", *args, "--socket", str(tmp_path / "b")]
+        with anyio.fail_after(30):
+            result = await anyio.run_process(command, cwd=ROOT, check=False)
+        return result.returncode, (result.stdout + result.stderr).decode()
+
+    async with daemon("fleets/dev.yaml") as d:
+        await d.wait_ready(3)
+        applied = (d.state_dir / "applied.json").read_text()
+        code, err = await run("fleets/dev.yaml", "--state-dir", str(d.state_dir))
+        assert code == 1
+        assert (
+            f"cannot start: another lksup daemon (pid {d.process.pid}) uses the state directory "
+            f"{d.state_dir}" in err
+        )
+        assert "Traceback" not in err
+        assert (d.state_dir / "applied.json").read_text() == applied
+        assert (await d.cli("status"))[0] == 0  # the running daemon never noticed
+        busy = free_port()
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", busy))
+            taken.listen()
+            d.process.send_signal(signal.SIGTERM)
+            with anyio.fail_after(30):
+                await d.process.wait()
+            applied = (d.state_dir / "applied.json").read_text()
+            changed = tmp_path / "changed.yaml"
+            changed.write_text(
+                (ROOT / "fleets" / "dev.yaml").read_text().replace("max_jobs: 4", "max_jobs: 3")
+            )
+            code, output = await run(
+                str(changed),
+                "--state-dir",
+                str(d.state_dir),
+                "--http",
+                f"127.0.0.1:{busy}",
+                "--dev-server",
+                f"127.0.0.1:{free_port()}",
+            )
+        assert code == 1
+        assert f"cannot listen on 127.0.0.1:{busy}" in output
+        assert "Traceback" not in output
+        assert (d.state_dir / "applied.json").read_text() == applied  # nothing persisted
+        assert "registered as" not in output  # no agent was started
+
+
 async def test_diff_apply_in_place_prune_all_simulate_and_sighup(tmp_path: Path) -> None:
     fleet = tmp_path / "fleet.yaml"
     original = (ROOT / "fleets" / "dev.yaml").read_text()

@@ -81,6 +81,14 @@ class DaemonSettings:
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
+def _http_of(request: ApplyRequest | None) -> str | None:
+    """The ``supervisor.http`` of a fleet about to be applied (normalized document)."""
+    if request is None:
+        return None
+    http = (request.fleet.get("supervisor") or {}).get("http")
+    return http if isinstance(http, str) and http else None
+
+
 class Daemon:
     """One run of the supervisor."""
 
@@ -100,7 +108,18 @@ class Daemon:
         return loaded.fleet
 
     async def run(self) -> int:
-        """Run until a signal ends it; the exit status."""
+        """Run until a signal ends it; the exit status.
+
+        Raises:
+            LksupError: it cannot start (nothing was applied or persisted then).
+        """
+        try:
+            with state.lock(self.settings.state_dir):
+                return await self._run()
+        except state.StateDirInUse as exc:
+            raise LksupError(f"cannot start: {exc}") from None
+
+    async def _run(self) -> int:
         settings = self.settings
         base_dir = Path(settings.fleet).resolve().parent if settings.fleet else Path.cwd()
         initial = self._initial_fleet()  # an invalid file stops here, before anything started
@@ -123,9 +142,11 @@ class Daemon:
             await tg.start(supervisor.run)
             app = DaemonApp(supervisor, settings.state_dir, dev=settings.dev)
             await tg.start(ControlServer(settings.socket, app).run)
+            # every listener is bound before the first apply: a daemon that cannot start
+            # has started no agent and persisted nothing
+            await tg.start(self._listener, tg, supervisor, app, _http_of(initial))
             if initial is not None:
                 await app.apply(initial)
-            await tg.start(self._listener, tg, supervisor, app)
             log.info("lksup is running; control socket %s", settings.socket)
             tg.start_soon(self._announce_ready, supervisor)
             tg.start_soon(app.observe_forever)
@@ -141,10 +162,13 @@ class Daemon:
         tg: anyio.abc.TaskGroup,
         supervisor: Supervisor,
         app: DaemonApp,
+        initial_http: str | None = None,
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Keep the read-only listener on ``--http``, else on the applied ``supervisor.http``.
+
+        ``initial_http``: the ``supervisor.http`` of the fleet about to be applied at start.
 
         An apply or SIGHUP that sets, moves or removes ``supervisor.http`` takes effect at
         once. At start a port that cannot be bound stops the daemon; later it is logged and
@@ -156,7 +180,8 @@ class Daemon:
         while True:
             changed = supervisor.change_event()  # before reading: no apply slips past
             fleet = supervisor.fleet
-            wanted = self.settings.http or (fleet.supervisor.http if fleet is not None else None)
+            applied = fleet.supervisor.http if fleet is not None else initial_http
+            wanted = self.settings.http or applied
             if wanted != current:
                 if scope is not None:
                     scope.cancel()

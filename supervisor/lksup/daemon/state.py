@@ -7,17 +7,23 @@ state. The directory is created 0700. Along with the fleet: its revision (the SH
 canonical JSON, first 12 hex digits), where it came from, and when it was applied (wall clock,
 for display only).
 
+A running daemon holds an exclusive ``flock`` on ``lock`` in the directory for its whole life
+(``lock``), so a second daemon given the same directory refuses to start instead of
+overwriting the first one's applied fleet; the lock file names the holder's pid.
+
 Default location: ``$LKSUP_STATE_DIR``, else ``/var/lib/lksup`` as root, else
 ``$XDG_STATE_HOME/lksup`` (``~/.local/state/lksup``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,8 +33,39 @@ from lksup.fleet.normalize import REVEAL
 from lksup.fleet.schema import Fleet
 
 STATE_FILE = "applied.json"
+LOCK_FILE = "lock"
 #: The livekit.plugins.* modules agent templates imported, preloaded by the base template.
 PLUGINS_FILE = "plugins.json"
+
+
+class StateDirInUse(Exception):
+    """Another daemon holds the state directory (the message names it and its pid)."""
+
+
+@contextlib.contextmanager
+def lock(state_dir: Path) -> Iterator[None]:
+    """Hold the state directory for this daemon while the block runs (created 0700).
+
+    Raises:
+        StateDirInUse: another process holds it.
+        OSError: the directory or its lock file cannot be created.
+    """
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise StateDirInUse(
+                f"another lksup daemon (pid {holder}) uses the state directory {state_dir}; "
+                "stop it, or give this one its own --state-dir (and --socket)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def default_state_dir(environ: Mapping[str, str] | None = None, uid: int | None = None) -> Path:
