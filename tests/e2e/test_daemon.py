@@ -659,6 +659,51 @@ async def test_dev_mode_has_no_threshold_and_no_idle_processes() -> None:
         assert {a["num_idle_processes"] for a in agents.values()} != {0}
 
 
+async def test_job_processes_never_see_or_print_the_connection_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: job processes inherited the variable behind the connection's api_secret, and
+    a job that printed it put the secret in the log unmasked."""
+    secret = DEV_SECRET  # what the embedded dev server accepts
+    monkeypatch.setenv("LK_TEST_SECRET", secret)
+    (tmp_path / "leaky_agent.py").write_text(
+        "import os\n"
+        "async def entrypoint(ctx):\n"
+        "    print('inherited:', os.environ.get('LK_TEST_SECRET'))\n"
+        "    print('copied:', os.environ.get('PLAIN_COPY'))\n"
+    )
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(
+        "apiVersion: lksup/v1\nkind: Fleet\nmetadata: {name: leaky}\n"
+        "livekit: {api_key: devkey, api_secret: {env: LK_TEST_SECRET}}\n"
+        f"defaults: {{working_dir: {tmp_path}, load: jobs, max_jobs: 10}}\n"
+        "agents:\n"
+        "  plain:\n"
+        "    entrypoint: leaky_agent:entrypoint\n"
+        f"    env: {{PLAIN_COPY: {secret}}}\n"
+        "  named:\n"
+        "    entrypoint: leaky_agent:entrypoint\n"
+        "    env: {LK_TEST_SECRET: {env: LK_TEST_SECRET}}\n"
+    )
+    async with daemon(str(fleet)) as d:
+        await d.wait_ready(2)
+        for agent in ("plain", "named"):
+            code, _, err = await d.cli("dispatch", agent, "--room", f"{agent}-room")
+            assert code == 0, err
+        with anyio.fail_after(30):
+            while d.log.read_text().count("copied:") < 2:
+                await anyio.sleep(0.05)  # the daemon's log is the observable
+        log = d.log.read_text()
+    lines = {
+        json.loads(line)["agent"]: json.loads(line)["msg"]
+        for line in log.splitlines()
+        if "inherited:" in line
+    }
+    assert lines == {"plain": "inherited: None", "named": "inherited: ****"}
+    assert log.count("copied: ****") == 1  # any fleet connection secret is masked
+    assert secret not in log
+
+
 async def test_a_bad_duration_is_a_usage_error_before_anything_is_sent() -> None:
     """Regression: `apply --wait --timeout 1zz` applied the fleet, then raised a traceback;
     `drain sales --wait --timeout 3x` drained, then did the same."""

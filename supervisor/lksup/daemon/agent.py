@@ -12,12 +12,13 @@ two samples (reservations count as jobs).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
@@ -27,7 +28,7 @@ from lksup import __version__
 from lksup.daemon.conditions import FullReason
 from lksup.errors import SecretError
 from lksup.fleet.imports import agent_environment, interpreter, working_dir
-from lksup.fleet.schema import Agent
+from lksup.fleet.schema import Agent, EnvRef, Fleet
 from lksup.fleet.secrets import Redactor, resolve
 from lksup.monitors.load import agent_load, at_capacity, is_full
 from lksup.monitors.memory_policy import MemoryPolicy
@@ -54,10 +55,33 @@ class Environment:
     default_url: str | None = None  # the embedded dev server, for agents without a URL
     default_api_key: str | None = None
     default_api_secret: str | None = None
+    withheld: frozenset[str] = frozenset()
+    """Variables the fleet's connections read their key or secret from ({env: NAME}): job
+    processes do not inherit them unless their agent's ``env`` names them."""
+    connection_secrets: frozenset[str] = field(default=frozenset(), repr=False)
+    """The fleet's resolved connection keys and secrets: masked in every job's output."""
 
 
 class AgentConfigError(Exception):
     """An agent cannot be started as configured (no URL, unresolvable secret)."""
+
+
+def for_fleet(env: Environment, fleet: Fleet) -> Environment:
+    """``env`` with what the fleet's connections hold back from, and mask in, job processes.
+
+    A connection secret that cannot be read now is left out (its agent's start reports it).
+    """
+    withheld, secrets = set(), set()
+    for agent in fleet.agents.values():
+        for reference in (agent.livekit.api_key, agent.livekit.api_secret):
+            if isinstance(reference, EnvRef):
+                withheld.add(reference.env)
+            if reference is not None:
+                with contextlib.suppress(SecretError):
+                    secrets.add(resolve(reference, environ=env.environ, base_dir=env.base_dir))
+    return dataclasses.replace(
+        env, withheld=frozenset(withheld), connection_secrets=frozenset(secrets)
+    )
 
 
 def build_credentials(agent: Agent, env: Environment) -> Credentials:
@@ -98,6 +122,10 @@ def build_spec(
         )
     except SecretError as exc:  # the message names the reference, never a value
         raise AgentConfigError(str(exc)) from None
+    for variable in env.withheld - set(agent.env):
+        environment.pop(variable, None)
+    for value in env.connection_secrets:
+        redactor.add(value)
     if agent.runtime == "livekit-agents":
         environment.update(sdk_environment(agent, env, environment, redactor))
     return ProcessSpec(

@@ -34,7 +34,13 @@ from dataclasses import dataclass, field
 import anyio
 import anyio.abc
 
-from lksup.daemon.agent import AgentConfigError, AgentRuntime, Environment, resolved_fingerprint
+from lksup.daemon.agent import (
+    AgentConfigError,
+    AgentRuntime,
+    Environment,
+    for_fleet,
+    resolved_fingerprint,
+)
 from lksup.daemon.conditions import ConditionTracker
 from lksup.fleet.schema import Agent, Fleet
 from lksup.monitors.monitor import Monitor
@@ -181,6 +187,7 @@ class Supervisor:
         """Reconcile the running fleet to ``fleet`` (already validated and normalized)."""
         plan = diff(self.fleet, fleet)
         self.fleet = fleet
+        self.env = for_fleet(self.env, fleet)  # what job processes may not inherit, or must mask
         limit = fleet.supervisor.max_concurrent_initializations
         self.limiter.total_tokens = auto_idle_processes() if limit == "auto" else limit
         self.monitor.set_memory_budget(fleet.supervisor.memory_budget_mb)
