@@ -14,7 +14,7 @@ from livekit.protocol import models as pb_models
 from lksup.protocol.backoff import Backoff
 from lksup.protocol.events import Accept, Answer, Decline, JobAssigned, OfferReceived
 from lksup.protocol.machine import Options, State
-from lksup.transport.session import AgentSession, Credentials, Timeouts
+from lksup.transport.session import AgentSession, Credentials, NotRegistered, Timeouts
 from tests.transport.fake_server import SECRET, FakeServer, fake_server
 
 pytestmark = pytest.mark.anyio
@@ -358,3 +358,39 @@ async def test_a_session_stopped_while_connecting_ends_cleanly() -> None:
             tg.cancel_scope.cancel()
         for stream in held:
             await stream.aclose()
+
+
+async def test_a_registration_waiter_from_before_a_failed_attempt_wakes_on_a_later_one() -> None:
+    """Regression: the waiter's event was replaced when the first attempt failed, and never
+    set."""
+    agent = Agent()
+    async with fake_server() as server, running(server, agent) as session:
+        found: list[str] = []
+        waited = anyio.Event()
+
+        async def waiter() -> None:
+            found.append(await session.wait_registered())
+            waited.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            peer = await server.accept()
+            await peer.next("register")
+            peer.drop()  # the first attempt fails before it registers
+            again = await server.accept()
+            await again.register("AW_2")
+            with anyio.fail_after(5):
+                await waited.wait()
+        assert found == ["AW_2"]
+
+
+async def test_waiting_for_a_registration_after_stop_raises_instead_of_spinning() -> None:
+    """Regression: after stop() the set event with no worker id made the wait spin."""
+    agent = Agent()
+    async with fake_server() as server, running(server, agent) as session:
+        peer = await server.accept()
+        await peer.register("AW_1")
+        assert await session.wait_registered() == "AW_1"
+        session.stop()
+        with anyio.fail_after(5), pytest.raises(NotRegistered):
+            await session.wait_registered()

@@ -114,6 +114,10 @@ class Timeouts:
     close_timeout: float = 2.0
 
 
+class NotRegistered(Exception):
+    """The session ended before it registered (the message says why)."""
+
+
 class AgentSession:
     """The connection of one agent (see the module docstring)."""
 
@@ -133,7 +137,7 @@ class AgentSession:
         self.machine = WorkerMachine(options, rand=rand)
         self._wake = anyio.Event()
         self._sent = anyio.Event()  # set (and replaced) each time queued frames were written
-        self._registered = anyio.Event()
+        self._registration = anyio.Event()  # set (and replaced) when registration may change
         self._finished = anyio.Event()
         self._socket: WebSocket | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -200,12 +204,25 @@ class AgentSession:
         self._poke()
 
     async def wait_registered(self) -> str:
-        """Wait until the connection is registered; the worker id."""
+        """Wait until the connection is registered; the worker id.
+
+        A connection that fails before registering does not end the wait: the next attempt
+        may register.
+
+        Raises:
+            NotRegistered: the session ended (stopped, drained, gave up) before registering.
+        """
         while True:
-            await self._registered.wait()
+            changed = self._registration
             if self.machine.worker_id is not None:
                 return self.machine.worker_id
-            await anyio.lowlevel.checkpoint()
+            if self._finished.is_set():
+                raise NotRegistered(self.machine.last_error or "the session ended")
+            await changed.wait()
+
+    def _registration_changed(self) -> None:
+        self._registration.set()
+        self._registration = anyio.Event()
 
     async def flushed(self) -> None:
         """Wait until what is queued for the server was written (or there is no connection)."""
@@ -240,6 +257,7 @@ class AgentSession:
                 await self._drive()
             finally:
                 self._finished.set()
+                self._registration_changed()  # waiters for a registration: there will be none
                 if self._socket is not None:
                     await self._socket.aclose()
 
@@ -374,9 +392,9 @@ class AgentSession:
                 extra=extra,
             )
             self.registrations += 1
-            self._registered.set()
+            self._registration_changed()
         elif isinstance(event, ConnectionClosed):
-            self._registered = anyio.Event()
+            self._registration_changed()
             if event.retry_delay is not None:
                 self.reconnects += 1
                 log.warning(
