@@ -704,6 +704,50 @@ async def test_job_processes_never_see_or_print_the_connection_secret(
     assert secret not in log
 
 
+async def test_every_job_end_is_logged_with_where_it_ran_how_it_ended_and_how_long(
+    tmp_path: Path,
+) -> None:
+    """Regression: a job whose process exited with a code left only "assigned job ..." in the
+    supervisor's log; the reason reached the server and a counter, nothing an operator reads."""
+    (tmp_path / "ending_agent.py").write_text(
+        "import os\n"
+        "async def entrypoint(ctx):\n"
+        "    if ctx.job.metadata == 'exit3':\n"
+        "        os._exit(3)\n"
+    )
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(
+        "apiVersion: lksup/v1\nkind: Fleet\nmetadata: {name: ending}\n"
+        f"defaults: {{working_dir: {tmp_path}, load: jobs, max_jobs: 10}}\n"
+        "agents:\n  ending: {entrypoint: ending_agent:entrypoint}\n"
+    )
+    async with daemon(str(fleet)) as d:
+        await d.wait_ready(1)
+        for room, metadata in (("fine-room", ""), ("crash-room", "exit3")):
+            code, _, err = await d.cli("dispatch", "ending", "--room", room, "--metadata", metadata)
+            assert code == 0, err
+        with anyio.fail_after(30):
+            while d.log.read_text().count('"outcome": ') < 2:
+                await anyio.sleep(0.05)  # the daemon's log is the observable
+        ends = {
+            record["room"]: record
+            for record in map(json.loads, d.log.read_text().splitlines())
+            if "outcome" in record
+        }
+    fine, crash = ends["fine-room"], ends["crash-room"]
+    assert fine["outcome"] == "succeeded"
+    assert fine["level"] == "info"
+    assert crash["outcome"] == "failed"
+    assert crash["level"] == "warning"
+    assert crash["error"] == "job process exited with code 3"
+    for record in (fine, crash):
+        assert record["agent"] == "ending"
+        assert record["job_id"].startswith("AJ_")
+        assert isinstance(record["pid"], int)
+        assert record["duration_s"] >= 0
+        assert record["msg"].startswith(f"agent ending job {record['job_id']} (room ")
+
+
 async def test_a_bad_duration_is_a_usage_error_before_anything_is_sent() -> None:
     """Regression: `apply --wait --timeout 1zz` applied the fleet, then raised a traceback;
     `drain sales --wait --timeout 3x` drained, then did the same."""

@@ -40,7 +40,7 @@ from lksup.pool.inference import InferenceService
 from lksup.pool.process import InitFailed, JobOutcome, ProcessSpec, ProcessState, WorkerProcess
 from lksup.pool.zygote import ZygoteLauncher
 from lksup.protocol.backoff import Backoff
-from lksup.protocol.events import Accept, Answer, Decline, JobAssigned, OfferReceived
+from lksup.protocol.events import Accept, Answer, Decline, Job, JobAssigned, OfferReceived
 
 log = logging.getLogger("lksup.pool")
 
@@ -508,6 +508,35 @@ class AgentPool:
 
     # --- jobs ---------------------------------------------------------------------------------
 
+    def _log_end(
+        self, job: Job, process: WorkerProcess, outcome: JobOutcome, duration: float
+    ) -> None:
+        """One line per job end: where it ran, how it ended and why, and how long it took."""
+        failed = outcome.error is not None
+        log.log(
+            logging.WARNING if failed else logging.INFO,
+            "agent %s job %s (room %s) in process %s %s after %.1fs: %s",
+            self.spec.agent_name,
+            job.id,
+            job.room_name,
+            process.pid,
+            "failed" if failed else "succeeded",
+            duration,
+            outcome.error if failed else (outcome.reason or "ended"),
+            extra={
+                "agent": self.spec.agent_name,
+                "job_id": job.id,
+                "pid": process.pid,
+                "fields": {  # JSON fields of their own
+                    "room": job.room_name,
+                    "outcome": "failed" if failed else "succeeded",
+                    "reason": outcome.reason,
+                    "error": outcome.error,
+                    "duration_s": round(duration, 3),
+                },
+            },
+        )
+
     async def run_job(self, assignment: JobAssigned, session: JobReporter) -> None:
         """Run an assigned job in its reserved process (``Hooks.run_job``)."""
         job = assignment.job
@@ -561,6 +590,7 @@ class AgentPool:
             else:
                 self.stats.jobs_failed += 1
             session.job_ended(job.id, error=outcome.error)
+            self._log_end(job, process, outcome, anyio.current_time() - began)
             if process.awaits_outcome_ack(job.id):  # once the status is written, leave the room
                 with anyio.move_on_after(OUTCOME_FLUSH_TIMEOUT):
                     await session.flushed()
