@@ -734,6 +734,25 @@ async def test_every_job_end_is_logged_with_where_it_ran_how_it_ended_and_how_lo
             for record in map(json.loads, d.log.read_text().splitlines())
             if "outcome" in record
         }
+        # status keeps the failure, and --jobs the ended jobs, for a while
+        code, out, err = await d.cli("status")
+        assert code == 0, err
+        assert "last job failed " in out
+        assert " ago: job process exited with code 3" in out
+        code, out, err = await d.cli("status", "-o", "json")
+        (item,) = json.loads(out)["items"]
+        assert item["last_failure"] == "job process exited with code 3"
+        assert item["last_failure_at"].endswith("+00:00")
+        code, out, err = await d.cli("status", "--jobs")
+        assert code == 0, err
+        assert "ending: 0 job(s)" in out
+        assert "ending: ended in the last 10 minutes" in out
+        crash_id, fine_id = ends["crash-room"]["job_id"], ends["fine-room"]["job_id"]
+        assert re.search(
+            rf"{crash_id}  room=crash-room  pid=\d+  failed  \S+ ago: job process exited with code 3",
+            out,
+        ), out
+        assert re.search(rf"{fine_id}  room=fine-room  pid=\d+  succeeded  \S+ ago: ", out), out
     fine, crash = ends["fine-room"], ends["crash-room"]
     assert fine["outcome"] == "succeeded"
     assert fine["level"] == "info"

@@ -262,6 +262,14 @@ def prewarm_agent(tmp_path: Path, mode: str = "") -> ProcessSpec:
     return red
 
 
+def ended(pid: int) -> bool:
+    """Whether process ``pid`` is gone (or a zombie about to be reaped)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def prewarm_pids(tmp_path: Path) -> list[int]:
     return [int(line) for line in (tmp_path / "out" / "prewarm.log").read_text().split()]
 
@@ -324,7 +332,7 @@ async def test_a_prewarm_that_leaves_a_thread_running_runs_in_each_process_inste
     assert len(pids) >= 2
     assert pids[0] != template.pid
     assert warm in pids[1:]
-    assert not psutil.pid_exists(pids[0]) or psutil.Process(pids[0]).status() == "zombie"
+    assert ended(pids[0])
     assert seen == {"model": "weights-red", "pid": warm, "proc_pid": warm}
     messages = [r.getMessage() for r in caplog.records if r.name == "lksup.zygote"]
     assert (

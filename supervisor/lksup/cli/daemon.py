@@ -268,7 +268,12 @@ def _wait_converged(socket_path: str | None, timeout: float, removed: list[str])
 @main.command()
 @click.argument("agent", required=False, metavar="[AGENT]")
 @_socket_option
-@click.option("--jobs", "show_jobs", is_flag=True, help="List each agent's running jobs.")
+@click.option(
+    "--jobs",
+    "show_jobs",
+    is_flag=True,
+    help="List each agent's running jobs, and those that ended in the last 10 minutes.",
+)
 @click.option("--check", is_flag=True, help="Exit 3 when an agent is not ready.")
 @click.option("-w", "--watch", is_flag=True, help="Redraw every 2 seconds until Ctrl+C.")
 @_output_option(["table", "wide", "json"], "table")
@@ -405,7 +410,7 @@ def _status_table(items: list[Any], *, wide: bool, show_jobs: bool) -> str:
             str(item.restarts),
             _age(item.started_at),
             item.sync,
-            item.message or "-",
+            item.message or _recent_failure(item) or "-",
         ]
         if wide:
             row[-1:-1] = [item.worker_id or "-"]
@@ -414,13 +419,31 @@ def _status_table(items: list[Any], *, wide: bool, show_jobs: bool) -> str:
     if show_jobs:
         for item in items:
             lines.append("")
-            lines.append(f"{item.name}: {len(item.jobs_detail)} job(s)")
+            running = [job for job in item.jobs_detail if job.ended_at is None]
+            ended = [job for job in item.jobs_detail if job.ended_at is not None]
+            lines.append(f"{item.name}: {len(running)} job(s)")
             lines.extend(
                 f"  {job.job_id}  room={job.room}  pid={job.pid}  {job.state}  "
                 f"age={_age(job.started_at)}  mem={job.memory_mb:.0f}Mi"
-                for job in item.jobs_detail
+                for job in running
             )
+            if ended:
+                from lksup.pool.pool import ENDED_FOR
+
+                lines.append(f"{item.name}: ended in the last {ENDED_FOR / 60:.0f} minutes")
+                lines.extend(
+                    f"  {job.job_id}  room={job.room}  pid={job.pid}  {job.state}  "
+                    f"{_age(job.ended_at)} ago: {job.reason or '-'}"
+                    for job in reversed(ended)
+                )
     return "\n".join(lines)
+
+
+def _recent_failure(item: Any) -> str:
+    """``last job failed 2m ago: <why>`` while a failure is recent (the MESSAGE column)."""
+    if not item.last_failure:
+        return ""
+    return f"last job failed {_age(item.last_failure_at)} ago: {item.last_failure}"
 
 
 @main.command()

@@ -89,17 +89,23 @@ class _Document(BaseModel):
 
 
 class JobStatus(_Document):
-    """One running job of an agent (``lksup status AGENT --jobs``)."""
+    """One running or recently ended job of an agent (``lksup status AGENT --jobs``)."""
 
     job_id: str
     room: str
     pid: int | None = None
     state: str
+    """The process's state while it runs; ``succeeded`` or ``failed`` once it ended."""
     started_at: str | None = None
     """RFC 3339 wall-clock time the job started."""
     memory_mb: float = 0.0
+    ended_at: str | None = None
+    """RFC 3339 wall-clock time it ended (ended jobs only)."""
+    reason: str = ""
+    """Why it ended: its error when it failed, else the reason it was ended."""
 
     _check_started_at = field_validator("started_at")(_rfc3339)
+    _check_ended_at = field_validator("ended_at")(_rfc3339)
 
 
 class Condition(_Document):
@@ -139,10 +145,15 @@ class AgentStatus(_Document):
     sdk_version: str | None = None
     """The livekit-agents version its job processes run (runtime livekit-agents)."""
     draining: bool = False
+    last_failure: str | None = None
+    """Why its latest failed job failed (within the last 10 minutes)."""
+    last_failure_at: str | None = None
+    """RFC 3339 wall-clock time that job ended."""
     conditions: list[Condition] = Field(default_factory=list)
     jobs_detail: list[JobStatus] = Field(default_factory=list)
 
     _check_started_at = field_validator("started_at")(_rfc3339)
+    _check_last_failure_at = field_validator("last_failure_at")(_rfc3339)
 
 
 class InferenceStatus(_Document):

@@ -39,6 +39,11 @@ from lksup.reconcile import render as plan_render
 from lksup.reconcile.diff import Action, diff
 
 
+def _unix(seconds: float) -> str:
+    """An RFC 3339 time for unix seconds."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+
+
 def _wall(monotonic_at: float | None) -> str | None:
     """An RFC 3339 wall-clock time for a monotonic one (display only)."""
     if monotonic_at is None:
@@ -109,6 +114,25 @@ class DaemonApp:
                         memory_mb=round(sample.mb, 1) if sample else 0.0,
                     )
                 )
+            jobs.extend(
+                JobStatus(
+                    job_id=ended.job_id,
+                    room=ended.room,
+                    pid=ended.pid,
+                    state="succeeded" if ended.error is None else "failed",
+                    started_at=_unix(ended.started_at),
+                    ended_at=_unix(ended.ended_at),
+                    reason=ended.error or ended.reason,
+                )
+                for ended in live.pool.recently_ended()
+            )
+            failure = live.pool.last_job_failure()
+            if failure is not None and (
+                fields.get("last_failure_at") is None
+                or _unix(failure.ended_at) > fields["last_failure_at"]
+            ):
+                fields["last_failure"] = failure.error
+                fields["last_failure_at"] = _unix(failure.ended_at)
         fields["jobs"] = slot.running_jobs()
         if runtime is not None:
             machine = runtime.session.machine

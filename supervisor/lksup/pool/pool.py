@@ -144,6 +144,25 @@ class Histogram:
         return buckets
 
 
+#: How many ended jobs a pool remembers for ``status --jobs``, and for how long (seconds).
+ENDED_KEPT, ENDED_FOR = 20, 600.0
+
+
+@dataclass(frozen=True)
+class EndedJob:
+    """A job that ended, as ``status --jobs`` lists it for a while."""
+
+    job_id: str
+    room: str
+    pid: int | None
+    error: str | None
+    """None: it succeeded."""
+    reason: str
+    started_at: float
+    """Wall-clock (unix) seconds."""
+    ended_at: float
+
+
 @dataclass
 class PoolStats:
     """Counters for status and metrics (bounded: a pool may run for months)."""
@@ -200,6 +219,8 @@ class AgentPool:
         callbacks run): closing the pool waits for them too."""
         self.consecutive_failures = 0
         self.last_failure: str | None = None
+        self.ended: deque[EndedJob] = deque(maxlen=ENDED_KEPT)
+        """The latest ended jobs, newest last (``recently_ended`` drops the old ones)."""
         self._last_failure_at = 0.0
         self._backoff_until = 0.0
         self._wake = anyio.Event()
@@ -508,11 +529,33 @@ class AgentPool:
 
     # --- jobs ---------------------------------------------------------------------------------
 
+    def recently_ended(self, now: float | None = None) -> list[EndedJob]:
+        """Jobs that ended in the last ``ENDED_FOR`` seconds (at most ``ENDED_KEPT``)."""
+        cutoff = (time.time() if now is None else now) - ENDED_FOR
+        return [ended for ended in self.ended if ended.ended_at >= cutoff]
+
+    def last_job_failure(self, now: float | None = None) -> EndedJob | None:
+        """The latest failed job among ``recently_ended``."""
+        failed = [ended for ended in self.recently_ended(now) if ended.error is not None]
+        return failed[-1] if failed else None
+
     def _log_end(
         self, job: Job, process: WorkerProcess, outcome: JobOutcome, duration: float
     ) -> None:
         """One line per job end: where it ran, how it ended and why, and how long it took."""
         failed = outcome.error is not None
+        now = time.time()
+        self.ended.append(
+            EndedJob(
+                job_id=job.id,
+                room=job.room_name,
+                pid=process.pid,
+                error=outcome.error,
+                reason=outcome.reason,
+                started_at=now - duration,
+                ended_at=now,
+            )
+        )
         log.log(
             logging.WARNING if failed else logging.INFO,
             "agent %s job %s (room %s) in process %s %s after %.1fs: %s",
