@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -76,7 +77,10 @@ class Daemon:
 
 @asynccontextmanager
 async def daemon(
-    *args: str, state_dir: Path | None = None, fd_limit: int | None = None
+    *args: str,
+    state_dir: Path | None = None,
+    fd_limit: int | None = None,
+    soft_fd_limit: int | None = None,
 ) -> AsyncIterator[Daemon]:
     scratch = Path(tempfile.mkdtemp(dir="/tmp", prefix="lksup-e2e-"))
     port = free_port()
@@ -86,6 +90,8 @@ async def daemon(
     command = [sys.executable, "-m", "lksup", "run", *args, "--dev-server", f"127.0.0.1:{port}"]
     if fd_limit is not None:  # the shell sets the limit, then becomes the daemon
         command = ["sh", "-c", f'ulimit -n {fd_limit} && exec "$@"', "sh", *command]
+    elif soft_fd_limit is not None:  # the soft limit only: the hard one stays
+        command = ["sh", "-c", f'ulimit -S -n {soft_fd_limit} && exec "$@"', "sh", *command]
     with log.open("wb") as sink:
         process = await anyio.open_process(
             command,
@@ -520,6 +526,16 @@ async def test_health_readiness_status_and_metrics_over_http() -> None:
                     if float(memory.group(1)) > 1e6:
                         break
                     await anyio.sleep(0.2)  # the next sweep is the observable
+
+
+async def test_the_daemon_raises_its_soft_descriptor_limit_to_the_hard_one() -> None:
+    """Regression: a daemon started under the common soft limit of 1,024 kept it, and ran out
+    of descriptors long before the hard limit."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    assert hard > 256  # the host allows more than the soft limit the daemon starts with
+    async with daemon("fleets/dev.yaml", soft_fd_limit=256) as d:
+        await d.wait_ready(3)
+        assert psutil.Process(d.process.pid).rlimit(psutil.RLIMIT_NOFILE) == (hard, hard)
 
 
 async def test_a_flood_of_idle_connections_to_the_listener_never_kills_the_daemon() -> None:

@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -486,6 +487,25 @@ def _only_error(group: BaseExceptionGroup[BaseException]) -> BaseException | Non
     return leaves[0] if len(leaves) == 1 else None
 
 
+#: The soft descriptor limit asked for when the hard one is unlimited (the kernel's usual cap).
+_UNLIMITED_NOFILE = 1_048_576
+
+
+def raise_descriptor_limit() -> None:
+    """Raise the soft limit on open descriptors to the hard one, as most servers do.
+
+    Every job process, template and connection costs the supervisor descriptors, and the
+    common soft default of 1,024 is reached by a fleet long before the hard limit.
+    """
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = hard if hard != resource.RLIM_INFINITY else max(soft, _UNLIMITED_NOFILE)
+        if soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (OSError, ValueError) as exc:  # a container may forbid it: run with what there is
+        log.warning("Cannot raise the open-descriptor limit: %s.", exc)
+
+
 def run_daemon(settings: DaemonSettings) -> int:
     """Run the daemon on the asyncio backend; the exit status.
 
@@ -493,6 +513,7 @@ def run_daemon(settings: DaemonSettings) -> int:
     raised as itself, not wrapped in the task group's exception group, so the CLI can say it
     in one line.
     """
+    raise_descriptor_limit()
     try:
         return anyio.run(Daemon(settings).run)
     except BaseExceptionGroup as group:
