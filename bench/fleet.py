@@ -7,7 +7,8 @@ process of its own (bench/devserver_process.py):
 * lksup: ``lksup run FLEET --state-dir ... --socket ...``, one supervisor for the N agents, job
   processes forked from its templates (a base per interpreter, a template per agent);
 * livekit-agents: N workers, one OS process each, as users run them
-  (``python -m bench.fleet_agents.sdk_worker start``: an ``AgentServer`` for one agent).
+  (``python -m bench.agents.sdk_worker start``: an ``AgentServer`` for one agent, the worker
+  ``bench/job_start.py`` runs too; its ready log has one line per ready process).
 
 The agents (bench/fleet_agents/): "trivial" records its entry time and ends (standard library
 only; lksup runs it with ``runtime: lksup``, the SDK's worker necessarily imports the SDK);
@@ -72,7 +73,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
@@ -88,6 +89,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.devserver_process import RemoteDevServer  # noqa: E402
+from bench.processes import wait_until  # noqa: E402
 
 from lksup.control.client import ControlClient  # noqa: E402
 from lksup.control.errors import ControlError, DaemonUnreachable  # noqa: E402
@@ -260,7 +262,7 @@ async def start(
         "BENCH_AGENT": AGENTS[agent][0],
         "BENCH_LOG": str(entries),
     }
-    args = [sys.executable, "-m", "bench.fleet_agents.sdk_worker", "start"]
+    args = [sys.executable, "-m", "bench.agents.sdk_worker", "start"]
     running.started = time.monotonic()
     for name, idle in agents.items():
         worker_env = env | {
@@ -419,17 +421,6 @@ async def quiet(limit: float) -> dict[str, float]:
         busy = host_busy() - before
         if busy < 0.25 or time.monotonic() - began >= limit:
             return {"waited_s": round(time.monotonic() - began, 1), "host_busy_cpu": round(busy, 2)}
-
-
-async def wait_until(
-    predicate: Callable[[], Awaitable[bool]], timeout: float, what: str, interval: float = 0.05
-) -> float:
-    """Poll ``predicate()`` until it holds; the monotonic time it first held."""
-    with anyio.move_on_after(timeout):
-        while not await predicate():
-            await anyio.sleep(interval)
-        return time.monotonic()
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 async def registered(server: RemoteDevServer, names: Iterable[str]) -> bool:
@@ -877,33 +868,28 @@ def targets(fleet: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> list[dic
                 return float(r["memory"]["pss_mb"])
         return None
 
+    def memory_target(n: int, limit: float, side: str, against: str, theirs: float | None) -> None:
+        mine = pss("heavy", n, side)
+        if mine is not None and theirs:
+            found.append(
+                {
+                    "target": f"heavy {n} agents x {idle_for(n)} warm: {side} PSS <= "
+                    f"{limit}x {against}",
+                    "value": round(mine / theirs, 3),
+                    "holds": mine / theirs <= limit,
+                }
+            )
+
     for n, limit in ((3, 0.5), (10, 0.3)):
         sdk = [pss("heavy", n, s) for s in ("sdk", "sdk-preload0")]
         sdk_best = min((v for v in sdk if v is not None), default=None)
         for side in ("lksup", "lksup-preload0"):
-            mine = pss("heavy", n, side)
-            if mine is not None and sdk_best:
-                found.append(
-                    {
-                        "target": f"heavy {n} agents x {idle_for(n)} warm: {side} PSS <= "
-                        f"{limit}x SDK's best",
-                        "value": round(mine / sdk_best, 3),
-                        "holds": mine / sdk_best <= limit,
-                    }
-                )
+            memory_target(n, limit, side, "SDK's best", sdk_best)
         # like for like: the same LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE on both sides (the
         # default preloads the end-of-turn weights, which this agent never uses, on both)
         for side, sdk_side in (("lksup", "sdk"), ("lksup-preload0", "sdk-preload0")):
-            mine, theirs = pss("heavy", n, side), pss("heavy", n, sdk_side)
-            if mine is not None and theirs:
-                found.append(
-                    {
-                        "target": f"heavy {n} agents x {idle_for(n)} warm: {side} PSS <= "
-                        f"{limit}x {sdk_side} (same preload setting)",
-                        "value": round(mine / theirs, 3),
-                        "holds": mine / theirs <= limit,
-                    }
-                )
+            theirs = pss("heavy", n, sdk_side)
+            memory_target(n, limit, side, f"{sdk_side} (same preload setting)", theirs)
 
     def job(agent: str, side: str) -> dict[str, Any] | None:
         return next((r for r in jobs if (r["agent"], r["side"]) == (agent, side)), None)

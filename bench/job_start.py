@@ -52,7 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sized
+from collections.abc import Callable, Mapping, Sized
 from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
@@ -67,7 +67,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.devserver_process import RemoteDevServer  # noqa: E402
-from bench.processes import stop_worker  # noqa: E402
+from bench.processes import stop_worker, wait_until  # noqa: E402
 
 KEY, SECRET = "devkey", "bench-secret-0123456789abcdef0123456789"
 PACING = 0.5  # quiet seconds after the replacement process is READY, before the next job
@@ -133,17 +133,6 @@ def readies(log: Path) -> list[float]:
     return [float(v) for v in log.read_text().split()] if log.exists() else []
 
 
-async def wait_for(
-    predicate: Callable[[], Awaitable[bool]], timeout: float, what: str, interval: float = 0.005
-) -> None:
-    """Poll ``predicate()`` (another process's files or answers) until it holds."""
-    with anyio.move_on_after(timeout):
-        while not await predicate():
-            await anyio.sleep(interval)
-        return
-    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 async def at_least(read: Callable[[Path], Sized], path: Path, count: int) -> bool:
     """Whether ``read(path)`` has ``count`` entries yet (``entries`` or ``readies``)."""
     return len(read(path)) >= count
@@ -158,15 +147,15 @@ async def drive(
         taken = partial(at_least, entries, log, index + 1)
         for attempt in range(3):  # a worker that declines makes the server drop the job: retry
             await server.ask(f"dispatch bench-{agent_name}-{index}-{attempt} {agent_name}")
-            with suppress(RuntimeError):
-                await wait_for(taken, 10, "the job")
+            with suppress(TimeoutError):
+                await wait_until(taken, 10, "the job", interval=0.005)
             if await taken():
                 break
             missed += 1
         else:
             raise RuntimeError(f"{agent_name} took no job after 3 dispatches")
         refilled = partial(at_least, readies, ready_log, idle + index + 1)
-        await wait_for(refilled, 60, f"{agent_name}'s replacement process")
+        await wait_until(refilled, 60, f"{agent_name}'s replacement process", interval=0.005)
         await anyio.sleep(PACING)
     if missed:
         print(f"note: {agent_name} let {missed} dispatch(es) go untaken; they were repeated")
@@ -287,12 +276,12 @@ async def bench_worker(
         return len(idle_processes) == len(job_processes) == idle
 
     try:
-        await wait_for(registered, 120, f"{worker.name} to register", interval=0.1)
-        await wait_for(warm, 120, f"{worker.name}'s warm pool", interval=0.05)
+        await wait_until(registered, 120, f"{worker.name} to register", interval=0.1)
+        await wait_until(warm, 120, f"{worker.name}'s warm pool", interval=0.05)
         result["latencies"], result["answers"] = await drive(
             server, worker.name, jobs, log, ready_log, idle
         )
-        await wait_for(settled, 30, f"{worker.name}'s finished jobs to exit", interval=0.05)
+        await wait_until(settled, 30, f"{worker.name}'s finished jobs to exit", interval=0.05)
         result.update(measure_memory(root, worker.kind, pids))
         times = readies(ready_log)
         result["startup"], result["init"] = times[:idle], times[idle:]

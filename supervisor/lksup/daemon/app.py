@@ -35,13 +35,9 @@ from lksup.daemon.conditions import Facts
 from lksup.daemon.supervisor import AgentSlot, Supervisor
 from lksup.fleet.normalize import normalize
 from lksup.fleet.schema import Fleet
+from lksup.pool.pool import EndedJob
 from lksup.reconcile import render as plan_render
 from lksup.reconcile.diff import Action, diff
-
-
-def _unix(seconds: float) -> str:
-    """An RFC 3339 time for unix seconds."""
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
 
 
 def _wall(monotonic_at: float | None) -> str | None:
@@ -91,6 +87,7 @@ class DaemonApp:
         jobs: list[JobStatus] = []
         memory = 0.0
         fields: dict[str, Any] = {}
+        latest: EndedJob | None = None  # the agent's latest failed job, over all its runtimes
         # jobs and memory count every runtime the agent has: old ones finishing their jobs
         # during a replace or a removal are still the agent's
         for live in slot.runtimes():
@@ -120,19 +117,18 @@ class DaemonApp:
                     room=ended.room,
                     pid=ended.pid,
                     state="succeeded" if ended.error is None else "failed",
-                    started_at=_unix(ended.started_at),
-                    ended_at=_unix(ended.ended_at),
+                    started_at=_wall(ended.started_at),
+                    ended_at=_wall(ended.ended_at),
                     reason=ended.error or ended.reason,
                 )
                 for ended in live.pool.recently_ended()
             )
             failure = live.pool.last_job_failure()
-            if failure is not None and (
-                fields.get("last_failure_at") is None
-                or _unix(failure.ended_at) > fields["last_failure_at"]
-            ):
-                fields["last_failure"] = failure.error
-                fields["last_failure_at"] = _unix(failure.ended_at)
+            if failure is not None and (latest is None or failure.ended_at > latest.ended_at):
+                latest = failure
+        if latest is not None:
+            fields["last_failure"] = latest.error
+            fields["last_failure_at"] = _wall(latest.ended_at)
         fields["jobs"] = slot.running_jobs()
         if runtime is not None:
             machine = runtime.session.machine

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable
-from contextlib import suppress
 
 import anyio
 from anyio.abc import UNIXSocketStream
@@ -53,11 +52,15 @@ def rehearse() -> None:
     _done = True
     previous = logging.root.manager.disable
     logging.disable(logging.CRITICAL)
+    error: Exception | None = None
     try:
-        with suppress(Exception):
-            anyio.run(_rehearsal, backend="asyncio")
+        anyio.run(_rehearsal, backend="asyncio")
+    except Exception as exc:  # a job meets (and reports) whatever this met: the template goes on
+        error = exc
     finally:
         logging.disable(previous)
+    if error is not None:
+        logging.getLogger("lksup.zygote").debug("The job-start rehearsal failed.", exc_info=error)
 
 
 async def walk() -> None:

@@ -159,7 +159,7 @@ class EndedJob:
     """None: it succeeded."""
     reason: str
     started_at: float
-    """Wall-clock (unix) seconds."""
+    """``anyio.current_time()`` seconds (as the ended_at)."""
     ended_at: float
 
 
@@ -531,7 +531,7 @@ class AgentPool:
 
     def recently_ended(self, now: float | None = None) -> list[EndedJob]:
         """Jobs that ended in the last ``ENDED_FOR`` seconds (at most ``ENDED_KEPT``)."""
-        cutoff = (time.time() if now is None else now) - ENDED_FOR
+        cutoff = (anyio.current_time() if now is None else now) - ENDED_FOR
         return [ended for ended in self.ended if ended.ended_at >= cutoff]
 
     def last_job_failure(self, now: float | None = None) -> EndedJob | None:
@@ -544,7 +544,7 @@ class AgentPool:
     ) -> None:
         """One line per job end: where it ran, how it ended and why, and how long it took."""
         failed = outcome.error is not None
-        now = time.time()
+        now = anyio.current_time()
         self.ended.append(
             EndedJob(
                 job_id=job.id,
