@@ -96,6 +96,43 @@ async def test_shutdown_while_idle_exits_at_once(agent_dir: Path) -> None:
         assert await child.wait_exit() == ipc.ExitCode.OK
 
 
+FINALISATION_WITNESS = """
+    import atexit
+    import os
+
+    class Witness:
+        def __del__(self):  # runs when the interpreter is finalised, and only then
+            os.write(2, b"interpreter finalised\\n")
+
+    WITNESS = Witness()
+    atexit.register(os.write, 2, b"atexit handler ran\\n")
+
+    async def entrypoint(ctx):
+        pass
+"""
+
+
+@pytest.mark.parametrize("how", ["idle", "after a job"])
+async def test_the_process_ends_without_finalising_the_interpreter(
+    tmp_path: Path, how: str
+) -> None:
+    """A native thread (livekit-rtc's runtime) calling into Python while the interpreter is
+    finalised aborts the process, so a job that succeeded ended killed by SIGABRT. Job
+    processes end as the SDK's do: atexit handlers run, then ``os._exit``."""
+    write_agent(tmp_path, FINALISATION_WITNESS)
+    async with spawn(tmp_path) as child:
+        await child.ready()
+        if how == "idle":
+            await child.send(ipc.Shutdown(reason="done"))
+        else:
+            await child.send(start("return"))
+            await child.expect(ipc.JobStarted)
+            assert (await child.expect(ipc.JobEnded)).error == ""
+        assert await child.wait_exit() == ipc.ExitCode.OK
+    assert "atexit handler ran" in child.stderr
+    assert "interpreter finalised" not in child.stderr
+
+
 async def test_sigusr1_dumps_the_stacks_to_stderr(agent_dir: Path) -> None:
     async with spawn(agent_dir) as child:
         await child.ready()

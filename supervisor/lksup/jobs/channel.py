@@ -20,10 +20,18 @@ Invariants:
 Lifetime guards: ``start_eof_watchdog`` ends the process shortly after the supervisor's end of
 the socket closes even when user code has wedged the event loop (Linux: ``POLLRDHUP``), and
 ``arm_exit_watchdog`` bounds interpreter shutdown (non-daemon threads, ``atexit`` handlers).
+
+``exit_process`` is how a job process ends: ``atexit`` handlers, flushed output, then
+``os._exit``, without finalising the interpreter. livekit-rtc's native runtime keeps threads
+that call into Python; one that calls in while the interpreter is being finalised is unwound
+by it, which aborts the process (a Rust panic, "panic in a function that cannot unwind"), so a
+job that succeeded would end as killed by SIGABRT. The SDK's own job processes end the same way
+(multiprocessing ends its children with ``os._exit``).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -41,7 +49,9 @@ __all__ = [
     "LogSink",
     "Outbox",
     "arm_exit_watchdog",
+    "exit_process",
     "extra_fields",
+    "flush_std_streams",
     "start_eof_watchdog",
 ]
 
@@ -216,15 +226,24 @@ def extra_fields(record: logging.LogRecord) -> dict[str, str]:
     return fields
 
 
-def _flush_std_streams() -> None:
+def flush_std_streams() -> None:
+    """Write out what Python buffered for stdout and stderr (before a fork or ``os._exit``)."""
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # closed pipe or file: nothing to save
             stream.flush()
 
 
 def _hard_exit(code: int) -> None:
-    _flush_std_streams()
+    flush_std_streams()
     os._exit(code)
+
+
+def exit_process(code: int) -> None:
+    """End the process: ``atexit`` handlers, flushed output, no interpreter finalisation."""
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        _hard_exit(code)
 
 
 def start_eof_watchdog(sock: socket.socket, *, exit_timeout: float, exit_code: int) -> bool:

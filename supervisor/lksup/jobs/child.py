@@ -36,7 +36,13 @@ from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 
-from lksup.jobs.channel import ForwardingHandler, Outbox, arm_exit_watchdog, start_eof_watchdog
+from lksup.jobs.channel import (
+    ForwardingHandler,
+    Outbox,
+    arm_exit_watchdog,
+    exit_process,
+    start_eof_watchdog,
+)
 from lksup.jobs.context import JobProcess
 from lksup.jobs.framing import FrameDecoder, FramingError
 from lksup.jobs.ipc import (
@@ -271,5 +277,5 @@ def run_child(
 
 if __name__ == "__main__":
     status = main()
-    arm_exit_watchdog(EXIT_TIMEOUT, status)
-    sys.exit(status)
+    arm_exit_watchdog(EXIT_TIMEOUT, status)  # bounds the atexit handlers
+    exit_process(status)  # not sys.exit: see lksup.jobs.channel

@@ -35,7 +35,6 @@ agent template has set it, opts out (``process_start: isolated`` or ``spawn``).
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import ctypes
 import gc
@@ -51,6 +50,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 
+from lksup.jobs.channel import exit_process, flush_std_streams
 from lksup.jobs.framing import FrameDecoder, FramingError
 from lksup.jobs.ipc import (
     ChildMessage,
@@ -303,7 +303,7 @@ class Template:
             self.send(Forked(request_id=request_id, error="the request carried no descriptors"))
             return
         control, out, err = fds
-        _flush()
+        flush_std_streams()
         try:
             pid = os.fork()
         except OSError as exc:
@@ -322,7 +322,7 @@ class Template:
                 traceback.print_exc()
                 code = 70
             finally:
-                _exit(code)
+                exit_process(code)
         self._children.add(pid)
         for fd in fds:
             os.close(fd)
@@ -361,21 +361,6 @@ class Template:
             if done:
                 self._children.discard(pid)
                 self.send(Exited(pid=pid, returncode=os.waitstatus_to_exitcode(status)))
-
-
-def _flush() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
-            stream.flush()
-
-
-def _exit(code: int) -> None:
-    """End a forked child as a normal exit would (atexit, flushed output), never returning."""
-    try:
-        atexit._run_exitfuncs()
-    finally:
-        _flush()
-        os._exit(code)
 
 
 def _run_job(ipc_fd: int) -> int:
