@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,3 +30,28 @@ def no_leaked_children() -> Iterator[None]:
     children = psutil.Process(os.getpid()).children(recursive=True)
     alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert not alive, f"child processes left behind: {[c.pid for c in alive]}"
+
+
+_exit_status: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _exit_status[:] = [int(exitstatus)]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """End the test process as lksup's job processes end, once it has joined a room itself.
+
+    Some tests join rooms as a participant in this process (``livekit.rtc``), which starts
+    livekit-rtc's native runtime. Its threads may call into Python while the interpreter is
+    being finalised, which aborts the process (SIGABRT) after every test passed. Job processes
+    avoid that by not finalising (``lksup.jobs.channel.exit_process``); so does this process,
+    last of all, with pytest's exit status, once its report is written.
+    """
+    ffi = sys.modules.get("livekit.rtc._ffi_client")
+    if ffi is None or getattr(ffi.FfiClient, "_instance", None) is None or not _exit_status:
+        return
+    from lksup.jobs.channel import exit_process
+
+    exit_process(_exit_status[0])
