@@ -108,6 +108,14 @@ class OfferRequest(_message.Message):
     default_attributes: _containers.ScalarMap[str, str]
     def __init__(self, job: _Optional[bytes] = ..., default_identity: _Optional[str] = ..., default_name: _Optional[str] = ..., default_metadata: _Optional[str] = ..., default_attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
+class AwaitJob(_message.Message):
+    __slots__ = ("job_id", "poll_s")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    POLL_S_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    poll_s: float
+    def __init__(self, job_id: _Optional[str] = ..., poll_s: _Optional[float] = ...) -> None: ...
+
 class StartJob(_message.Message):
     __slots__ = ("job", "url", "token", "participant_identity", "participant_name", "participant_metadata", "participant_attributes", "worker_id", "received_at", "accepted_at", "assigned_at", "launched_at")
     class ParticipantAttributesEntry(_message.Message):
@@ -312,7 +320,7 @@ class Exited(_message.Message):
     def __init__(self, pid: _Optional[int] = ..., returncode: _Optional[int] = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("initialize", "offer_request", "start_job", "shutdown", "ping", "inference_response", "start_inference", "zygote_start", "fork_template", "fork_job", "outcome_reported", "ready", "offer_answer", "job_started", "job_ended", "pong", "log", "inference_request", "zygote_ready", "forked", "exited", "job_outcome")
+    __slots__ = ("initialize", "offer_request", "start_job", "shutdown", "ping", "inference_response", "start_inference", "zygote_start", "fork_template", "fork_job", "outcome_reported", "await_job", "ready", "offer_answer", "job_started", "job_ended", "pong", "log", "inference_request", "zygote_ready", "forked", "exited", "job_outcome")
     INITIALIZE_FIELD_NUMBER: _ClassVar[int]
     OFFER_REQUEST_FIELD_NUMBER: _ClassVar[int]
     START_JOB_FIELD_NUMBER: _ClassVar[int]
@@ -324,6 +332,7 @@ class Envelope(_message.Message):
     FORK_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     FORK_JOB_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_REPORTED_FIELD_NUMBER: _ClassVar[int]
+    AWAIT_JOB_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     OFFER_ANSWER_FIELD_NUMBER: _ClassVar[int]
     JOB_STARTED_FIELD_NUMBER: _ClassVar[int]
@@ -346,6 +355,7 @@ class Envelope(_message.Message):
     fork_template: ForkTemplate
     fork_job: ForkJob
     outcome_reported: OutcomeReported
+    await_job: AwaitJob
     ready: Ready
     offer_answer: OfferAnswer
     job_started: JobStarted
@@ -357,4 +367,4 @@ class Envelope(_message.Message):
     forked: Forked
     exited: Exited
     job_outcome: JobOutcome
-    def __init__(self, initialize: _Optional[_Union[Initialize, _Mapping]] = ..., offer_request: _Optional[_Union[OfferRequest, _Mapping]] = ..., start_job: _Optional[_Union[StartJob, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., inference_response: _Optional[_Union[InferenceResponse, _Mapping]] = ..., start_inference: _Optional[_Union[StartInference, _Mapping]] = ..., zygote_start: _Optional[_Union[ZygoteStart, _Mapping]] = ..., fork_template: _Optional[_Union[ForkTemplate, _Mapping]] = ..., fork_job: _Optional[_Union[ForkJob, _Mapping]] = ..., outcome_reported: _Optional[_Union[OutcomeReported, _Mapping]] = ..., ready: _Optional[_Union[Ready, _Mapping]] = ..., offer_answer: _Optional[_Union[OfferAnswer, _Mapping]] = ..., job_started: _Optional[_Union[JobStarted, _Mapping]] = ..., job_ended: _Optional[_Union[JobEnded, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., log: _Optional[_Union[LogRecord, _Mapping]] = ..., inference_request: _Optional[_Union[InferenceRequest, _Mapping]] = ..., zygote_ready: _Optional[_Union[ZygoteReady, _Mapping]] = ..., forked: _Optional[_Union[Forked, _Mapping]] = ..., exited: _Optional[_Union[Exited, _Mapping]] = ..., job_outcome: _Optional[_Union[JobOutcome, _Mapping]] = ...) -> None: ...
+    def __init__(self, initialize: _Optional[_Union[Initialize, _Mapping]] = ..., offer_request: _Optional[_Union[OfferRequest, _Mapping]] = ..., start_job: _Optional[_Union[StartJob, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., inference_response: _Optional[_Union[InferenceResponse, _Mapping]] = ..., start_inference: _Optional[_Union[StartInference, _Mapping]] = ..., zygote_start: _Optional[_Union[ZygoteStart, _Mapping]] = ..., fork_template: _Optional[_Union[ForkTemplate, _Mapping]] = ..., fork_job: _Optional[_Union[ForkJob, _Mapping]] = ..., outcome_reported: _Optional[_Union[OutcomeReported, _Mapping]] = ..., await_job: _Optional[_Union[AwaitJob, _Mapping]] = ..., ready: _Optional[_Union[Ready, _Mapping]] = ..., offer_answer: _Optional[_Union[OfferAnswer, _Mapping]] = ..., job_started: _Optional[_Union[JobStarted, _Mapping]] = ..., job_ended: _Optional[_Union[JobEnded, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., log: _Optional[_Union[LogRecord, _Mapping]] = ..., inference_request: _Optional[_Union[InferenceRequest, _Mapping]] = ..., zygote_ready: _Optional[_Union[ZygoteReady, _Mapping]] = ..., forked: _Optional[_Union[Forked, _Mapping]] = ..., exited: _Optional[_Union[Exited, _Mapping]] = ..., job_outcome: _Optional[_Union[JobOutcome, _Mapping]] = ...) -> None: ...

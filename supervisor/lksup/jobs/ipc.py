@@ -36,6 +36,7 @@ from lksup.jobs.framing import MAX_FRAME_SIZE, encode_frame
 
 __all__ = [
     "RUNTIME_LIVEKIT_AGENTS",
+    "AwaitJob",
     "ChildMessage",
     "ExitCode",
     "Exited",
@@ -180,6 +181,18 @@ class OfferRequest:
     default_name: str = ""
     default_metadata: str = ""
     default_attributes: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class AwaitJob:
+    """An offer was accepted for this process; its ``StartJob`` follows within a round trip.
+
+    The process polls its socket for up to ``poll_s`` seconds instead of sleeping, so the job
+    does not wait for the process to be woken (see ``IpcLoop.poll``). 0: do not poll.
+    """
+
+    job_id: str
+    poll_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -368,6 +381,7 @@ ParentMessage: TypeAlias = (
     | ForkJob
     | StartInference
     | OfferRequest
+    | AwaitJob
     | StartJob
     | OutcomeReported
     | Shutdown
@@ -395,6 +409,7 @@ Message: TypeAlias = ParentMessage | ChildMessage
 _ONEOF: dict[type[Message], str] = {
     Initialize: "initialize",
     OfferRequest: "offer_request",
+    AwaitJob: "await_job",
     StartJob: "start_job",
     Shutdown: "shutdown",
     Ping: "ping",

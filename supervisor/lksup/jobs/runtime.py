@@ -10,6 +10,9 @@ since the framing is still intact):
 
 * ``OfferRequest``: run the request function (or accept with the declarative defaults when the
   agent has none) and send one ``OfferAnswer``; the process stays idle and may get the job.
+* ``AwaitJob(poll_s)``: an offer was accepted for this process and its ``StartJob`` is a round
+  trip to the server away: poll the socket for up to ``poll_s`` seconds rather than sleep, so
+  the job does not wait for the process to be woken (``IpcLoop.poll``).
 * ``StartJob``: run the job (``lksup.jobs.runner``); ``JobEnded`` then ends the process, which
   serves one job only. A second ``StartJob`` is ignored.
 * ``Shutdown(reason)`` and SIGTERM (reason ``"SIGTERM"``): idle, exit at once; with a job, end
@@ -28,6 +31,7 @@ import dataclasses
 import logging
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -40,6 +44,7 @@ from lksup.jobs.channel import Outbox, arm_exit_watchdog
 from lksup.jobs.context import JobAcceptArguments, JobContext, JobProcess, JobRequest
 from lksup.jobs.framing import FrameDecoder, FramingError
 from lksup.jobs.ipc import (
+    AwaitJob,
     ExitCode,
     Initialize,
     IpcError,
@@ -86,6 +91,8 @@ class IpcLoop:
         self._exit_code = ExitCode.OK
         self._done: anyio.Event | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        self._reads = 0  # chunks read from the socket: a poll ends when one arrives
+        self._poll_until = 0.0  # time.monotonic() at which the current poll gives up
 
     async def serve(
         self, sock: socket.socket, decoder: FrameDecoder, received: list[bytes]
@@ -113,6 +120,36 @@ class IpcLoop:
         assert self._done is not None
         self._done.set()
 
+    @property
+    def polling(self) -> bool:
+        """A poll for an awaited frame is running (``poll``)."""
+        return self._poll_until > 0
+
+    def poll(self, seconds: float) -> None:
+        """Keep the event loop turning for up to ``seconds``, until the next frame is read.
+
+        Between an accepted offer and its ``StartJob`` there is one round trip to the server.
+        A process that sleeps through it is woken by the frame, and waking a sleeping process
+        costs from a few hundred microseconds to milliseconds on a busy or virtualised host,
+        all of it added to the job's start. While this poll runs, each turn of the event
+        loop polls the socket without blocking (a ready task makes asyncio's selector wait
+        0 s), so the frame is read as it lands. It costs at most ``seconds`` of one CPU, and
+        the supervisor asks for it only when the host has CPU to spare.
+        """
+        if seconds <= 0 or self._tg is None:
+            return
+        running = self.polling
+        self._poll_until = max(self._poll_until, time.monotonic() + seconds)
+        if not running:
+            self._tg.start_soon(self._poll, self._reads, name="poll for the job")
+
+    async def _poll(self, reads: int) -> None:
+        try:
+            while self._reads == reads and time.monotonic() < self._poll_until:
+                await anyio.sleep(0)
+        finally:
+            self._poll_until = 0.0
+
     async def _watch_sigterm(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM) as signals:
             async for _ in signals:
@@ -130,6 +167,7 @@ class IpcLoop:
             except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 self._lost("supervisor went away")
                 return
+            self._reads += 1
             try:
                 payloads = decoder.feed(data)
             except FramingError as exc:
@@ -245,6 +283,8 @@ class ChildRuntime(IpcLoop):
             case OfferRequest():
                 assert self._tg is not None
                 self._tg.start_soon(self._offer, msg, name="request function")
+            case AwaitJob(poll_s=poll_s):
+                self.poll(poll_s)
             case StartJob():
                 self._start_job(msg)
             case Shutdown(reason=reason, job_id=job_id):

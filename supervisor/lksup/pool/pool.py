@@ -6,7 +6,9 @@ decided here: the declarative request policy first (room glob, identity and name
 evaluated in the supervisor without touching user code), then, when the agent has a
 ``request_fnc``, the warm process that will take the job is asked. An accepted offer keeps
 that process reserved for the job until the assignment arrives or the reservation is
-released. One process serves one job, then exits; the pool refills itself.
+released. One process serves one job, then exits; the pool refills itself. A process an offer
+was accepted for is told so (``AwaitJob``) and, while the host has CPU to spare, polls for its
+job instead of sleeping through the round trip to the server (``IpcLoop.poll``).
 
 Failures stay inside the pool: a job that crashes fails that job only; a process that cannot
 start (import or prewarm error, timeout) puts the agent in ``backoff`` (exponential with
@@ -23,6 +25,7 @@ import functools
 import logging
 import os
 import random
+import statistics
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -49,6 +52,14 @@ log = logging.getLogger("lksup.pool")
 OUTCOME_FLUSH_TIMEOUT = 1.0
 #: Init failures this close together count as consecutive for the backoff.
 STABLE_PERIOD = 60.0
+#: How long a process an offer was accepted for polls for its job (``AwaitJob``). The
+#: assignment follows the accept within one round trip to the server; when the recent ones
+#: took longer than this (a distant server), the process sleeps instead.
+ASSIGNMENT_POLL = 0.02
+#: A process polls for its job only while the host's CPU share is below this.
+POLL_BELOW_CPU = 0.5
+#: Accept -> assignment delays kept to decide whether polling can catch the assignment.
+ASSIGNMENT_DELAYS_KEPT = 16
 
 
 def auto_idle_processes() -> int:
@@ -193,8 +204,11 @@ class AgentPool:
         memory: MemoryPolicy | None = None,
         inference: InferenceService | None = None,
         launcher: ZygoteLauncher | None = None,
+        assignment_poll: float = ASSIGNMENT_POLL,
     ) -> None:
         self.spec = spec
+        self.assignment_poll = assignment_poll
+        """How long a process an offer was accepted for polls for its job (``poll_for``)."""
         self.target_idle = num_idle
         self.policy = policy or RequestPolicy()
         self.limiter = init_limiter or anyio.CapacityLimiter(auto_idle_processes())
@@ -214,6 +228,7 @@ class AgentPool:
         self.reserved: dict[str, WorkerProcess] = {}
         self.running: dict[str, WorkerProcess] = {}
         self._accepted: dict[str, _Accepted] = {}
+        self._assignment_delays: deque[float] = deque(maxlen=ASSIGNMENT_DELAYS_KEPT)
         self.ending: set[WorkerProcess] = set()
         """Processes whose job reported its outcome and that are still shutting down (their
         callbacks run): closing the pool waits for them too."""
@@ -497,6 +512,7 @@ class AgentPool:
         identity = self.policy.fill(self.policy.identity, **values)
         name = self.policy.fill(self.policy.name, **values)
         if not self.spec.request_fnc:
+            await self._await_job(process, job.id)
             return Accept(identity, name, self.policy.metadata, dict(self.policy.attributes))
         answer = await process.offer(
             ipc.OfferRequest(
@@ -514,7 +530,22 @@ class AgentPool:
                 return Decline(reason=f"request function failed: {answer.error}")
             return Decline(terminate=bool(answer and answer.terminate), reason="request function")
         chosen = answer.identity or identity
+        await self._await_job(process, job.id)
         return Accept(chosen, answer.name, answer.metadata, dict(answer.attributes))
+
+    def poll_for(self) -> float:
+        """How long a process an offer was accepted for polls for its job (0: it sleeps)."""
+        if self.monitor is not None and self.monitor.cpu >= POLL_BELOW_CPU:
+            return 0.0  # the host is busy: the CPU a poll burns is better spent on jobs
+        delays = self._assignment_delays
+        if delays and statistics.median(delays) > self.assignment_poll:
+            return 0.0  # assignments come later than a poll lasts
+        return self.assignment_poll
+
+    async def _await_job(self, process: WorkerProcess, job_id: str) -> None:
+        poll = self.poll_for()
+        if poll > 0:
+            await process.send(ipc.AwaitJob(job_id=job_id, poll_s=poll))
 
     def release(self, job_id: str) -> None:
         """An accepted offer will not be assigned: its process goes back to the idle set."""
@@ -585,6 +616,8 @@ class AgentPool:
         job = assignment.job
         assigned_at = time.time()
         accepted = self._accepted.pop(job.id, None)
+        if accepted is not None:
+            self._assignment_delays.append(assigned_at - accepted.accepted_at)
         process = self.reserved.pop(job.id, None)
         if process is None or not process.alive:
             process = await self._acquire()

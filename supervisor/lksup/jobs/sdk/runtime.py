@@ -49,6 +49,7 @@ from livekit.protocol import agent
 from lksup.jobs.channel import Outbox, arm_exit_watchdog
 from lksup.jobs.framing import FrameDecoder
 from lksup.jobs.ipc import (
+    AwaitJob,
     ExitCode,
     InferenceRequest,
     InferenceResponse,
@@ -266,6 +267,8 @@ class SdkRuntime(IpcLoop):
             case OfferRequest():
                 assert self._tg is not None
                 self._tg.start_soon(self._offer, msg, name="request function")
+            case AwaitJob(poll_s=poll_s):
+                self.poll(poll_s)
             case StartJob():
                 self._start_job(msg)
             case Shutdown(reason=reason, job_id=job_id):
