@@ -169,6 +169,60 @@ async def test_keep_alive_serves_several_requests_on_one_connection(
     assert statuses == [200, 200, 200]
 
 
+class _KeepAlive:
+    """One client connection that sends health requests and reads their responses."""
+
+    def __init__(self, stream: anyio.abc.SocketStream) -> None:
+        self.stream, self.conn = stream, h11.Connection(h11.CLIENT)
+
+    async def send(self) -> None:
+        request = h11.Request(method="GET", target="/v1/health", headers=[("host", "x")])
+        await self.stream.send(self.conn.send(request) + self.conn.send(h11.EndOfMessage()))
+
+    async def response(self) -> int:
+        status = 0
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                with anyio.fail_after(5):
+                    self.conn.receive_data(await self.stream.receive())
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.EndOfMessage):
+                self.conn.start_next_cycle()
+                return status
+
+    def answered(self) -> bool:
+        """Whether a response is waiting to be read (without waiting for one)."""
+        sock = self.stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        try:
+            return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except BlockingIOError:
+            return False
+
+
+async def test_connections_beyond_the_cap_wait_for_a_free_slot(
+    socket_path: Path, app: FakeApp
+) -> None:
+    """Regression: a flood of idle connections took every descriptor the daemon had, and
+    the daemon died. Beyond ``max_connections`` a client waits in the backlog instead."""
+    async with serving(socket_path, app, max_connections=2):
+        first = _KeepAlive(await anyio.connect_unix(socket_path))
+        second = _KeepAlive(await anyio.connect_unix(socket_path))
+        for client in (first, second):  # both served, and both held open
+            await client.send()
+            assert await client.response() == 200
+        async with await anyio.connect_unix(socket_path) as stream:
+            third = _KeepAlive(stream)
+            await third.send()
+            await second.send()  # the server goes on serving the connections it holds
+            assert await second.response() == 200
+            assert not third.answered()  # not accepted while both slots are taken
+            await first.stream.aclose()
+            assert await third.response() == 200  # the freed slot takes it
+        await second.stream.aclose()
+
+
 # Errors ---------------------------------------------------------------------------------
 
 

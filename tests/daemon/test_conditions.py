@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 
-from lksup.daemon.conditions import TYPES, ConditionTracker, Facts, evaluate
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lksup.daemon.conditions import (
+    TYPES,
+    ConditionTracker,
+    Facts,
+    FullReason,
+    evaluate,
+    is_ready,
+)
 
 RUNNING = Facts(
     state="running",
@@ -98,3 +108,55 @@ def test_last_transition_moves_only_when_the_status_changes() -> None:
     assert fourth["Accepting"].last_transition == 110.0
     assert fourth["Accepting"].reason == "OverMemoryBudget"
     assert fourth["Ready"].last_transition == 100.0
+
+
+STATES = (
+    "pending",
+    "starting",
+    "connecting",
+    "running",
+    "full",
+    "draining",
+    "drained",
+    "backoff",
+    "failed",
+    "stopped",
+)
+
+
+@given(
+    state=st.sampled_from(STATES),
+    registered=st.booleans(),
+    draining=st.booleans(),
+    full_reason=st.sampled_from(["", "LoadAboveThreshold", "AtMaxJobs", "OverMemoryBudget"]),
+    idle=st.integers(0, 4),
+    idle_target=st.integers(0, 4),
+    pool_failure=st.sampled_from(["", "ImportError: no module named agent"]),
+    sync=st.sampled_from(["synced", "pending", "override"]),
+)
+def test_conditions_never_contradict_the_state(
+    state: str,
+    registered: bool,
+    draining: bool,
+    full_reason: FullReason,
+    idle: int,
+    idle_target: int,
+    pool_failure: str,
+    sync: str,
+) -> None:
+    """Regression: an agent in backoff (READY 0/1, /readyz 503) showed Registered, Ready and
+    Accepting all True. READY, /readyz and the Ready condition are one definition."""
+    facts = Facts(
+        state, registered, draining, full_reason, "", idle, idle_target, pool_failure, sync, ""
+    )
+    result = {kind: status for kind, status, _, _ in evaluate(facts)}
+    assert result["Ready"] == is_ready(state, registered) == facts.ready  # READY and /readyz
+    assert result["Ready"] == (registered and state in ("running", "full"))
+    if result["Accepting"]:
+        assert result["Ready"]
+        assert not full_reason
+    if result["Ready"]:
+        assert result["Registered"]
+    if state not in ("running", "full"):
+        assert not result["Ready"]
+        assert not result["Accepting"]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 from pathlib import Path
 
 import anyio
 import pytest
 
+from lksup.daemon.app import DaemonApp
 from lksup.daemon.main import Daemon, DaemonSettings
 from lksup.devserver.server import DevServer
+from lksup.errors import LksupError
 from tests.conftest import free_port
 from tests.daemon.test_supervisor import KEY, QUICK, SECRET, fleet, supervised
 
@@ -56,3 +59,22 @@ async def test_ready_follows_a_restarted_agent_and_waits_for_it(tmp_path: Path) 
                 assert receiver.recv(4096).decode().startswith("READY=1")
                 await sup.stop_all()
                 tg.cancel_scope.cancel()
+
+
+async def test_a_failure_once_running_says_stopped_because(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: an error after start (EMFILE in a subsystem) was reported "cannot start"."""
+
+    async def broken(self: DaemonApp) -> None:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(DaemonApp, "observe_forever", broken)
+    daemon = Daemon(DaemonSettings(socket=tmp_path / "ctl.sock", state_dir=tmp_path / "state"))
+    with (
+        anyio.fail_after(20),
+        pytest.raises(LksupError, match=r"^stopped because \[Errno 24\] Too many open files$"),
+    ):
+        await daemon.run()
+    (record,) = [r for r in caplog.records if r.getMessage().startswith("lksup stopped")]
+    assert record.exc_info is not None  # the traceback is in the log

@@ -3,6 +3,7 @@ while a job runs, remove, drain one agent, coordinated drain."""
 
 from __future__ import annotations
 
+import logging
 import os
 import textwrap
 from collections.abc import AsyncIterator
@@ -82,7 +83,10 @@ def registered(server: DevServer, name: str) -> list[str]:
     return [w.id for w in server.workers() if w.agent_name == name]
 
 
-async def test_apply_create_update_replace_remove(tmp_path: Path) -> None:
+async def test_apply_create_update_replace_remove(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
     async with supervised(tmp_path) as (sup, server):
         plan = await sup.apply(fleet(tmp_path, {"alpha": "", "beta": ""}))
         assert [a.action for a in plan.agents] == [Action.CREATE, Action.CREATE]
@@ -138,6 +142,10 @@ async def test_apply_create_update_replace_remove(tmp_path: Path) -> None:
         with anyio.fail_after(30):
             await sup.wait_until(lambda: "beta" not in sup.slots)
             await server.wait_workers(lambda ws: not registered(server, "beta"))
+    # an idle process says why it stops (regression: always "supervisor stopping")
+    idle_stops = [r.getMessage() for r in caplog.records if "while idle" in r.getMessage()]
+    assert "Shutting down while idle: agent replaced." in idle_stops
+    assert "Shutting down while idle: agent removed." in idle_stops
 
 
 async def test_drain_one_agent_while_others_keep_accepting(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ example dev fleet, the CLI against its control socket, and signals."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -456,6 +457,7 @@ async def test_diff_apply_in_place_prune_all_simulate_and_sighup(tmp_path: Path)
         )
         assert code == 0, err
         assert "3 replace" in out
+        assert "template value hold_seconds: (unset) -> 9" in out  # why the agents are replaced
         # SIGHUP re-applies the last applied source (changed.yaml), re-rendered with the values
         # it was applied with: only the file's own change shows
         changed.write_text(original.replace("max_jobs: 4", "max_jobs: 2"))
@@ -468,6 +470,25 @@ async def test_diff_apply_in_place_prune_all_simulate_and_sighup(tmp_path: Path)
         assert "replace" not in line.replace("0 replace", "")
         code, out, _ = await d.cli("diff", str(changed), "--set", "hold_seconds=9")
         assert code == 0, out
+        assert "template value" not in out
+        code, out, _ = await d.cli("diff", str(changed), "--set", "hold_seconds=20")
+        assert code == 1, out
+        assert "template value hold_seconds: 9 -> 20" in out
+        # regression: a fleet of another name replaced the running one without a word
+        renamed = tmp_path / "renamed.yaml"
+        renamed.write_text(changed.read_text().replace("name: dev", "name: prod"))
+        code, out, err = await d.cli("apply", str(renamed), "--set", "hold_seconds=9")
+        assert code == 1
+        assert "the running fleet is 'dev' and this file is fleet 'prod'" in err
+        assert "pass --replace-fleet" in err
+        code, out, err = await d.cli("apply", str(renamed), "--set", "hold_seconds=9", "--dry-run")
+        assert code == 0, err
+        assert "fleet 'dev' -> 'prod' (replaces the running fleet)" in out
+        code, out, err = await d.cli(
+            "apply", str(renamed), "--set", "hold_seconds=9", "--replace-fleet"
+        )
+        assert code == 0, err
+        assert "fleet 'dev' -> 'prod'" in out
 
 
 async def test_health_readiness_status_and_metrics_over_http() -> None:
@@ -862,3 +883,55 @@ async def test_systemd_notifications() -> None:
         finally:
             del os.environ["NOTIFY_SOCKET"]
             notify.unlink()
+
+
+async def test_a_flood_of_idle_control_connections_never_kills_the_daemon() -> None:
+    """Regression: with a low descriptor limit, idle connections to the control socket took
+    every descriptor; the memory sweep then failed with EMFILE and the daemon stopped. The
+    control socket serves a bounded number of clients; the rest wait in the backlog."""
+    async with daemon("fleets/dev.yaml", fd_limit=128) as d:
+        await d.wait_ready(3)
+        idle: list[socket.socket] = []
+        try:
+            for _ in range(300):
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                idle.append(sock)
+                with contextlib.suppress(BlockingIOError):  # the backlog is full: refused
+                    sock.connect(str(d.socket))
+            # answered once an idle connection's request timeout frees a slot, after the
+            # memory sweeps of the warm processes ran with the flood on
+            with anyio.fail_after(60):
+                code, out, err = await d.cli("status")
+            assert code == 0, err
+            assert "customer-service" in out
+            assert d.process.returncode is None
+        finally:
+            for sock in idle:
+                sock.close()
+        code, _, err = await d.cli("status")
+        assert code == 0, err
+    assert "Traceback" not in d.log.read_text()
+
+
+async def test_sigterm_before_registration_never_says_every_agent_is_registered(
+    tmp_path: Path,
+) -> None:
+    """Regression: on SIGTERM the drain counted an agent that never registered as drained, and
+    the daemon logged "every agent is registered" (and sent systemd READY=1) on its way out."""
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(
+        "apiVersion: lksup/v1\nkind: Fleet\nmetadata: {name: unreachable}\nagents:\n"
+        "  lonely:\n    entrypoint: fleets.agents.survey:entrypoint\n"
+        f"    livekit: {{url: 'ws://127.0.0.1:{free_port()}'}}\n"
+    )
+    async with daemon(str(fleet)) as d:
+        with anyio.fail_after(30):
+            while '"name": "lonely"' not in (await d.cli("status", "-o", "json"))[1]:
+                await anyio.sleep(0.1)  # status is the observable
+        d.process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(30):
+            assert await d.process.wait() == 0
+    text = d.log.read_text()
+    assert "drained: every job finished" in text
+    assert "every agent is registered" not in text

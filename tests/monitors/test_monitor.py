@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import logging
 import math
 from collections.abc import AsyncIterator, Collection, Mapping
@@ -69,9 +70,14 @@ class FakeSampler:
         self.sweeps = sweeps
         self.count = 0
         self.hold: anyio.Event | None = None
+        self.error: OSError | None = None
 
     def __call__(self, pids: Collection[int]) -> Mapping[int, MemorySample]:
         index, self.count = self.count, self.count + 1
+        error = self.error
+        if error is not None:
+            anyio.from_thread.run_sync(self.sweeps.send_nowait, index)
+            raise error
         result = {
             pid: MemorySample(pid, int(self.memory_mb[pid] * MIB), "pss")
             for pid in pids
@@ -350,6 +356,30 @@ async def test_a_failing_listener_is_contained(caplog: pytest.LogCaptureFixture)
     assert any(
         r.getMessage() == "A monitor listener failed on MemoryWarning." for r in caplog.records
     )
+
+
+@pytest.mark.anyio
+async def test_a_failing_sweep_is_skipped_said_once_and_sampling_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Regression: out of descriptors, reading /proc raised EMFILE in the sweep, and the
+    error ended the monitor and with it the daemon."""
+    caplog.set_level(logging.INFO, logger="lksup.monitors")
+    async with fake_monitor() as (monitor, sampler, sweeps, events):
+        sampler.memory_mb[7] = 60
+        monitor.watch(7, agent="a", job_id="J", policy=MemoryPolicy(50, 0))
+        assert await next_event(events, MemoryWarning) == MemoryWarning("a", "J", 7, 60, 50)
+        sampler.error = OSError(errno.EMFILE, "Too many open files")
+        await sweeps_after(sampler, sweeps, 3)
+        assert monitor.samples[7].mb == 60  # the last sample is kept
+        sampler.error = None
+        sampler.memory_mb[7] = 70
+        await sweeps_after(sampler, sweeps, 2)
+        assert monitor.samples[7].mb == 70
+    messages = [r.getMessage() for r in caplog.records if r.name == "lksup.monitors"]
+    failed = "Memory sweep failed: [Errno 24] Too many open files; memory limits are not "
+    assert messages.count(failed + "checked until it works.") == 1
+    assert messages.count("Memory sweep works again.") == 1
 
 
 @pytest.mark.anyio

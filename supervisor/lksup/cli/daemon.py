@@ -133,6 +133,11 @@ def run(
 @click.option("--dry-run", is_flag=True, help="Show the plan; change nothing.")
 @click.option("--prune-all", is_flag=True, help="Allow a fleet that removes every agent.")
 @click.option(
+    "--replace-fleet",
+    is_flag=True,
+    help="Allow a fleet whose metadata.name differs from the running one (it replaces it).",
+)
+@click.option(
     "--wait",
     is_flag=True,
     help="Show progress until converged: every agent ready (or drained by an operator) and "
@@ -154,6 +159,7 @@ def apply(
     socket_path: str | None,
     dry_run: bool,
     prune_all: bool,
+    replace_fleet: bool,
     wait: bool,
     timeout: float,
     skip_import_check: bool,
@@ -182,7 +188,12 @@ def apply(
 
     async def call(client: Any) -> Any:
         return await client.apply(
-            document, source=source, dry_run=dry_run, prune_all=prune_all, values=values
+            document,
+            source=source,
+            dry_run=dry_run,
+            prune_all=prune_all,
+            values=values,
+            replace_fleet=replace_fleet,
         )
 
     plan = _control(socket_path, call)
@@ -206,6 +217,15 @@ def _plan_text(plan: dict[str, Any]) -> str:
         )
         + ("" if not plan.get("dryRun") else " (dry run: nothing changed)")
     )
+    lines.extend(
+        f"  template value {c['path']}: {plan_render.format_value(c['old'])} -> "
+        f"{plan_render.format_value(c['new'])}"
+        for c in plan.get("values", [])
+    )
+    renamed = plan.get("fleetRenamed")
+    if renamed:
+        old, new = renamed["from"], renamed["to"]
+        lines.append(f"  fleet {old!r} -> {new!r} (replaces the running fleet)")
     for agent in plan.get("agents", []):
         lines.append(f"  {agent['action']:<17} {agent['name']}")
         lines.extend(

@@ -26,6 +26,7 @@ from lksup.fleet.checks import ValidationResult, validate_file
 from lksup.fleet.loading import LoadedFleet, load_fleet
 from lksup.fleet.schema import API_VERSION, Fleet, json_schema
 from lksup.reconcile import render as plan_render
+from lksup.reconcile.diff import FieldChange, value_changes
 from lksup.reconcile.diff import diff as plan_diff
 
 
@@ -213,6 +214,8 @@ def diff(
     """
     values = _values(values_files, assignments)
     after = _load_or_exit(new, values, code=EXIT_USAGE)
+    values_changed: tuple[FieldChange, ...] = ()
+    applied: dict[str, Any] | None = None
     if old is not None:
         before: Fleet | None = _load_or_exit(old, values, code=EXIT_USAGE).fleet
     else:
@@ -222,9 +225,20 @@ def diff(
 
         applied = _control(socket_path, call)
         before = Fleet.model_validate(applied["fleet"]) if applied else None
+        if applied:  # against the running supervisor: the values it rendered the file with
+            values_changed = value_changes(applied.get("values") or {}, values)
     plan = plan_diff(before, after.fleet)
     if output == "json":
-        _emit(plan_render.to_json(plan))
+        document = plan_render.to_json(plan)
+        if old is None and applied:
+            document["values"] = [
+                {"path": c.path, "old": c.old, "new": c.new} for c in values_changed
+            ]
+        _emit(document)
     else:
         click.echo(plan_render.to_text(plan, colour=_colour()))
+        for change in values_changed:
+            old_text = plan_render.format_value(change.old)
+            new_text = plan_render.format_value(change.new)
+            click.echo(f"  template value {change.path}: {old_text} -> {new_text}")
     raise SystemExit(EXIT_FAILED if plan.has_changes else EXIT_OK)

@@ -219,6 +219,8 @@ class ApplyRequest(_Request):
     """Only compute the plan."""
     prune_all: bool = False
     """Allow a plan that removes every agent."""
+    replace_fleet: bool = False
+    """Allow a fleet whose ``metadata.name`` differs from the running one's."""
 
 
 class SimulateRequest(_Request):

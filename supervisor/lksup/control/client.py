@@ -57,9 +57,15 @@ def _apply(
     dry_run: bool,
     prune_all: bool,
     values: dict[str, Any] | None,
+    replace_fleet: bool = False,
 ) -> _Call:
     request = ApplyRequest(
-        fleet=fleet, source=source, dry_run=dry_run, prune_all=prune_all, values=values or {}
+        fleet=fleet,
+        source=source,
+        dry_run=dry_run,
+        prune_all=prune_all,
+        values=values or {},
+        replace_fleet=replace_fleet,
     )
     return _Call("POST", "/v1/apply", body=request.model_dump(mode="json"))
 
@@ -163,9 +169,10 @@ class ControlClient:
         dry_run: bool = False,
         prune_all: bool = False,
         values: dict[str, Any] | None = None,
+        replace_fleet: bool = False,
     ) -> dict[str, Any]:
         """``POST /v1/apply``; returns the Plan document."""
-        return await self._call(_apply(fleet, source, dry_run, prune_all, values))
+        return await self._call(_apply(fleet, source, dry_run, prune_all, values, replace_fleet))
 
     async def applied(self) -> dict[str, Any] | None:
         """``GET /v1/fleet``: the applied fleet document, or None when none was applied."""
@@ -247,9 +254,10 @@ class SyncControlClient:
         dry_run: bool = False,
         prune_all: bool = False,
         values: dict[str, Any] | None = None,
+        replace_fleet: bool = False,
     ) -> dict[str, Any]:
         """``POST /v1/apply``; returns the Plan document."""
-        return self._call(_apply(fleet, source, dry_run, prune_all, values))
+        return self._call(_apply(fleet, source, dry_run, prune_all, values, replace_fleet))
 
     def applied(self) -> dict[str, Any] | None:
         """``GET /v1/fleet``: the applied fleet document, or None when none was applied."""

@@ -21,7 +21,10 @@ Invariants:
   HTTP is answered 400 and the connection closed; reading a request and running its handler
   are each bounded by ``request_timeout``; bodies are bounded by ``max_body``; an unexpected
   exception in a handler is logged and answered 500. A slow handler (a drain) only holds its
-  own connection, so ``status`` always answers.
+  own connection, so ``status`` answers. At most ``max_connections`` clients are served at
+  once: a flood of idle connections waits in the kernel's backlog (and is closed after
+  ``request_timeout``) instead of taking the daemon's file descriptors, which its job
+  processes and monitors need.
 * Errors are always ``{"code", "message"}`` JSON with a non-2xx status.
 
 Sockets are read and written with ``anyio.wait_readable``/``wait_writable`` rather than
@@ -62,7 +65,7 @@ from lksup.control.errors import (
     UnsafeSocketDirectory,
 )
 
-__all__ = ["MAX_BODY", "ControlServer", "peer_uid", "prepare_directory"]
+__all__ = ["MAX_BODY", "MAX_CONNECTIONS", "ControlServer", "peer_uid", "prepare_directory"]
 
 _log = logging.getLogger(__name__)
 
@@ -75,6 +78,8 @@ MAX_HEAD: Final = 16 * 1024
 _DISCARD_FACTOR: Final = 8
 _STALE_CONNECT_TIMEOUT: Final = 2.0
 _BACKLOG: Final = 128
+#: Clients served at once (a CLI call holds one; ``--watch`` and ``--wait`` hold theirs).
+MAX_CONNECTIONS: Final = 64
 #: sun_path is 108 bytes on Linux, including the terminating NUL.
 _MAX_PATH: Final = 107
 _LINGER_TIMEOUT: Final = 2.0
@@ -217,6 +222,7 @@ class ControlServer:
             closed after the same time.
         allowed_uids: Peer uids allowed to talk; default the daemon's euid and root.
         version: The version reported by ``/v1/health``.
+        max_connections: Clients served at once; the next wait in the backlog.
     """
 
     def __init__(
@@ -228,8 +234,10 @@ class ControlServer:
         request_timeout: float = 10.0,
         allowed_uids: Collection[int] | None = None,
         version: str = __version__,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.path = path
+        self._slots = anyio.Semaphore(max_connections)
         self.app = app
         self.max_body = max_body
         self.request_timeout = request_timeout
@@ -264,8 +272,11 @@ class ControlServer:
                 async with anyio.create_task_group() as tg:
                     task_status.started(self.path)
                     while True:
+                        await self._slots.acquire()  # released when the connection ends
                         sock = await self._accept(listener)
-                        if sock is not None:
+                        if sock is None:
+                            self._slots.release()
+                        else:
                             tg.start_soon(self._connection, _Connection(sock))
             finally:
                 self._remove_socket(inode)
@@ -303,6 +314,8 @@ class ControlServer:
                 _log.debug("Control connection lost: %s.", exc)
             except Exception:
                 _log.exception("Control connection failed.")
+            finally:
+                self._slots.release()
 
     async def _serve(self, stream: _Connection) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)

@@ -279,6 +279,8 @@ class AgentRuntime:
         self.full = False
         self.done = False  # run() returned (set by its supervisor)
         self.drain_deadline: anyio.CancelScope | None = None  # a drain's deadline is running
+        self.stop_reason = "the agent's connection ended"
+        """Why its idle job processes are stopped when it ends (the supervisor says why)."""
 
     def reconfigure(self, agent: Agent) -> None:
         """Take settings that need no new process or registration (an update in place)."""
@@ -350,7 +352,7 @@ class AgentRuntime:
             tg.start_soon(self._load_loop)
             task_status.started()
             await self.session.wait_finished()
-            await self.pool.aclose()
+            await self.pool.aclose(reason=self.stop_reason)
             tg.cancel_scope.cancel()
 
     async def _load_loop(self) -> None:

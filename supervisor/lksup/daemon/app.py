@@ -37,7 +37,7 @@ from lksup.fleet.normalize import normalize
 from lksup.fleet.schema import Fleet
 from lksup.pool.pool import EndedJob
 from lksup.reconcile import render as plan_render
-from lksup.reconcile.diff import Action, diff
+from lksup.reconcile.diff import Action, diff, value_changes
 
 
 def _wall(monotonic_at: float | None) -> str | None:
@@ -148,7 +148,7 @@ class DaemonApp:
         return AgentStatus(
             name=slot.name,
             state=state_name,
-            ready=state_name in ("running", "full") and bool(fields.get("registered")),
+            ready=facts.ready,
             threshold=slot.agent.load_threshold,
             memory_mb=round(memory, 1),
             restarts=slot.restarts,
@@ -330,10 +330,29 @@ class DaemonApp:
                 "this fleet removes every agent; pass --prune-all to do that",
                 409,
             )
+        running = self.supervisor.fleet
+        renamed = running is not None and running.metadata.name != fleet.metadata.name
+        if renamed and not request.dry_run and not request.replace_fleet:
+            assert running is not None
+            raise ControlError(
+                "replace_fleet_required",
+                f"the running fleet is {running.metadata.name!r} and this file is fleet "
+                f"{fleet.metadata.name!r}; pass --replace-fleet to replace the one with the "
+                "other",
+                409,
+            )
         document = {
             **plan_render.to_json(plan),
             "overridesCleared": self.supervisor.overrides_cleared_by(plan),
         }
+        if renamed:
+            assert running is not None
+            document["fleetRenamed"] = {"from": running.metadata.name, "to": fleet.metadata.name}
+        if running is not None:  # the values a template was rendered with, as a change
+            document["values"] = [
+                {"path": c.path, "old": c.old, "new": c.new}
+                for c in value_changes(self.values, request.values)
+            ]
         if request.dry_run:
             return {**document, "dryRun": True}
         applied = state.save(self.state_dir, fleet, source=request.source, values=request.values)
@@ -359,7 +378,12 @@ class DaemonApp:
         data: dict[str, Any] = fleet.model_dump(
             mode="json", by_alias=True, exclude={"livekit", "defaults"}
         )
-        return {"revision": self.revision, "source": self.source, "fleet": data}
+        return {
+            "revision": self.revision,
+            "source": self.source,
+            "values": self.values,
+            "fleet": data,
+        }
 
     # --- operations ------------------------------------------------------------------------------
 

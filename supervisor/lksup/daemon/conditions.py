@@ -6,8 +6,9 @@ know (``type``, ``status`` "True"/"False", ``reason`` in CamelCase, ``message``,
 
 - ``Registered``: the worker connection is registered with the server
   (reasons ``Registered``, ``Connecting``, ``ConnectionFailed``, ``Stopped``);
-- ``Ready``: registered and not draining, what ``/readyz`` and the READY column say
-  (``Ready``, ``Draining``, ``NotRegistered``);
+- ``Ready``: registered and running or full (``is_ready``), what ``/readyz`` and the READY
+  column say (``Ready``, ``Draining``, ``NotRegistered``, or the state that keeps a registered
+  agent from being ready, e.g. ``Backoff`` while its pool backs off after crashes);
 - ``Accepting``: ready and not full, so an offer now would be accepted
   (``BelowThreshold``, ``LoadAboveThreshold``, ``AtMaxJobs``, ``OverMemoryBudget``, ``NotReady``);
 - ``PoolWarm``: the idle pool holds its target of warm processes
@@ -25,6 +26,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 TYPES = ("Registered", "Ready", "Accepting", "PoolWarm", "Synced")
+#: The states in which a registered agent is ready (takes jobs).
+READY_STATES = ("running", "full")
+
+
+def is_ready(state: str, registered: bool) -> bool:
+    """The one definition of ready: the READY column, ``/readyz`` and the Ready condition."""
+    return registered and state in READY_STATES
+
 
 FullReason = Literal["", "LoadAboveThreshold", "AtMaxJobs", "OverMemoryBudget"]
 
@@ -43,6 +52,11 @@ class Facts:
     pool_failure: str  # non-empty while the pool backs off after crashes
     sync: str  # synced | pending | override
     message: str  # the MESSAGE column
+
+    @property
+    def ready(self) -> bool:
+        """``is_ready`` of these facts."""
+        return is_ready(self.state, self.registered)
 
 
 @dataclass(frozen=True)
@@ -67,15 +81,16 @@ def evaluate(facts: Facts) -> list[tuple[str, bool, str, str]]:
     else:
         registered = (False, "Connecting", facts.message)
 
-    ready_now = facts.registered and not facts.draining
-    if ready_now:
+    if facts.ready:
         ready = (True, "Ready", "")
     elif facts.draining:
         ready = (False, "Draining", "not taking new jobs; running jobs finish")
+    elif facts.registered:  # registered, yet its state keeps it from taking jobs
+        ready = (False, facts.state.capitalize(), facts.message)
     else:
         ready = (False, "NotRegistered", "")
 
-    if not ready_now:
+    if not facts.ready:
         accepting = (False, "NotReady", "")
     elif facts.full_reason:
         accepting = (False, str(facts.full_reason), facts.full_message)

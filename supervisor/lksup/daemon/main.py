@@ -101,6 +101,7 @@ class Daemon:
         self._forced = False  # a second stop signal forced the stop: exit 1
         self._done = anyio.Event()
         self._reapplying: anyio.CancelScope | None = None  # a SIGHUP re-apply in progress
+        self._running = False  # started: a failure from now on "stopped" it
 
     def _load(self, path: str, values: dict[str, Any]) -> Fleet:
         loaded = load_fleet(path, values=values, environ=self.settings.environ)
@@ -112,13 +113,21 @@ class Daemon:
         """Run until a signal ends it; the exit status.
 
         Raises:
-            LksupError: it cannot start (nothing was applied or persisted then).
+            LksupError: it cannot start (nothing was applied or persisted then), or it
+                stopped because of an error once running ("stopped because ...", logged
+                with its traceback).
         """
         try:
             with state.lock(self.settings.state_dir):
                 return await self._run()
         except state.StateDirInUse as exc:
             raise LksupError(f"cannot start: {exc}") from None
+        except Exception as exc:
+            if not self._running:
+                raise  # a startup failure says itself (run_daemon, the CLI: "cannot start")
+            error = _only_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
+            log.error("lksup stopped because of an error.", exc_info=exc)
+            raise LksupError(f"stopped because {_describe(error or exc)}") from None
 
     async def _run(self) -> int:
         settings = self.settings
@@ -149,6 +158,7 @@ class Daemon:
             if initial is not None:
                 await app.apply(initial)
             log.info("lksup is running; control socket %s", settings.socket)
+            self._running = True
             tg.start_soon(self._announce_ready, supervisor)
             tg.start_soon(app.observe_forever)
             if self.notifier.enabled:
@@ -268,22 +278,33 @@ class Daemon:
     async def _announce_ready(self, supervisor: Supervisor) -> None:
         """READY=1 once every agent's *current* worker is registered.
 
-        An agent restarted or replaced before its first registration counts with its new one.
+        An agent restarted or replaced before its first registration counts with its new one;
+        an agent drained by the operator is not waited for. A daemon that is stopping never
+        announces: its drain drains agents that never registered.
         """
-        while True:
+        while not self._draining:
             changed = supervisor.change_event()
             slots = list(supervisor.slots.values())
+            registered = sum(
+                1
+                for slot in slots
+                if slot.runtime is not None and slot.runtime.session.machine.worker_id
+            )
+            drained = sum(1 for slot in slots if slot.override_drained)
             if all(
                 slot.override_drained
                 or (slot.runtime is not None and slot.runtime.session.machine.worker_id)
                 for slot in slots
             ):
-                break
+                self.notifier.ready(f"{registered} agent(s) registered")
+                log.info(
+                    "every agent is registered (%d%s)",
+                    registered,
+                    f"; {drained} drained" if drained else "",
+                )
+                return
             with anyio.move_on_after(0.5):  # registrations are not supervisor changes
                 await changed.wait()
-        count = len(supervisor.slots)
-        self.notifier.ready(f"{count} agent(s) registered")
-        log.info("every agent is registered (%d)", count)
 
     async def _status_loop(self, supervisor: Supervisor) -> None:
         """STATUS= summaries for systemd; EXTEND_TIMEOUT_USEC again and again while draining."""
@@ -472,6 +493,13 @@ class Daemon:
         if rotated:
             summary += f"; replaced for a changed secret: {', '.join(rotated)}"
         log.info("SIGHUP: re-applied %s (%s)", source, summary)
+
+
+def _describe(error: BaseException) -> str:
+    """An error in one line: an OSError says itself; others with their type."""
+    if isinstance(error, OSError | LksupError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
 
 
 def _only_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:

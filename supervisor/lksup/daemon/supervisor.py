@@ -390,7 +390,7 @@ class Supervisor:
             # not registered, or itself a replacement still not ready while an older worker
             # serves: nothing to hand over, so it goes now (a storm of reloads never piles up
             # workers)
-            self._retire(slot, old)
+            self._retire(slot, old, "agent replaced")
             return
         slot.previous.append(old)
         self._require_tg().start_soon(self._retire_when_ready, slot, old)
@@ -422,13 +422,14 @@ class Supervisor:
                 await self._changed.wait()
         if old in slot.previous:
             slot.previous.remove(old)
-            self._retire(slot, old)
+            self._retire(slot, old, "agent replaced")
         self._notify()
 
-    def _retire(self, slot: AgentSlot, runtime: AgentRuntime) -> None:
+    def _retire(self, slot: AgentSlot, runtime: AgentRuntime, reason: str) -> None:
         """Drain a runtime away: it ends with its last job, or at the agent's drain deadline."""
         if runtime.done or runtime in slot.draining:
             return
+        runtime.stop_reason = reason
         slot.draining.append(runtime)
         runtime.session.drain()
         self._start_drain_deadline(slot, runtime)
@@ -464,7 +465,7 @@ class Supervisor:
             extra={"agent": slot.name},
         )
         runtime.session.stop()
-        await runtime.pool.aclose()
+        await runtime.pool.aclose(reason="drain deadline reached")
 
     def _remove(self, name: str) -> None:
         slot = self.slots.get(name)
@@ -474,7 +475,7 @@ class Supervisor:
         self._cancel_restart(slot)
         for runtime in [*slot.previous, slot.runtime]:
             if runtime is not None:
-                self._retire(slot, runtime)
+                self._retire(slot, runtime, "agent removed")
         slot.previous.clear()
         slot.runtime = None
         slot.state = "draining"
@@ -492,6 +493,7 @@ class Supervisor:
             self._cancel_restart(slot)
             for runtime in [*slot.previous, slot.runtime]:
                 if runtime is not None and not runtime.session.machine.draining:
+                    runtime.stop_reason = "agent drained"
                     runtime.session.drain()
                     self._start_drain_deadline(slot, runtime)
         self._notify()
@@ -565,6 +567,7 @@ class Supervisor:
                 for slot in self.slots.values():
                     for runtime in slot.runtimes():
                         runtime.session.stop()
+                        runtime.stop_reason = "supervisor stopping"
                         tg.start_soon(functools.partial(runtime.pool.aclose, force=force))
             await self.inference.aclose()
             if self.zygotes is not None:

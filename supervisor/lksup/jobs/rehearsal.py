@@ -20,7 +20,6 @@ import socket
 from collections.abc import Callable
 
 import anyio
-from anyio.abc import UNIXSocketStream
 from livekit.protocol import agent, models
 
 from lksup.jobs.context import JobContext, JobProcess
@@ -37,6 +36,7 @@ from lksup.jobs.ipc import (
     encode,
 )
 from lksup.jobs.runner import JobRun
+from lksup.jobs.sockio import receive
 
 __all__ = ["rehearse", "walk"]
 
@@ -127,14 +127,12 @@ async def _rehearsal() -> None:
     frames = _frames()
     left, right = socket.socketpair()
     messages: list[Message] = []
-    async with (
-        await UNIXSocketStream.from_socket(left) as sender,
-        await UNIXSocketStream.from_socket(right) as receiver,
-    ):
-        await sender.send(frames)
+    with left, right:
+        left.sendall(frames)  # a few hundred bytes: the socket buffer takes them at once
+        right.setblocking(False)
         decoder, size = FrameDecoder(), 0
         while size < len(frames):
-            data = await receiver.receive()
+            data = await receive(right)
             size += len(data)
             messages += [decode(payload) for payload in decoder.feed(data)]
     await _run(messages)

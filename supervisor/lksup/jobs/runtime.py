@@ -36,7 +36,6 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 import anyio.abc
-from anyio.abc import UNIXSocketStream
 from google.protobuf.message import DecodeError
 from livekit.protocol import agent
 
@@ -62,6 +61,7 @@ from lksup.jobs.ipc import (
 from lksup.jobs.loader import AgentFunctions, describe_exception
 from lksup.jobs.rehearsal import walk
 from lksup.jobs.runner import OUTCOME_ACK_TIMEOUT, JobRun
+from lksup.jobs.sockio import receive
 
 __all__ = [
     "EOF_CLEANUP_TIMEOUT",
@@ -106,14 +106,15 @@ class IpcLoop:
         """
         if self._done is None:  # a subclass may have made it earlier
             self._done = anyio.Event()
-        stream = await UNIXSocketStream.from_socket(sock)
-        async with stream, anyio.create_task_group() as tg:
-            self._tg = tg
-            tg.start_soon(self._watch_sigterm, name="sigterm")
-            tg.start_soon(self._read, stream, decoder, received, name="ipc reader")
-            await self._done.wait()
-            arm_exit_watchdog(EXIT_TIMEOUT, self._exit_code)
-            tg.cancel_scope.cancel()
+        sock.setblocking(False)
+        with sock:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._watch_sigterm, name="sigterm")
+                tg.start_soon(self._read, sock, decoder, received, name="ipc reader")
+                await self._done.wait()
+                arm_exit_watchdog(EXIT_TIMEOUT, self._exit_code)
+                tg.cancel_scope.cancel()
         return self._exit_code
 
     def _finish(self) -> None:
@@ -157,14 +158,16 @@ class IpcLoop:
                 self._shutdown("SIGTERM")
 
     async def _read(
-        self, stream: UNIXSocketStream, decoder: FrameDecoder, received: list[bytes]
+        self, sock: socket.socket, decoder: FrameDecoder, received: list[bytes]
     ) -> None:
         for payload in received:
             self._dispatch(payload)
         while True:
             try:
-                data = await stream.receive()
-            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                data = await receive(sock)
+            except OSError:
+                data = b""
+            if not data:
                 self._lost("supervisor went away")
                 return
             self._reads += 1

@@ -121,6 +121,7 @@ class Monitor:
         self._recheck: anyio.Event | None = None
         self._running = False
         self._host_failing = False
+        self._sweep_failing = False
 
     # --- read-only views -------------------------------------------------------------------
 
@@ -283,10 +284,23 @@ class Monitor:
 
     async def _sweep(self) -> None:
         watches = dict(self._watches)
+        samples: Mapping[int, MemorySample] = {}
         if watches:
-            samples = await anyio.to_thread.run_sync(self._memory_sampler, list(watches))
-        else:
-            samples = {}
+            try:
+                samples = await anyio.to_thread.run_sync(self._memory_sampler, list(watches))
+            except OSError as exc:
+                # e.g. EMFILE (reading /proc needs a descriptor): skip this sweep, keep the
+                # last samples, say it once; the daemon goes on
+                if not self._sweep_failing:
+                    logger.warning(
+                        "Memory sweep failed: %s; memory limits are not checked until it works.",
+                        exc,
+                    )
+                self._sweep_failing = True
+                return
+            if self._sweep_failing:
+                logger.info("Memory sweep works again.")
+            self._sweep_failing = False
         now = anyio.current_time()
         for pid, watch in watches.items():
             if self._watches.get(pid) is not watch:

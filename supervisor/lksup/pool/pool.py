@@ -438,17 +438,18 @@ class AgentPool:
                     del table[job_id]
         self._changed()
 
-    async def aclose(self, *, force: bool = False) -> None:
-        """Stop every process with the stop sequence; ``force`` makes it short (about 1 s)."""
+    async def aclose(self, *, force: bool = False, reason: str = "supervisor stopping") -> None:
+        """Stop every process with the stop sequence; ``force`` makes it short (about 1 s).
+
+        ``reason`` is what idle processes are told and what their stop logs.
+        """
         self._closed = True
         self._changed()
         timeouts = {"shutdown_timeout": 0.5, "term_grace": 0.5} if force else {}
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as tg:
                 for process in self.processes:
-                    tg.start_soon(
-                        functools.partial(process.stop, "supervisor stopping", **timeouts)
-                    )
+                    tg.start_soon(functools.partial(process.stop, reason, **timeouts))
         self._stopped.set()
 
     # --- offers -------------------------------------------------------------------------------

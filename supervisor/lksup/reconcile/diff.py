@@ -120,6 +120,11 @@ def diff(old: Fleet | None, new: Fleet) -> Plan:
     return Plan(tuple(plans), fleet_changes)
 
 
+def value_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[FieldChange, ...]:
+    """The template values (``--set``, ``--values``) that differ, by dotted name."""
+    return _changes(dict(old), dict(new))
+
+
 def _display(agent: Agent) -> dict[str, Any]:
     return agent.model_dump(mode="json")
 

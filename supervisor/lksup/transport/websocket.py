@@ -210,10 +210,12 @@ class WebSocket:
 
     def _closed(self) -> ConnectionClosed:
         exc = self._protocol.close_exc
-        received = exc.rcvd
-        if received is None:
-            return ConnectionClosed(1006, "no close frame")
-        return ConnectionClosed(received.code, received.reason)
+        received, sent = exc.rcvd, exc.sent
+        if received is not None and not (sent is not None and exc.rcvd_then_sent is False):
+            return ConnectionClosed(received.code, received.reason)
+        if sent is not None:  # we closed first (e.g. 1009, a message over the limit)
+            return ConnectionClosed(sent.code, sent.reason or "closed by lksup")
+        return ConnectionClosed(1006, "no close frame")
 
     async def send(self, data: bytes) -> None:
         """Send one binary message.
