@@ -23,6 +23,8 @@ def test_positions_of_keys_and_values() -> None:
         ("a: [1\n", Pos(2, 1), "YAML syntax error"),
         ("? [a]\n: 1\n", Pos(1, 3), "mapping keys must be plain strings"),
         ("a: 1\n---\nb: 2\n", Pos(2, 1), "YAML syntax error"),
+        # regression (found by tests/fuzz): a control character was a traceback, not a place
+        ("a: 1\nb: x\x08y\n", Pos(2, 5), "character U+0008 is not allowed in YAML"),
     ],
 )
 def test_errors(text: str, pos: Pos, message: str) -> None:

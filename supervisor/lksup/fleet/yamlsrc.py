@@ -71,7 +71,13 @@ def parse(text: str) -> tuple[Any, Positions]:
     Raises:
         YamlError: syntax error, several documents, a duplicate key, or a non-string key.
     """
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow, e.g. a control
+        raise YamlError(
+            f"YAML error: character U+{exc.character:04X} is not allowed in YAML",
+            _offset_pos(text, exc.position),
+        ) from None
     try:
         node = loader.get_single_node()
         positions = Positions()
@@ -91,6 +97,12 @@ def parse(text: str) -> tuple[Any, Positions]:
     finally:
         loader.dispose()
     return data, positions
+
+
+def _offset_pos(text: str, offset: int) -> Pos:
+    """The 1-based line and column of character ``offset`` of ``text``."""
+    line_start = text.rfind("\n", 0, offset) + 1
+    return Pos(text.count("\n", 0, offset) + 1, offset - line_start + 1)
 
 
 def _pos(node: yaml.Node) -> Pos:
