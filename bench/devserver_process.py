@@ -8,6 +8,7 @@ line on stdin) and answers (one JSON line on stdout):
     dispatch ROOM AGENT          -> {"ok": true}
     assignments AGENT            -> {"JOB_ID": MONOTONIC_SECONDS, ...}   (when each was written)
     answers AGENT                -> {"JOB_ID": [OFFER_SENT, ANSWER_READ], ...}
+    outcomes AGENT               -> {"JS_SUCCESS": COUNT, ...}   (each job's last status)
 
 Timestamps are the server's ``anyio.current_time()``: CLOCK_MONOTONIC, shared by every
 process on the host.
@@ -24,6 +25,8 @@ import anyio
 import anyio.abc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from livekit.protocol import agent as agent_pb
 
 from lksup.devserver.server import DevServer
 
@@ -53,6 +56,22 @@ def _answers(server: DevServer, agent: str) -> dict[str, list[float]]:
     return {job: [sent[job], read[job]] for job in sent if job in read}
 
 
+def _outcomes(server: DevServer, agent: str) -> dict[str, int]:
+    jobs = set(_assignments(server, agent))
+    last: dict[str, int] = {}
+    for entries in server.traces().values():
+        for entry in entries:
+            message: Any = entry.message
+            received = entry.kind == "update_job" and entry.direction == "recv"
+            if received and message.update_job.job_id in jobs:
+                last[message.update_job.job_id] = message.update_job.status
+    counts: dict[str, int] = {}
+    for status in last.values():
+        name = agent_pb.JobStatus.Name(status)
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
 async def main(key: str, secret: str) -> None:
     server = DevServer({key: secret}, port=0, trace=True, claim_delay=0.0)
     async with anyio.create_task_group() as tg:
@@ -72,6 +91,8 @@ async def main(key: str, secret: str) -> None:
                 answer = _assignments(server, words[1])
             elif len(words) == 2 and words[0] == "answers":
                 answer = _answers(server, words[1])
+            elif len(words) == 2 and words[0] == "outcomes":
+                answer = _outcomes(server, words[1])
             else:
                 answer = {"error": f"unknown command {line.strip()!r}"}
             sys.stdout.write(json.dumps(answer) + "\n")
