@@ -55,9 +55,15 @@ class Daemon:
             "LIVEKIT_API_SECRET": DEV_SECRET,
         }
 
-    async def cli(self, *args: str) -> tuple[int, str, str]:
+    async def cli(
+        self, *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
+    ) -> tuple[int, str, str]:
+        """The CLI run as an operator would; ``env`` is added to the operator's environment."""
         result = await anyio.run_process(
-            [sys.executable, "-m", "lksup", *args], env=self.env(), cwd=ROOT, check=False
+            [sys.executable, "-m", "lksup", *args],
+            env={**self.env(), **(env or {})},
+            cwd=cwd,
+            check=False,
         )
         return result.returncode, result.stdout.decode(), result.stderr.decode()
 
@@ -82,12 +88,19 @@ async def daemon(
     state_dir: Path | None = None,
     fd_limit: int | None = None,
     soft_fd_limit: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[Daemon]:
+    """``lksup run ARGS`` with a dev server; ``env`` is added to the daemon's environment only."""
     scratch = Path(tempfile.mkdtemp(dir="/tmp", prefix="lksup-e2e-"))
     port = free_port()
     state = state_dir or scratch / "state"
     log = scratch / "daemon.log"
-    env = {**os.environ, "LKSUP_SOCKET": str(scratch / "ctl.sock"), "LKSUP_STATE_DIR": str(state)}
+    env = {
+        **os.environ,
+        **(env or {}),
+        "LKSUP_SOCKET": str(scratch / "ctl.sock"),
+        "LKSUP_STATE_DIR": str(state),
+    }
     command = [sys.executable, "-m", "lksup", "run", *args, "--dev-server", f"127.0.0.1:{port}"]
     if fd_limit is not None:  # the shell sets the limit, then becomes the daemon
         command = ["sh", "-c", f'ulimit -n {fd_limit} && exec "$@"', "sh", *command]
@@ -935,3 +948,30 @@ async def test_sigterm_before_registration_never_says_every_agent_is_registered(
     text = d.log.read_text()
     assert "drained: every job finished" in text
     assert "every agent is registered" not in text
+
+
+async def test_apply_checks_imports_and_references_where_the_daemon_runs(tmp_path: Path) -> None:
+    """Regression: apply checked imports and {env: ...} references in the operator's shell
+    and directory: a variable set only for the daemon made apply refuse, and a fleet that
+    passed in the operator's directory then failed in every agent."""
+    base = (ROOT / "fleets" / "dev.yaml").read_text()
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(base.replace('HOLD_SECONDS: "{{ hold }}"', "TOKEN: {env: ONLY_FOR_DAEMON}"))
+    async with daemon(str(fleet), env={"ONLY_FOR_DAEMON": "daemon-token"}) as d:
+        await d.wait_ready(3)
+        assert "ONLY_FOR_DAEMON" not in d.env()
+        changed = tmp_path / "changed.yaml"
+        changed.write_text(fleet.read_text().replace("max_jobs: 4", "max_jobs: 3"))
+        code, out, err = await d.cli("apply", str(changed))  # the daemon has the variable
+        assert code == 0, err
+        assert "3 update-in-place" in out
+        theirs = tmp_path / "theirs.yaml"
+        theirs.write_text(changed.read_text().replace("ONLY_FOR_DAEMON", "ONLY_FOR_OPERATOR"))
+        code, out, err = await d.cli(
+            "apply", str(theirs), env={"ONLY_FOR_OPERATOR": "x"}, cwd=tmp_path
+        )
+        assert code == 1, out
+        assert "does not pass its checks where the supervisor runs; nothing changed" in err
+        assert "ONLY_FOR_OPERATOR" in err
+        code, _, err = await d.cli("diff", str(changed))
+        assert code == 0, err  # still the fleet applied before

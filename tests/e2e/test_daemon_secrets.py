@@ -228,7 +228,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Canaries:
     c = Canaries()
     tmp_path = tmp_path_factory.mktemp("secrets")
     with pytest.MonkeyPatch.context() as monkeypatch:
-        # the daemon (and the CLI, for its import checks) get the {env:} secret
+        # the daemon gets the {env:} secret (it also runs apply's import checks)
         monkeypatch.setenv(ENV_NAME, c.values["env"])
         anyio.run(run_scenario, c, tmp_path, backend="asyncio")
     return c

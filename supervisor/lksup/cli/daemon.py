@@ -150,7 +150,11 @@ def run(
     show_default=True,
     help="With --wait: give up after this long (30s, 5m, 1h).",
 )
-@click.option("--skip-import-check", is_flag=True, help="Do not import-check entrypoints first.")
+@click.option(
+    "--skip-import-check",
+    is_flag=True,
+    help="Do not have the supervisor import-check entrypoints and resolve references first.",
+)
 @_output_option(["text", "json"], "text")
 def apply(
     fleet: str,
@@ -167,9 +171,10 @@ def apply(
 ) -> None:
     """Validate FLEET, send it to the running supervisor and print the plan.
 
-    The same checks as `validate --check-imports` run first; a fleet that fails any of them
-    changes nothing. Secret references ({env: NAME}, {file: PATH}) are resolved by the
-    supervisor, in its own environment.
+    The file is validated here first (template, YAML, schema); then the supervisor runs the
+    checks of `validate --check-imports` on it where the agents will run, in its own
+    environment and directory: imports, and secret references ({env: NAME}, {file: PATH}). A
+    fleet that fails any of them changes nothing.
 
     \b
     Examples:
@@ -179,7 +184,7 @@ def apply(
     from lksup.fleet.normalize import REVEAL
 
     values = _values(values_files, assignments)
-    result = validate_file(fleet, values=values, check_imports=not skip_import_check)
+    result = validate_file(fleet, values=values)
     _print_diagnostics(result.diagnostics)
     if not result.valid or result.loaded is None:
         raise SystemExit(EXIT_FAILED)
@@ -194,6 +199,7 @@ def apply(
             prune_all=prune_all,
             values=values,
             replace_fleet=replace_fleet,
+            check=not skip_import_check,
         )
 
     plan = _control(socket_path, call)

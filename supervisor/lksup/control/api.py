@@ -221,6 +221,9 @@ class ApplyRequest(_Request):
     """Allow a plan that removes every agent."""
     replace_fleet: bool = False
     """Allow a fleet whose ``metadata.name`` differs from the running one's."""
+    check: bool = True
+    """Run ``lksup validate --check-imports`` on ``source`` where the agents will run: in the
+    daemon's environment and directory (False: ``--skip-import-check``)."""
 
 
 class SimulateRequest(_Request):

@@ -58,6 +58,7 @@ def _apply(
     prune_all: bool,
     values: dict[str, Any] | None,
     replace_fleet: bool = False,
+    check: bool = True,
 ) -> _Call:
     request = ApplyRequest(
         fleet=fleet,
@@ -66,6 +67,7 @@ def _apply(
         prune_all=prune_all,
         values=values or {},
         replace_fleet=replace_fleet,
+        check=check,
     )
     return _Call("POST", "/v1/apply", body=request.model_dump(mode="json"))
 
@@ -170,9 +172,11 @@ class ControlClient:
         prune_all: bool = False,
         values: dict[str, Any] | None = None,
         replace_fleet: bool = False,
+        check: bool = True,
     ) -> dict[str, Any]:
         """``POST /v1/apply``; returns the Plan document."""
-        return await self._call(_apply(fleet, source, dry_run, prune_all, values, replace_fleet))
+        call = _apply(fleet, source, dry_run, prune_all, values, replace_fleet, check)
+        return await self._call(call)
 
     async def applied(self) -> dict[str, Any] | None:
         """``GET /v1/fleet``: the applied fleet document, or None when none was applied."""
@@ -255,9 +259,11 @@ class SyncControlClient:
         prune_all: bool = False,
         values: dict[str, Any] | None = None,
         replace_fleet: bool = False,
+        check: bool = True,
     ) -> dict[str, Any]:
         """``POST /v1/apply``; returns the Plan document."""
-        return self._call(_apply(fleet, source, dry_run, prune_all, values, replace_fleet))
+        call = _apply(fleet, source, dry_run, prune_all, values, replace_fleet, check)
+        return self._call(call)
 
     def applied(self) -> dict[str, Any] | None:
         """``GET /v1/fleet``: the applied fleet document, or None when none was applied."""

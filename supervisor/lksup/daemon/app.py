@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import anyio
 import pydantic
@@ -60,6 +61,10 @@ def dev_defaults(fleet: Fleet) -> Fleet:
     return fleet.model_copy(update={"agents": agents})
 
 
+#: ``(source, values) -> problems or None``: apply's checks, run where the agents run.
+Checker: TypeAlias = Callable[[str, dict[str, Any]], Awaitable[str | None]]
+
+
 class DaemonApp:
     """Implements the control API on a running ``Supervisor``.
 
@@ -68,10 +73,20 @@ class DaemonApp:
     stays the fleet as written: a restart without ``--dev`` runs it as written.
     """
 
-    def __init__(self, supervisor: Supervisor, state_dir: Path, *, dev: bool = False) -> None:
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        state_dir: Path,
+        *,
+        dev: bool = False,
+        checker: Checker | None = None,
+    ) -> None:
         self.supervisor = supervisor
         self.state_dir = state_dir
         self.dev = dev
+        self.checker = checker
+        """Runs apply's import and reference checks on a fleet file in the daemon's own
+        environment; the problems as text, or None when it passes."""
         self.fleet: Fleet | None = None  # as applied, before the development defaults
         self.source: str | None = None
         self.values: dict[str, Any] = {}  # the template values of ``source``
@@ -317,6 +332,19 @@ class DaemonApp:
                 "invalid", f"invalid fleet: {exc.error_count()} error(s)", 422
             ) from None
         self._not_stopping()
+        if request.check and request.source is not None and self.checker is not None:
+            # where the agents will run: the daemon's environment and directory, not the
+            # operator's shell (an import or an {env: ...} the daemon cannot resolve fails
+            # here, before anything changes)
+            problems = await self.checker(request.source, dict(request.values))
+            if problems is not None:
+                raise ControlError(
+                    "checks_failed",
+                    f"{request.source} does not pass its checks where the supervisor runs; "
+                    f"nothing changed:\n{problems}",
+                    422,
+                )
+            self._not_stopping()
         effective = dev_defaults(fleet) if self.dev else fleet
         plan = diff(self.supervisor.fleet, effective)
         removes_all = (

@@ -150,7 +150,9 @@ class Daemon:
             zygotes = Zygotes(learned=learned, on_learned=remember, monitor=monitor)
             supervisor = Supervisor(env, monitor, zygotes=zygotes)
             await tg.start(supervisor.run)
-            app = DaemonApp(supervisor, settings.state_dir, dev=settings.dev)
+            app = DaemonApp(
+                supervisor, settings.state_dir, dev=settings.dev, checker=self._check_source
+            )
             await tg.start(ControlServer(settings.socket, app).run)
             # every listener is bound before the first apply: a daemon that cannot start
             # has started no agent and persisted nothing
@@ -482,6 +484,7 @@ class Daemon:
             fleet=fleet.model_dump(mode="json", by_alias=True, context=REVEAL),
             source=source,
             values=app.values,
+            check=False,  # checked above
         )
         try:
             plan = await app.apply(request)
