@@ -787,7 +787,7 @@ async def test_every_job_end_is_logged_with_where_it_ran_how_it_ended_and_how_lo
         # status keeps the failure, and --jobs the ended jobs, for a while
         code, out, err = await d.cli("status")
         assert code == 0, err
-        assert "last job failed " in out
+        assert "last failure " in out
         assert " ago: job process exited with code 3" in out
         code, out, err = await d.cli("status", "-o", "json")
         (item,) = json.loads(out)["items"]
@@ -803,6 +803,17 @@ async def test_every_job_end_is_logged_with_where_it_ran_how_it_ended_and_how_lo
             out,
         ), out
         assert re.search(rf"{fine_id}  room=fine-room  pid=\d+  succeeded  \S+ ago: ", out), out
+        # regression: a restart of the agent forgot them (they lived in its old runtime)
+        code, _, err = await d.cli("reload", "ending")
+        assert code == 0, err
+        with anyio.fail_after(60):  # the old worker's idle process is stopped: it is retired
+            while "Shutting down while idle: agent replaced." not in d.log.read_text():
+                await anyio.sleep(0.05)  # the daemon's log is the observable
+        code, out, err = await d.cli("status", "--jobs")
+        assert code == 0, err
+        assert crash_id in out
+        assert fine_id in out
+        assert " ago: job process exited with code 3" in (await d.cli("status"))[1]
     fine, crash = ends["fine-room"], ends["crash-room"]
     assert fine["outcome"] == "succeeded"
     assert fine["level"] == "info"
@@ -975,3 +986,34 @@ async def test_apply_checks_imports_and_references_where_the_daemon_runs(tmp_pat
         assert "ONLY_FOR_OPERATOR" in err
         code, _, err = await d.cli("diff", str(changed))
         assert code == 0, err  # still the fleet applied before
+
+
+async def test_status_keeps_a_job_process_that_did_not_start_and_when(tmp_path: Path) -> None:
+    """Regression: a prewarm that failed showed in MESSAGE only while the pool backed off,
+    without its time; once a process started again it was gone."""
+    (tmp_path / "flaky_agent.py").write_text(
+        "import pathlib\n"
+        "def prewarm(proc):\n"
+        "    marker = pathlib.Path('failed-once')\n"
+        "    if not marker.exists():\n"
+        "        marker.touch()\n"
+        "        raise RuntimeError('model download failed')\n"
+        "async def entrypoint(ctx):\n"
+        "    pass\n"
+    )
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(
+        "apiVersion: lksup/v1\nkind: Fleet\nmetadata: {name: flaky}\n"
+        f"defaults: {{working_dir: {tmp_path}, prewarm_in: process}}\n"
+        "agents:\n  flaky: {entrypoint: flaky_agent:entrypoint, prewarm: flaky_agent:prewarm}\n"
+    )
+    async with daemon(str(fleet)) as d:
+        await d.wait_ready(1)  # after one failed start and its backoff
+        code, out, err = await d.cli("status", "-o", "json")
+        assert code == 0, err
+        (item,) = json.loads(out)["items"]
+        assert item["last_failure"].startswith("a job process did not start: ")
+        assert "model download failed" in item["last_failure"]
+        assert item["last_failure_at"].endswith("+00:00")
+        code, out, err = await d.cli("status")
+        assert "last failure " in out

@@ -466,10 +466,13 @@ def _status_table(items: list[Any], *, wide: bool, show_jobs: bool) -> str:
 
 
 def _recent_failure(item: Any) -> str:
-    """``last job failed 2m ago: <why>`` while a failure is recent (the MESSAGE column)."""
+    """``last failure 2m ago: <why>`` while a failure is recent (the MESSAGE column).
+
+    A job that failed, or a job process that did not start.
+    """
     if not item.last_failure:
         return ""
-    return f"last job failed {_age(item.last_failure_at)} ago: {item.last_failure}"
+    return f"last failure {_age(item.last_failure_at)} ago: {item.last_failure}"
 
 
 @main.command()

@@ -36,7 +36,7 @@ from lksup.daemon.conditions import Facts
 from lksup.daemon.supervisor import AgentSlot, Supervisor
 from lksup.fleet.normalize import normalize
 from lksup.fleet.schema import Fleet
-from lksup.pool.pool import EndedJob
+from lksup.pool.pool import ENDED_FOR, EndedJob, recent
 from lksup.reconcile import render as plan_render
 from lksup.reconcile.diff import Action, diff, value_changes
 
@@ -59,6 +59,27 @@ def dev_defaults(fleet: Fleet) -> Fleet:
     update = {"load_threshold": 1.0, "num_idle_processes": 0, "process_start": "spawn"}
     agents = {name: agent.model_copy(update=update) for name, agent in fleet.agents.items()}
     return fleet.model_copy(update={"agents": agents})
+
+
+def _ended_status(ended: EndedJob) -> JobStatus:
+    """A job that ended, as a ``status --jobs`` row."""
+    return JobStatus(
+        job_id=ended.job_id,
+        room=ended.room,
+        pid=ended.pid,
+        state="succeeded" if ended.error is None else "failed",
+        started_at=_wall(ended.started_at),
+        ended_at=_wall(ended.ended_at),
+        reason=ended.error or ended.reason,
+    )
+
+
+def _later_failure(latest: EndedJob | None, ended: list[EndedJob]) -> EndedJob | None:
+    """The later of ``latest`` and the last failed job of ``ended``."""
+    failed = [job for job in ended if job.error is not None]
+    if failed and (latest is None or failed[-1].ended_at > latest.ended_at):
+        return failed[-1]
+    return latest
 
 
 #: ``(source, values) -> problems or None``: apply's checks, run where the agents run.
@@ -126,24 +147,23 @@ class DaemonApp:
                         memory_mb=round(sample.mb, 1) if sample else 0.0,
                     )
                 )
-            jobs.extend(
-                JobStatus(
-                    job_id=ended.job_id,
-                    room=ended.room,
-                    pid=ended.pid,
-                    state="succeeded" if ended.error is None else "failed",
-                    started_at=_wall(ended.started_at),
-                    ended_at=_wall(ended.ended_at),
-                    reason=ended.error or ended.reason,
-                )
-                for ended in live.pool.recently_ended()
-            )
-            failure = live.pool.last_job_failure()
-            if failure is not None and (latest is None or failure.ended_at > latest.ended_at):
-                latest = failure
+            ended_jobs = live.pool.recently_ended()
+            jobs.extend(_ended_status(ended) for ended in ended_jobs)
+            latest = _later_failure(latest, ended_jobs)
+        retired = recent(slot.retired_ended)  # jobs of runtimes that ended (a restart)
+        jobs.extend(_ended_status(ended) for ended in retired)
+        latest = _later_failure(latest, retired)
+        failure: tuple[str, float] | None = None
         if latest is not None:
-            fields["last_failure"] = latest.error
-            fields["last_failure_at"] = _wall(latest.ended_at)
+            failure = (latest.error or "", latest.ended_at)
+        inits = [slot.retired_init_failure, runtime.pool.last_init_failure if runtime else None]
+        for init in inits:
+            if init is None or anyio.current_time() - init[1] > ENDED_FOR:
+                continue
+            if failure is None or init[1] > failure[1]:
+                failure = (f"a job process did not start: {init[0]}", init[1])
+        if failure is not None:
+            fields["last_failure"], fields["last_failure_at"] = failure[0], _wall(failure[1])
         fields["jobs"] = slot.running_jobs()
         if runtime is not None:
             machine = runtime.session.machine

@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -45,7 +46,7 @@ from lksup.daemon.conditions import ConditionTracker
 from lksup.fleet.schema import Agent, Fleet
 from lksup.monitors.monitor import Monitor
 from lksup.pool.inference import InferenceService
-from lksup.pool.pool import Histogram, auto_idle_processes
+from lksup.pool.pool import ENDED_KEPT, EndedJob, Histogram, auto_idle_processes
 from lksup.pool.zygote import Zygotes
 from lksup.protocol.backoff import Backoff
 from lksup.protocol.machine import State
@@ -100,6 +101,11 @@ class AgentSlot:
     restart_scope: anyio.CancelScope | None = None
     conditions: ConditionTracker = field(default_factory=ConditionTracker)
     retired: Totals = field(default_factory=Totals)  # the counters of runtimes that ended
+    retired_ended: deque[EndedJob] = field(default_factory=lambda: deque(maxlen=ENDED_KEPT))
+    """The latest jobs that ended in runtimes that ended (a restart or a replace keeps
+    them for ``status --jobs`` and the latest failure)."""
+    retired_init_failure: tuple[str, float] | None = None
+    """The latest job process that failed to start in a runtime that ended."""
 
     def totals(self) -> Totals:
         """Counters over every runtime this agent had: ended ones and live ones."""
@@ -303,6 +309,9 @@ class Supervisor:
         finally:
             runtime.done = True
             slot.retired.add(runtime)
+            slot.retired_ended.extend(runtime.pool.ended)
+            if runtime.pool.last_init_failure is not None:
+                slot.retired_init_failure = runtime.pool.last_init_failure
             for old in (slot.draining, slot.previous):
                 if runtime in old:
                     old.remove(runtime)

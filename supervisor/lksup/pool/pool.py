@@ -28,7 +28,7 @@ import random
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -60,6 +60,12 @@ ASSIGNMENT_POLL = 0.02
 POLL_BELOW_CPU = 0.5
 #: Accept -> assignment delays kept to decide whether polling can catch the assignment.
 ASSIGNMENT_DELAYS_KEPT = 16
+
+
+def recent(ended: Iterable[EndedJob], now: float | None = None) -> list[EndedJob]:
+    """The jobs of ``ended`` that ended in the last ``ENDED_FOR`` seconds, in order."""
+    cutoff = (anyio.current_time() if now is None else now) - ENDED_FOR
+    return [job for job in ended if job.ended_at >= cutoff]
 
 
 def auto_idle_processes() -> int:
@@ -234,6 +240,9 @@ class AgentPool:
         callbacks run): closing the pool waits for them too."""
         self.consecutive_failures = 0
         self.last_failure: str | None = None
+        self.last_init_failure: tuple[str, float] | None = None
+        """The latest process that failed to start: why, and when (``anyio.current_time()``);
+        kept after processes start again (``last_failure`` is cleared then)."""
         self.ended: deque[EndedJob] = deque(maxlen=ENDED_KEPT)
         """The latest ended jobs, newest last (``recently_ended`` drops the old ones)."""
         self._last_failure_at = 0.0
@@ -404,6 +413,7 @@ class AgentPool:
         self._last_failure_at = now
         self.stats.init_failures += 1
         self.last_failure = reason
+        self.last_init_failure = (reason, now)
         delay = self.backoff.delay(self.consecutive_failures - 1, self._rand())
         self._backoff_until = now + delay
         log.error(
@@ -563,8 +573,7 @@ class AgentPool:
 
     def recently_ended(self, now: float | None = None) -> list[EndedJob]:
         """Jobs that ended in the last ``ENDED_FOR`` seconds (at most ``ENDED_KEPT``)."""
-        cutoff = (anyio.current_time() if now is None else now) - ENDED_FOR
-        return [ended for ended in self.ended if ended.ended_at >= cutoff]
+        return recent(self.ended, now)
 
     def last_job_failure(self, now: float | None = None) -> EndedJob | None:
         """The latest failed job among ``recently_ended``."""
