@@ -462,7 +462,9 @@ async def test_drain_deadline_stops_held_jobs_and_exits_1(tmp_path: Path) -> Non
 
 
 async def test_status_answers_during_a_sigterm_drain_and_shows_draining() -> None:
-    async with daemon("fleets/dev.yaml", "--set", "hold_seconds=10") as d:
+    # held long enough that both jobs still run after the status calls below, each a CLI
+    # process of its own (seconds on a busy host)
+    async with daemon("fleets/dev.yaml", "--set", "hold_seconds=25") as d:
         await d.wait_ready(3)
         for agent, room in (("customer-service", "cs-drain"), ("survey", "survey-drain")):
             code, _, err = await d.cli("dispatch", agent, "--room", room)
@@ -483,7 +485,7 @@ async def test_status_answers_during_a_sigterm_drain_and_shows_draining() -> Non
         rows = table(out)[1]
         assert rows["customer-service"][1] == rows["survey"][1] == "draining"
         children = descendants(d.process.pid)
-        with anyio.fail_after(40):
+        with anyio.fail_after(60):
             assert await d.process.wait() == 0
         text = d.log.read_text()
         assert "support job done: room=cs-drain" in text

@@ -271,7 +271,7 @@ async def test_drain_and_sigterm_reach_the_sdk_shutdown_callbacks(tmp_path: Path
         code, out = await daemon.cli("drain", "alpha")
         assert code == 0, out
         await daemon.wait_message(
-            f"shutdown callback: room={alpha_room} reason=supervisor stopping", timeout=20
+            f"shutdown callback: room={alpha_room} reason=drain deadline reached", timeout=20
         )
         now = await daemon.status()
         assert (now["beta"].state, now["beta"].jobs) == ("running", 1)
