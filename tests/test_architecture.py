@@ -118,7 +118,13 @@ def test_layers_point_downwards(module: str) -> None:
 
 
 #: The only parts of the child runtime the supervisor side may import.
-JOBS_SHARED = {"lksup.jobs", "lksup.jobs.framing", "lksup.jobs.ipc", "lksup.jobs.context"}
+JOBS_SHARED = {
+    "lksup.jobs",
+    "lksup.jobs.framing",
+    "lksup.jobs.ipc",
+    "lksup.jobs.context",
+    "lksup.jobs.sockio",  # reading an IPC socket: both ends of it
+}
 
 
 #: Entry points of child processes that live outside ``lksup.jobs`` (run as ``python -m``, never

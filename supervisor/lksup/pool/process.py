@@ -39,6 +39,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from lksup.fleet.secrets import Redactor
 from lksup.jobs import ipc
 from lksup.jobs.framing import FrameDecoder, FramingError
+from lksup.jobs.sockio import receive
 
 log = logging.getLogger("lksup.pool")
 job_log = logging.getLogger("lksup.job")
@@ -422,9 +423,21 @@ class WorkerProcess:
             self._tg.start_soon(self.send, message)
 
     async def _receive(self) -> bytes:
-        """The next bytes from the process (a template's also carry descriptors)."""
+        """The next bytes from the process (a template's also carry descriptors).
+
+        Read with ``lksup.jobs.sockio.receive``, not the stream's own ``receive``: the reader
+        is cancelled when the process has exited, in the loop turn its socket's EOF may land
+        in, and anyio's stream then logs an ``InvalidStateError`` traceback. The stream is
+        closed only once the reader is done (``_reap``).
+        """
         assert self._stream is not None
-        return await self._stream.receive()
+        try:
+            data = await receive(self._stream.extra(SocketAttribute.raw_socket))
+        except OSError as exc:
+            raise anyio.BrokenResourceError from exc
+        if not data:
+            raise anyio.EndOfStream
+        return data
 
     async def _reader(self) -> None:
         assert self._stream is not None
