@@ -463,8 +463,11 @@ async def test_drain_deadline_stops_held_jobs_and_exits_1(tmp_path: Path) -> Non
 
 async def test_status_answers_during_a_sigterm_drain_and_shows_draining() -> None:
     # held long enough that both jobs still run after the status calls below, each a CLI
-    # process of its own (seconds on a busy host)
-    async with daemon("fleets/dev.yaml", "--set", "hold_seconds=25") as d:
+    # process of its own (seconds on a busy host): support holds HOLD_SECONDS, survey asks its
+    # three questions SURVEY_STEP_SECONDS apart (regression: 1 s apart, it had ended)
+    async with daemon(
+        "fleets/dev.yaml", "--set", "hold_seconds=25", env={"SURVEY_STEP_SECONDS": "8"}
+    ) as d:
         await d.wait_ready(3)
         for agent, room in (("customer-service", "cs-drain"), ("survey", "survey-drain")):
             code, _, err = await d.cli("dispatch", agent, "--room", room)
