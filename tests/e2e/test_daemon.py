@@ -1004,7 +1004,8 @@ async def test_status_keeps_a_job_process_that_did_not_start_and_when(tmp_path: 
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text(
         "apiVersion: lksup/v1\nkind: Fleet\nmetadata: {name: flaky}\n"
-        f"defaults: {{working_dir: {tmp_path}, prewarm_in: process}}\n"
+        # one process at a time: the first fails (and marks it), the next starts
+        f"defaults: {{working_dir: {tmp_path}, prewarm_in: process, num_idle_processes: 1}}\n"
         "agents:\n  flaky: {entrypoint: flaky_agent:entrypoint, prewarm: flaky_agent:prewarm}\n"
     )
     async with daemon(str(fleet)) as d:
