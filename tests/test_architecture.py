@@ -124,6 +124,7 @@ JOBS_SHARED = {
     "lksup.jobs.ipc",
     "lksup.jobs.context",
     "lksup.jobs.sockio",  # reading an IPC socket: both ends of it
+    "lksup.jobs.sigmask",  # group signals at a spawn: both ends of it
 }
 
 

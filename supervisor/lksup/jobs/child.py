@@ -56,6 +56,7 @@ from lksup.jobs.ipc import (
 )
 from lksup.jobs.loader import AgentFunctions, LoadError, load_agent, run_prewarm
 from lksup.jobs.runtime import EOF_CLEANUP_TIMEOUT, EXIT_TIMEOUT, ChildRuntime
+from lksup.jobs.sigmask import accept_signals
 
 if TYPE_CHECKING:
     from lksup.jobs.sdk.runtime import Prepared as SdkPrepared
@@ -243,6 +244,8 @@ def run_child(
     the socket, starts the outbox, the EOF watchdog and log forwarding, runs ``serve`` and
     flushes what is queued (bounded). Returns the exit code.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    accept_signals()  # spawned with group signals blocked (lksup.jobs.sigmask)
     parser = argparse.ArgumentParser(
         prog=f"python -m {module}",
         description=f"{what} (started by the supervisor, not by hand).",
@@ -252,7 +255,6 @@ def run_child(
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return ExitCode.USAGE if exc.code else ExitCode.OK
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     faulthandler.enable()
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:

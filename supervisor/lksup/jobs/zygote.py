@@ -70,6 +70,7 @@ from lksup.jobs.ipc import (
     encode,
 )
 from lksup.jobs.loader import LoadError, describe_exception
+from lksup.jobs.sigmask import accept_signals
 
 __all__ = ["main"]
 
@@ -430,6 +431,8 @@ def _serve_template(fd: int, start: ZygoteStart | None = None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a spawned template; returns its exit code."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    accept_signals()  # spawned with group signals blocked (lksup.jobs.sigmask)
     parser = argparse.ArgumentParser(
         prog="python -m lksup.jobs.zygote",
         description="lksup template process (started by the supervisor, not by hand).",
@@ -439,7 +442,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return ExitCode.USAGE if exc.code else ExitCode.OK
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
     return _serve_template(args.ipc_fd)
 

@@ -39,6 +39,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from lksup.fleet.secrets import Redactor
 from lksup.jobs import ipc
 from lksup.jobs.framing import FrameDecoder, FramingError
+from lksup.jobs.sigmask import blocked_while_spawning
 from lksup.jobs.sockio import receive
 
 log = logging.getLogger("lksup.pool")
@@ -287,14 +288,15 @@ class WorkerProcess:
             if self.launcher is not None:
                 process = await self.launcher.launch(self, child)
             else:
-                process = await anyio.open_process(
-                    self._command(child.fileno()),
-                    stdin=-3,  # DEVNULL
-                    pass_fds=[child.fileno()],
-                    start_new_session=True,
-                    cwd=self.spec.cwd,
-                    env=dict(self.spec.env),
-                )
+                with blocked_while_spawning():  # no group signal before its setsid()
+                    process = await anyio.open_process(
+                        self._command(child.fileno()),
+                        stdin=-3,  # DEVNULL
+                        pass_fds=[child.fileno()],
+                        start_new_session=True,
+                        cwd=self.spec.cwd,
+                        env=dict(self.spec.env),
+                    )
         except OSError as exc:
             parent.close()
             raise InitFailed(f"cannot start a job process: {exc}") from None
