@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import get_args
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from lksup.control.api import AgentState, SyncState
 from lksup.daemon.conditions import (
     TYPES,
     ConditionTracker,
@@ -110,18 +112,7 @@ def test_last_transition_moves_only_when_the_status_changes() -> None:
     assert fourth["Ready"].last_transition == 100.0
 
 
-STATES = (
-    "pending",
-    "starting",
-    "connecting",
-    "running",
-    "full",
-    "draining",
-    "drained",
-    "backoff",
-    "failed",
-    "stopped",
-)
+STATES = get_args(AgentState)
 
 
 @given(
@@ -132,7 +123,7 @@ STATES = (
     idle=st.integers(0, 4),
     idle_target=st.integers(0, 4),
     pool_failure=st.sampled_from(["", "ImportError: no module named agent"]),
-    sync=st.sampled_from(["synced", "pending", "override"]),
+    sync=st.sampled_from(get_args(SyncState)),
 )
 def test_conditions_never_contradict_the_state(
     state: str,

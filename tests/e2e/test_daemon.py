@@ -125,6 +125,13 @@ async def daemon(
             await process.aclose()
 
 
+def write_fleet(directory: Path, name: str, body: str) -> Path:
+    """``directory/fleet.yaml``: a fleet called ``name`` whose sections are ``body``."""
+    fleet = directory / "fleet.yaml"
+    fleet.write_text(f"apiVersion: lksup/v1\nkind: Fleet\nmetadata: {{name: {name}}}\n{body}")
+    return fleet
+
+
 def descendants(pid: int) -> list[int]:
     try:
         return [p.pid for p in psutil.Process(pid).children(recursive=True)]
@@ -722,9 +729,9 @@ async def test_job_processes_never_see_or_print_the_connection_secret(
         "    print('inherited:', os.environ.get('LK_TEST_SECRET'))\n"
         "    print('copied:', os.environ.get('PLAIN_COPY'))\n"
     )
-    fleet = tmp_path / "fleet.yaml"
-    fleet.write_text(
-        "apiVersion: lksup/v1\nkind: Fleet\nmetadata: {name: leaky}\n"
+    fleet = write_fleet(
+        tmp_path,
+        "leaky",
         "livekit: {api_key: devkey, api_secret: {env: LK_TEST_SECRET}}\n"
         f"defaults: {{working_dir: {tmp_path}, load: jobs, max_jobs: 10}}\n"
         "agents:\n"
@@ -733,7 +740,7 @@ async def test_job_processes_never_see_or_print_the_connection_secret(
         f"    env: {{PLAIN_COPY: {secret}}}\n"
         "  named:\n"
         "    entrypoint: leaky_agent:entrypoint\n"
-        "    env: {LK_TEST_SECRET: {env: LK_TEST_SECRET}}\n"
+        "    env: {LK_TEST_SECRET: {env: LK_TEST_SECRET}}\n",
     )
     async with daemon(str(fleet)) as d:
         await d.wait_ready(2)
@@ -765,11 +772,11 @@ async def test_every_job_end_is_logged_with_where_it_ran_how_it_ended_and_how_lo
         "    if ctx.job.metadata == 'exit3':\n"
         "        os._exit(3)\n"
     )
-    fleet = tmp_path / "fleet.yaml"
-    fleet.write_text(
-        "apiVersion: lksup/v1\nkind: Fleet\nmetadata: {name: ending}\n"
+    fleet = write_fleet(
+        tmp_path,
+        "ending",
         f"defaults: {{working_dir: {tmp_path}, load: jobs, max_jobs: 10}}\n"
-        "agents:\n  ending: {entrypoint: ending_agent:entrypoint}\n"
+        "agents:\n  ending: {entrypoint: ending_agent:entrypoint}\n",
     )
     async with daemon(str(fleet)) as d:
         await d.wait_ready(1)
@@ -854,12 +861,12 @@ async def test_dev_mode_runs_the_agents_code_as_it_is_when_each_job_starts(
     code_file = tmp_path / "edited_agent.py"
     agent = "async def entrypoint(ctx):\n    print('edited agent VERSION')\n"
     code_file.write_text(agent.replace("VERSION", "v1"))
-    fleet = tmp_path / "fleet.yaml"
-    fleet.write_text(
-        "apiVersion: lksup/v1\nkind: Fleet\nmetadata: {name: dev-edit}\n"
+    fleet = write_fleet(
+        tmp_path,
+        "dev-edit",
         # load by jobs: a busy CPU (the spawns themselves) never makes the server drop one
         f"defaults: {{working_dir: {tmp_path}, load: jobs, max_jobs: 10}}\n"
-        "agents:\n  edited: {entrypoint: edited_agent:entrypoint}\n"
+        "agents:\n  edited: {entrypoint: edited_agent:entrypoint}\n",
     )
     async with daemon(str(fleet), "--dev") as d:
         await d.wait_ready(1)
@@ -943,11 +950,12 @@ async def test_sigterm_before_registration_never_says_every_agent_is_registered(
 ) -> None:
     """Regression: on SIGTERM the drain counted an agent that never registered as drained, and
     the daemon logged "every agent is registered" (and sent systemd READY=1) on its way out."""
-    fleet = tmp_path / "fleet.yaml"
-    fleet.write_text(
-        "apiVersion: lksup/v1\nkind: Fleet\nmetadata: {name: unreachable}\nagents:\n"
+    fleet = write_fleet(
+        tmp_path,
+        "unreachable",
+        "agents:\n"
         "  lonely:\n    entrypoint: fleets.agents.survey:entrypoint\n"
-        f"    livekit: {{url: 'ws://127.0.0.1:{free_port()}'}}\n"
+        f"    livekit: {{url: 'ws://127.0.0.1:{free_port()}'}}\n",
     )
     async with daemon(str(fleet)) as d:
         with anyio.fail_after(30):
@@ -1001,12 +1009,12 @@ async def test_status_keeps_a_job_process_that_did_not_start_and_when(tmp_path: 
         "async def entrypoint(ctx):\n"
         "    pass\n"
     )
-    fleet = tmp_path / "fleet.yaml"
-    fleet.write_text(
-        "apiVersion: lksup/v1\nkind: Fleet\nmetadata: {name: flaky}\n"
+    fleet = write_fleet(
+        tmp_path,
+        "flaky",
         # one process at a time: the first fails (and marks it), the next starts
         f"defaults: {{working_dir: {tmp_path}, prewarm_in: process, num_idle_processes: 1}}\n"
-        "agents:\n  flaky: {entrypoint: flaky_agent:entrypoint, prewarm: flaky_agent:prewarm}\n"
+        "agents:\n  flaky: {entrypoint: flaky_agent:entrypoint, prewarm: flaky_agent:prewarm}\n",
     )
     async with daemon(str(fleet)) as d:
         await d.wait_ready(1)  # after one failed start and its backoff
