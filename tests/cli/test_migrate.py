@@ -119,14 +119,19 @@ def test_worker_options_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_worker_options_no_equivalent_listed_in_file_and_on_stderr() -> None:
     """Options with no fleet equivalent are comments at the top and warnings on stderr."""
     result = init("--from", "migrate.worker_options:opts")
-    dropped = ["load_fnc", "job_executor_type", "multiprocessing_context"]
+    dropped = ["load_fnc", "multiprocessing_context"]
     assert header_options(result.stdout, "Not carried over") == dropped
     assert warned(result.stderr) == dropped
     assert "load_fnc (migrate.worker_options.compute_load): use the declarative `load:`" in (
         result.stderr
     )
-    assert "job_executor_type (thread): not yet for livekit-agents agents" in (result.stderr)
-    assert header_options(result.stdout, "Carried over differently") == ["http_proxy", "port"]
+    assert "job_executor_type: job_executor: thread; up to max_jobs_per_process" in result.stderr
+    assert header_options(result.stdout, "Carried over differently") == [
+        "job_executor_type",
+        "http_proxy",
+        "port",
+    ]
+    assert yaml.safe_load(result.stdout)["agents"]["support"]["job_executor"] == "thread"
     assert yaml.safe_load(result.stdout)["apiVersion"] == "lksup/v1"  # comments stay comments
 
 
@@ -409,7 +414,12 @@ TABLE: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, str 
     ({"port": 0}, {}, {}, {"port": "dropped"}),
     ({"host": "127.0.0.1"}, {}, {}, {"host": "dropped"}),
     ({"load_fnc": fn("load")}, {}, {}, {"load_fnc": "dropped"}),
-    ({"job_executor_type": "thread"}, {}, {}, {"job_executor_type": "dropped"}),
+    (
+        {"job_executor_type": "thread"},
+        {"job_executor": "thread"},
+        {},
+        {"job_executor_type": "changed"},
+    ),
     ({"job_executor_type": "process"}, {}, {}, {}),
     ({"multiprocessing_context": "spawn"}, {}, {}, {"multiprocessing_context": "dropped"}),
     ({"preload_modules": ["torch"]}, {"preload": ["torch"]}, {}, {}),

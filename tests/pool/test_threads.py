@@ -83,6 +83,22 @@ async def test_a_job_that_ended_frees_its_place_while_its_thread_winds_down(
         assert reporter.ended == {"AJ_1": None, "AJ_2": None, "AJ_3": None}
 
 
+async def test_a_host_started_for_an_offer_takes_the_next_jobs_while_it_has_room(
+    agent_dir: Path,
+) -> None:
+    """Regression: a host started because no warm one was ready never joined the idle set while
+    its first job ran, so the next offer started yet another host."""
+    async with running_pool(spec(agent_dir, max_jobs=2), num_idle=0) as pool:
+        reporter = Reporter()
+        async with anyio.create_task_group() as tg:
+            await start(pool, reporter, tg, "AJ_1", "hold")
+            await start(pool, reporter, tg, "AJ_2", "hold")
+            assert pool.running["AJ_1"].pid == pool.running["AJ_2"].pid
+            for job_id in ("AJ_1", "AJ_2"):
+                pool.terminate(job_id)
+        assert reporter.ended == {"AJ_1": None, "AJ_2": None}
+
+
 async def test_a_full_host_makes_the_pool_start_another(agent_dir: Path) -> None:
     async with running_pool(spec(agent_dir, max_jobs=2), num_idle=1) as pool:
         await wait_for(pool, lambda: len(pool.idle) == 1)

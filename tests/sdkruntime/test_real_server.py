@@ -304,6 +304,8 @@ OUTCOME_AGENT = """
         await ctx.connect()
         if room.startswith("raise-"):
             raise ValueError(f"nothing to say in {room}")
+        if room.startswith("hold-"):
+            return  # the job goes on until its room ends
         ctx.shutdown("said goodbye")
 """
 
@@ -356,3 +358,44 @@ async def test_the_server_records_each_jobs_own_outcome(tmp_path: Path, attempt:
             f"ValueError: nothing to say in {failed}",
         )
         assert await job_ended(server, succeeded) == ("JS_SUCCESS", "")
+
+
+THREADED = """
+  threaded:
+    entrypoint: sdk_outcomes:entrypoint
+    job_executor: thread
+    max_jobs_per_process: 3
+"""
+
+
+async def test_sdk_jobs_share_a_job_host_and_a_raising_one_fails_only_itself(
+    tmp_path: Path,
+) -> None:
+    """`job_executor: thread`: three SDK jobs run at once in one host process; the raising one
+    fails at the server with its message while the others go on, and end when their rooms do."""
+    async with (
+        real.real_livekit_server(tmp_path) as server,
+        running_daemon() as daemon,
+        lkapi(server) as client,
+    ):
+        (tmp_path / "sdk_outcomes.py").write_text(textwrap.dedent(OUTCOME_AGENT))
+        fleet = write_fleet(tmp_path, server, THREADED)
+        code, out = await daemon.cli("apply", str(fleet), "--wait", "--timeout", "60s")
+        assert code == 0, out + daemon.text()[-4000:]
+        first, _ = await dispatch(daemon, client, "threaded", "hold-a")
+        second, _ = await dispatch(daemon, client, "threaded", "hold-b")
+        failed, _ = await dispatch(daemon, client, "threaded", "raise")
+        assert await job_ended(server, failed) == (
+            "JS_FAILED",
+            f"ValueError: nothing to say in {failed}",
+        )
+        now = await daemon.wait_status("threaded", lambda s: s.jobs == 2, timeout=20)
+        hosts = [j.pid for j in now.jobs_detail if j.room in (first, second)]
+        assert len(hosts) == 2, now.jobs_detail
+        assert hosts[0] is not None
+        assert hosts[0] == hosts[1], now.jobs_detail  # one host process
+        for room in (first, second):
+            await client.room.delete_room(api.DeleteRoomRequest(room=room))
+        await daemon.wait_status("threaded", lambda s: s.jobs == 0, timeout=30)
+        for room in (first, second):
+            assert await job_ended(server, room) == ("JS_SUCCESS", "")

@@ -248,10 +248,16 @@ def _preload(b: _Builder, option: str, value: Any) -> None:
 
 
 def _executor(b: _Builder, option: str, value: Any) -> None:
-    if value != "process":
-        _dropped("not yet for livekit-agents agents: every SDK job runs in its own process")(
-            b, option, value
+    if value == "thread":
+        b.agent["job_executor"] = "thread"
+        b.note(
+            option,
+            "job_executor: thread; up to max_jobs_per_process (4) jobs share one job host "
+            "process, and num_idle_processes counts hosts, not threads",
+            "changed",
         )
+    elif value != "process":
+        b.note(option, "unexpected value, not carried over", value=_label(value))
 
 
 def _log_level(b: _Builder, option: str, value: Any) -> None:

@@ -143,14 +143,6 @@ def _check_agent(fleet: Fleet, name: str, agent: Agent) -> list[Finding]:
                 "the SDK's JobContext once the AgentSession closed)",
             )
         )
-    if agent.job_executor == "thread" and agent.runtime == "livekit-agents":
-        found.append(
-            Finding(
-                origin(fleet, name, "job_executor"),
-                f"agent {name!r}: job_executor: thread is not available for runtime "
-                "livekit-agents yet (every SDK job runs in a process of its own)",
-            )
-        )
     limit, warn = agent.job_memory_limit_mb, agent.job_memory_warn_mb
     if limit and warn and warn >= limit:
         found.append(

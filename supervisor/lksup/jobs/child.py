@@ -162,8 +162,6 @@ def prepare(init: Initialize) -> Prepared | SdkPrepared:
     if not sys.path or sys.path[0] != cwd:
         sys.path.insert(0, cwd)
     if init.runtime == RUNTIME_LIVEKIT_AGENTS:
-        if init.max_jobs > 1:
-            raise LoadError("job_executor: thread is not available for runtime livekit-agents yet")
         from lksup.jobs.sdk import runtime as sdk_runtime  # imports nothing of the SDK yet
 
         return sdk_runtime.prepare(init)

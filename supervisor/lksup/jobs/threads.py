@@ -18,15 +18,21 @@ What differs from a one-job process (``lksup.jobs.runtime.ChildRuntime``):
 
 Calls into a job go through its loop (``call_soon_threadsafe``); the job tells the host it is
 over through the host's loop the same way. Frames are sent through the thread-safe outbox.
+
+``JobThread`` and ``ThreadJobs`` are that machinery without the job's runner: the job host of
+``runtime: livekit-agents`` (``lksup.jobs.sdk.threads``) runs the SDK's runner on them.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
+import contextlib
 import logging
 import socket
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 from google.protobuf.message import DecodeError
@@ -40,45 +46,65 @@ from lksup.jobs.loader import AgentFunctions, describe_exception
 from lksup.jobs.runner import JobRun
 from lksup.jobs.runtime import EOF_CLEANUP_TIMEOUT, EXIT_TIMEOUT, ChildRuntime
 
-__all__ = ["ThreadHost"]
+__all__ = ["JobThread", "ThreadHost", "ThreadJobs"]
 
 logger = logging.getLogger("lksup.jobs")
 
+T = TypeVar("T")
 
-class _ThreadJob:
-    """One job on a thread and event loop of its own."""
 
-    def __init__(
-        self,
-        msg: StartJob,
-        job: agent.Job,
-        *,
-        host: ThreadHost,
-    ) -> None:
-        self.job_id = job.id
-        self._msg = msg
-        self._job = job
-        self._host = host
+class JobThread(abc.ABC, Generic[T]):
+    """One job on a thread and event loop of its own; ``T`` is what runs it on that loop.
+
+    Subclasses implement ``_serve`` (on the job's loop: start the job, ``_bind`` what runs it,
+    return once it is over and its ``JobEnded`` is sent through ``_report``) and the three
+    requests the host relays.
+    """
+
+    def __init__(self, job_id: str, outbox: Outbox, on_done: Callable[[str], None]) -> None:
+        self.job_id = job_id
+        self._outbox = outbox
+        self._on_done = on_done
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._run: JobRun | None = None
-        self._pending: list[Callable[[JobRun], None]] = []
+        self._runner: T | None = None
+        self._pending: list[Callable[[T], None]] = []
         self._lock = threading.Lock()
         self.ended = False
         """Its ``JobEnded`` is sent: its place in the host is free, though its thread may still
         be winding down (its loop's executor, async generators)."""
 
     def start(self) -> None:
+        """Start the job's thread."""
         thread = threading.Thread(target=self._main, name=f"job {self.job_id}", daemon=True)
         thread.start()
 
-    def call(self, action: Callable[[JobRun], None]) -> None:
-        """Run ``action(job_run)`` on the job's loop (queued until the loop runs)."""
+    def call(self, action: Callable[[T], None]) -> None:
+        """Run ``action(runner)`` on the job's loop (queued until the loop runs).
+
+        Nothing happens once the job has ended: its loop may already be closed while the
+        host still counts its thread.
+        """
         with self._lock:
-            loop, run = self._loop, self._run
-            if loop is None or run is None:
+            loop, runner = self._loop, self._runner
+            if loop is None or runner is None:
                 self._pending.append(action)
                 return
-        loop.call_soon_threadsafe(action, run)
+        if self.ended:
+            return
+        with contextlib.suppress(RuntimeError):  # closed since: the job is over
+            loop.call_soon_threadsafe(action, runner)
+
+    def _bind(self, runner: T) -> None:
+        """``runner`` runs the job on the current loop: queued calls reach it now."""
+        with self._lock:
+            self._loop, self._runner = asyncio.get_running_loop(), runner
+            pending, self._pending = self._pending, []
+        for action in pending:
+            action(runner)
+
+    def _report(self, message: JobEnded) -> None:
+        self.ended = True  # before the supervisor can hear of it and send the next job
+        self._outbox.send(message)
 
     def _main(self) -> None:
         try:
@@ -86,69 +112,52 @@ class _ThreadJob:
         except BaseException as exc:  # the job's own failures are in JobEnded; this is ours
             logger.exception("The thread of job %s failed.", self.job_id)
             if not self.ended:
-                self.ended = True
-                error = describe_exception(exc)
-                self._host._outbox.send(JobEnded(job_id=self.job_id, error=error))
+                self._report(JobEnded(job_id=self.job_id, error=describe_exception(exc)))
         finally:
-            self._host.job_done(self.job_id)
+            self._on_done(self.job_id)
 
+    @abc.abstractmethod
     async def _serve(self) -> None:
-        msg, host = self._msg, self._host
-        ctx = JobContext(
-            proc=host._proc,
-            job=self._job,
-            url=msg.url,
-            token=msg.token,
-            participant_identity=msg.participant_identity,
-            participant_name=msg.participant_name,
-        )
-        ended = anyio.Event()
+        """Run the job on this thread's loop until it is over."""
 
-        def on_ended(message: JobEnded) -> None:
-            self.ended = True  # before the supervisor can hear of it and send the next job
-            host._outbox.send(message)
-            ended.set()
+    @abc.abstractmethod
+    def request_shutdown(self, reason: str) -> None:
+        """End the job gracefully (``Shutdown(job_id)``, the host's own shutdown)."""
 
-        async with anyio.create_task_group() as tg:
-            run = JobRun(
-                ctx=ctx,
-                entrypoint=host._functions.entrypoint,
-                grace=host._init.shutdown_grace,
-                send=host._outbox.send,
-                on_ended=on_ended,
-            )
-            run.start(tg)
-            with self._lock:
-                self._loop, self._run = asyncio.get_running_loop(), run
-                pending, self._pending = self._pending, []
-            for action in pending:
-                action(run)
-            await ended.wait()
-            tg.cancel_scope.cancel()
+    @abc.abstractmethod
+    def abort(self, reason: str) -> None:
+        """End the job now: the supervisor went away (bounded by ``EOF_CLEANUP_TIMEOUT``)."""
+
+    @abc.abstractmethod
+    def outcome_reported(self) -> None:
+        """The job's outcome reached the server."""
 
 
-class ThreadHost(ChildRuntime):
-    """A job process that runs up to ``init.max_jobs`` jobs at once (see module docstring)."""
+class ThreadJobs:
+    """What a job host adds to its child loop: jobs on threads, up to ``init.max_jobs``.
 
-    def __init__(
-        self,
-        *,
-        init: Initialize,
-        functions: AgentFunctions,
-        proc: JobProcess,
-        outbox: Outbox,
-    ) -> None:
-        super().__init__(init=init, functions=functions, proc=proc, outbox=outbox)
-        self._jobs: dict[str, _ThreadJob] = {}
+    Mixed in ahead of an ``IpcLoop`` subclass whose ``_dispatch`` calls ``_start_job``,
+    ``_outcome_reported``, ``_shutdown`` and ``_lost``; ``_new_job`` makes a job's thread.
+    """
+
+    _init: Initialize
+    _outbox: Outbox
+    _exit_code: ExitCode
+
+    if TYPE_CHECKING:
+
+        def _finish(self) -> None: ...  # the IpcLoop's
+
+    def _init_threads(self) -> None:
+        self._jobs: dict[str, JobThread[Any]] = {}
         self._closing = False
         self._host_loop: asyncio.AbstractEventLoop | None = None
 
-    async def serve(
-        self, sock: socket.socket, decoder: FrameDecoder, received: list[bytes]
-    ) -> ExitCode:
-        """As ``ChildRuntime.serve``; jobs run on their own threads meanwhile."""
+    def _new_job(self, msg: StartJob, job: agent.Job) -> JobThread[Any]:
+        raise NotImplementedError
+
+    def _bind_host_loop(self) -> None:
         self._host_loop = asyncio.get_running_loop()
-        return await super().serve(sock, decoder, received)
 
     def _busy(self) -> bool:
         running = sum(1 for job in self._jobs.values() if not job.ended)
@@ -164,7 +173,7 @@ class ThreadHost(ChildRuntime):
             logger.warning("Ignoring StartJob %s: no room for it in this host.", job.id)
             self._outbox.send(JobEnded(job_id=job.id, error="this job host is full"))
             return
-        thread_job = self._jobs[job.id] = _ThreadJob(msg, job, host=self)
+        thread_job = self._jobs[job.id] = self._new_job(msg, job)
         thread_job.start()
 
     def job_done(self, job_id: str) -> None:
@@ -180,13 +189,13 @@ class ThreadHost(ChildRuntime):
     def _outcome_reported(self, job_id: str) -> None:
         job = self._jobs.get(job_id)
         if job is not None:
-            job.call(lambda run: run.outcome_reported())
+            job.outcome_reported()
 
     def _shutdown(self, reason: str, job_id: str = "") -> None:
         if job_id:
             job = self._jobs.get(job_id)
             if job is not None:
-                job.call(lambda run: run.request_shutdown(reason))
+                job.request_shutdown(reason)
             return
         self._closing = True
         if not self._jobs:
@@ -194,7 +203,7 @@ class ThreadHost(ChildRuntime):
             self._finish()
             return
         for job in self._jobs.values():
-            job.call(lambda run: run.request_shutdown(reason))
+            job.request_shutdown(reason)
 
     def _lost(self, reason: str) -> None:
         arm_exit_watchdog(EOF_CLEANUP_TIMEOUT + EXIT_TIMEOUT, self._exit_code)
@@ -204,4 +213,77 @@ class ThreadHost(ChildRuntime):
             return
         for job in self._jobs.values():
             logger.warning("Ending job %s: %s.", job.job_id, reason)
-            job.call(lambda run: run.abort(reason, cleanup_timeout=EOF_CLEANUP_TIMEOUT))
+            job.abort(reason)
+
+
+class _ThreadJob(JobThread[JobRun]):
+    """One lksup-API job on a thread and event loop of its own."""
+
+    def __init__(self, msg: StartJob, job: agent.Job, *, host: ThreadHost) -> None:
+        super().__init__(job.id, host._outbox, host.job_done)
+        self._msg = msg
+        self._job = job
+        self._host = host
+
+    async def _serve(self) -> None:
+        msg, host = self._msg, self._host
+        ctx = JobContext(
+            proc=host._proc,
+            job=self._job,
+            url=msg.url,
+            token=msg.token,
+            participant_identity=msg.participant_identity,
+            participant_name=msg.participant_name,
+        )
+        ended = anyio.Event()
+
+        def on_ended(message: JobEnded) -> None:
+            self._report(message)
+            ended.set()
+
+        async with anyio.create_task_group() as tg:
+            run = JobRun(
+                ctx=ctx,
+                entrypoint=host._functions.entrypoint,
+                grace=host._init.shutdown_grace,
+                send=host._outbox.send,
+                on_ended=on_ended,
+            )
+            run.start(tg)
+            self._bind(run)
+            await ended.wait()
+            tg.cancel_scope.cancel()
+
+    def request_shutdown(self, reason: str) -> None:
+        self.call(lambda run: run.request_shutdown(reason))
+
+    def abort(self, reason: str) -> None:
+        self.call(lambda run: run.abort(reason, cleanup_timeout=EOF_CLEANUP_TIMEOUT))
+
+    def outcome_reported(self) -> None:
+        self.call(lambda run: run.outcome_reported())
+
+
+class ThreadHost(ThreadJobs, ChildRuntime):
+    """A job process that runs up to ``init.max_jobs`` jobs at once (see module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        init: Initialize,
+        functions: AgentFunctions,
+        proc: JobProcess,
+        outbox: Outbox,
+    ) -> None:
+        super().__init__(init=init, functions=functions, proc=proc, outbox=outbox)
+        self._init_threads()
+
+    async def serve(
+        self, sock: socket.socket, decoder: FrameDecoder, received: list[bytes]
+    ) -> ExitCode:
+        """As ``ChildRuntime.serve``; jobs run on their own threads meanwhile."""
+        self._bind_host_loop()
+        return await super().serve(sock, decoder, received)
+
+    def _new_job(self, msg: StartJob, job: agent.Job) -> JobThread[Any]:
+        return _ThreadJob(msg, job, host=self)

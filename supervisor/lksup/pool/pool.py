@@ -517,6 +517,8 @@ class AgentPool:
         if process.host:
             if process in self.idle and not self._has_room(process):
                 self.idle.remove(process)  # full: back in the idle set when a job ends
+            elif process not in self.idle and self._has_room(process):
+                self.idle.append(process)  # started for this offer: it takes the next ones too
         else:
             process.state = ProcessState.RESERVED
         values = {"job_id": job.id, "agent_name": self.spec.agent_name, "room": job.room_name}

@@ -130,15 +130,18 @@ def registered_runners() -> tuple[str, ...]:
     return tuple(sorted(f"{cls.__module__}:{cls.__qualname__}" for cls in runners))
 
 
-def new_job_process(*, http_proxy: str | None) -> Any:
+def new_job_process(*, http_proxy: str | None, thread: bool = False) -> Any:
     """The SDK ``JobProcess`` that prewarm fills, after the SDK's warm-up (as ``initialize``).
 
     It holds no state of the process it was made in (its ``pid`` is read when asked), so one
-    made and prewarmed in a template serves every process forked from it.
+    made and prewarmed in a template serves every process forked from it. ``thread``: a job
+    host's (``job_executor: thread``), shared by the jobs of its threads; the SDK then adds a
+    job's log fields only to the records of that job.
     """
     from livekit.agents.job import JobExecutorType, JobProcess
 
-    kwargs: dict[str, Any] = {"executor_type": JobExecutorType.PROCESS, "http_proxy": http_proxy}
+    executor = JobExecutorType.THREAD if thread else JobExecutorType.PROCESS
+    kwargs: dict[str, Any] = {"executor_type": executor, "http_proxy": http_proxy}
     if "user_arguments" in inspect.signature(JobProcess).parameters:
         kwargs["user_arguments"] = None
     proc = JobProcess(**kwargs)
@@ -196,7 +199,15 @@ class JobHost:
     Args:
         entrypoint: the entrypoint as ``_JobProc`` should call it (lksup wraps the user's).
         on_inference: called with ``(request_id, method, data)`` for each inference request.
+        thread: one of a job host's jobs (``JobExecutorType.THREAD``, as the SDK's thread
+            executor runs them), on the event loop of its own thread.
     """
+
+    @staticmethod
+    def check() -> None:
+        """Import what a ``JobHost`` needs (raises what a broken installation raises)."""
+        from livekit.agents.ipc import job_proc_lazy_main, proto  # noqa: F401
+        from livekit.agents.ipc.job_proc_lazy_main import _InfClient, _JobProc  # noqa: F401
 
     def __init__(
         self,
@@ -205,6 +216,7 @@ class JobHost:
         on_inference: Callable[[str, str, bytes], None],
         on_exiting: Callable[[str], Awaitable[None]] | None = None,
         session_end: Callable[[Any], Awaitable[None]] | None = None,
+        thread: bool = False,
     ) -> None:
         from livekit.agents.ipc import job_proc_lazy_main, proto
 
@@ -224,7 +236,7 @@ class JobHost:
             _no_prewarm,  # prewarm ran on ``new_job_process``'s result
             entrypoint,
             session_end,
-            executor_type=JobExecutorType.PROCESS,
+            executor_type=JobExecutorType.THREAD if thread else JobExecutorType.PROCESS,
             **kwargs,
         )
 

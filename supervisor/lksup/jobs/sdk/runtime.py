@@ -107,7 +107,8 @@ def prepare(init: Initialize) -> Prepared:
     functions = load_agent(init)
     try:
         job_proc = adapter.new_job_process(
-            http_proxy=os.environ.get("HTTPS_PROXY") or os.environ.get("HTTP_PROXY")
+            http_proxy=os.environ.get("HTTPS_PROXY") or os.environ.get("HTTP_PROXY"),
+            thread=init.max_jobs > 1,
         )
     except Exception as exc:  # installed but broken (a missing native library...)
         detail = describe_exception(exc, with_location=True)
@@ -134,19 +135,20 @@ def initialise(
         failed(str(exc))
         return None
     functions = prepared.functions
-    runtime = SdkRuntime(init=init, outbox=outbox, request_fnc=functions.request_fnc)
+    runtime: SdkRuntime
     try:
-        host = adapter.JobHost(
-            entrypoint=runtime.wrap_entrypoint(functions.entrypoint),
-            on_inference=runtime.request_inference,
-            on_exiting=runtime.job_exiting,
-            session_end=functions.session_end_fnc,
-        )
-        host.adopt(prepared.job_proc)
+        if init.max_jobs > 1:  # job_executor: thread; each job binds a runner of its own
+            from lksup.jobs.sdk.threads import SdkThreadHost
+
+            adapter.JobHost.check()
+            runtime = SdkThreadHost(init=init, outbox=outbox, prepared=prepared)
+        else:
+            runtime = SdkRuntime(init=init, outbox=outbox, request_fnc=functions.request_fnc)
+            runtime.job.host = runtime.job.make_host(functions, thread=False)
+            runtime.job.host.adopt(prepared.job_proc)
     except Exception as exc:  # installed but broken (a missing native library...)
         failed(f"livekit-agents cannot be imported: {describe_exception(exc, with_location=True)}")
         return None
-    runtime.host = host
     outbox.send(
         Ready(
             pid=os.getpid(),
@@ -158,27 +160,35 @@ def initialise(
     return runtime
 
 
-class SdkRuntime(IpcLoop):
-    """Serves the supervisor's messages for one initialised livekit-agents job process."""
+class SdkJob:
+    """One SDK job's side of lksup's IPC: the hooks the SDK's runner calls, and how it ended.
+
+    ``make_host`` binds them to a ``JobHost``: the entrypoint is wrapped to send ``JobStarted``
+    and to remember how it failed; the runner's exiting hook sends ``JobOutcome`` and waits for
+    ``OutcomeReported`` (``outcome_reported``, on the job's own event loop); ``ended()`` is the
+    ``JobEnded`` once the runner returned. A job process has one; a job host (``job_executor:
+    thread``) one per job, each on its own thread.
+    """
 
     def __init__(
-        self,
-        *,
-        init: Initialize,
-        outbox: Outbox,
-        request_fnc: Callable[[Any], Awaitable[None]] | None,
+        self, outbox: Outbox, *, on_inference: Callable[[str, str, bytes], None] | None = None
     ) -> None:
-        super().__init__(outbox)
-        self._init = init
-        self._request_fnc = request_fnc
+        self._outbox = outbox
+        self._on_inference = on_inference
         self.host: adapter.JobHost | None = None
-        self._channel: Any = None
-        self._main: asyncio.Task[None] | None = None
-        self._job_id: str | None = None
-        self._error = ""
+        self.job_id: str | None = None
+        self.error = ""
         self._outcome_acked: asyncio.Event | None = None
 
-    # --- hooks the SDK calls ------------------------------------------------------------------
+    def make_host(self, functions: AgentFunctions, *, thread: bool) -> adapter.JobHost:
+        """The SDK's job runner, calling this job's hooks."""
+        return adapter.JobHost(
+            entrypoint=self.wrap_entrypoint(functions.entrypoint),
+            on_inference=self.request_inference,
+            on_exiting=self.job_exiting,
+            session_end=functions.session_end_fnc,
+            thread=thread,
+        )
 
     def wrap_entrypoint(
         self, entrypoint: Callable[[Any], Awaitable[None]]
@@ -192,11 +202,11 @@ class SdkRuntime(IpcLoop):
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # user code: SystemExit and friends fail the job
-                self._error = describe_exception(exc)
+                self.error = describe_exception(exc)
                 if isinstance(exc, Exception):
                     raise
                 # asyncio would stop the whole event loop for these: fail the task instead
-                raise RuntimeError(self._error) from exc
+                raise RuntimeError(self.error) from exc
 
         run.__qualname__ = getattr(entrypoint, "__qualname__", run.__qualname__)
         run.__name__ = getattr(entrypoint, "__name__", run.__name__)
@@ -204,114 +214,30 @@ class SdkRuntime(IpcLoop):
 
     async def job_exiting(self, reason: str) -> None:
         """The SDK is about to leave the room: report the outcome, wait until it was sent."""
-        if self._job_id is None:
+        if self.job_id is None:
             return
         self._outcome_acked = asyncio.Event()
-        self._outbox.send(JobOutcome(job_id=self._job_id, error=self._error, reason=reason))
+        self._outbox.send(JobOutcome(job_id=self.job_id, error=self.error, reason=reason))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._outcome_acked.wait(), OUTCOME_ACK_TIMEOUT)
 
+    def outcome_reported(self) -> None:
+        """The outcome reached the server (call on the job's event loop)."""
+        if self._outcome_acked is not None:
+            self._outcome_acked.set()
+
     def request_inference(self, request_id: str, method: str, data: bytes) -> None:
         """Relay a job's inference request to the supervisor."""
+        if self._on_inference is not None:
+            self._on_inference(request_id, method, data)
         self._outbox.send(InferenceRequest(request_id=request_id, method=method, data=data))
 
-    # --- the loop -----------------------------------------------------------------------------
-
-    async def serve(
-        self, sock: socket.socket, decoder: FrameDecoder, received: list[bytes]
-    ) -> ExitCode:
-        """Serve until the process should exit; returns its exit code (see ``ChildRuntime``)."""
+    def start(self, channel: Any, msg: StartJob, job: agent.Job) -> None:
+        """Queue ``job`` for the SDK's loop reading ``channel``."""
         assert self.host is not None
-        try:
-            adapter.start_rtc_runtime()  # while idle, not inside the job's start
-        except Exception:  # the job's own rtc.Room() will say what is wrong
-            logger.debug("Cannot start livekit-rtc's runtime ahead of a job.", exc_info=True)
-        self._done = anyio.Event()
-        self._channel = adapter.new_channel()
-        self._main = asyncio.get_running_loop().create_task(
-            self.host.run(self._channel), name="livekit-agents job loop"
-        )
-        self._main.add_done_callback(self._main_done)
-        code = await super().serve(sock, decoder, received)
-        if self._job_id is not None:
-            self._outbox.send(self._ended())
-        return code
-
-    def _ended(self) -> JobEnded:
-        assert self.host is not None
-        assert self._job_id is not None
-        error = self._error
-        failure = self.host.job_failure()
-        if not error and failure is not None:
-            error = f"the job could not run: {describe_exception(failure)}"
-        return JobEnded(
-            job_id=self._job_id, error=error, reason=self.host.exit_reason or "job ended"
-        )
-
-    def _main_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("The livekit-agents job loop failed.", exc_info=task.exception())
-            if not self._error and self._job_id is not None:
-                self._error = describe_exception(task.exception() or RuntimeError())
-        assert self._done is not None
-        self._done.set()
-
-    def _dispatch(self, payload: bytes) -> None:
-        assert self.host is not None
-        msg = self._decode(payload)
-        match msg:
-            case None:
-                return
-            case Ping(sent_at_ns=sent_at_ns):
-                self._outbox.send(Pong(sent_at_ns=sent_at_ns))
-            case OfferRequest():
-                assert self._tg is not None
-                self._tg.start_soon(self._offer, msg, name="request function")
-            case AwaitJob(poll_s=poll_s):
-                self.poll(poll_s)
-            case StartJob():
-                self._start_job(msg)
-            case Shutdown(reason=reason, job_id=job_id):
-                self._shutdown(reason or "shutdown requested", job_id)
-            case OutcomeReported():
-                if self._outcome_acked is not None:
-                    self._outcome_acked.set()
-            case InferenceResponse():
-                data = msg.data if msg.has_data else None
-                self.host.inference_answer(self._channel, msg.request_id, data, msg.error)
-            case _:
-                logger.warning("Ignoring an unexpected %s message.", type(msg).__name__)
-
-    def _shutdown(self, reason: str, job_id: str = "") -> None:
-        assert self.host is not None
-        self.host.shutdown(self._channel, reason)
-
-    def _lost(self, reason: str) -> None:
-        arm_exit_watchdog(EOF_CLEANUP_TIMEOUT + EXIT_TIMEOUT, self._exit_code)
-        assert self._main is not None
-        assert self._done is not None
-        if self._job_id is None:
-            self._main.cancel()
-            self._done.set()
-            return
-        logger.warning("Ending job %s: %s.", self._job_id, reason)
-        self._main.cancel()  # the SDK's loop cancels the job task and runs its cleanup
-
-    def _start_job(self, msg: StartJob) -> None:
-        assert self.host is not None
-        if self._job_id is not None:
-            logger.warning("Ignoring StartJob: this process already runs job %s.", self._job_id)
-            return
-        try:
-            job = agent.Job.FromString(msg.job)
-        except DecodeError as exc:
-            self._outbox.send(JobEnded(job_id="", error=f"undecodable job: {exc}"))
-            assert self._done is not None
-            self._done.set()
-            return
-        self._job_id = job.id
+        self.job_id = job.id
         self.host.start_job(
-            self._channel,
+            channel,
             job=job,
             url=msg.url,
             token=msg.token,
@@ -328,8 +254,135 @@ class SdkRuntime(IpcLoop):
             },
         )
 
+    def ended(self) -> JobEnded:
+        """The job's ``JobEnded``, once the SDK's loop has returned."""
+        assert self.host is not None
+        assert self.job_id is not None
+        error = self.error
+        failure = self.host.job_failure()
+        if not error and failure is not None:
+            error = f"the job could not run: {describe_exception(failure)}"
+        reason = self.host.exit_reason or "job ended"
+        return JobEnded(job_id=self.job_id, error=error, reason=reason)
+
+
+class SdkRuntime(IpcLoop):
+    """Serves the supervisor's messages for one initialised livekit-agents job process."""
+
+    def __init__(
+        self,
+        *,
+        init: Initialize,
+        outbox: Outbox,
+        request_fnc: Callable[[Any], Awaitable[None]] | None,
+    ) -> None:
+        super().__init__(outbox)
+        self._init = init
+        self._request_fnc = request_fnc
+        self.job = SdkJob(outbox)
+        self._channel: Any = None
+        self._main: asyncio.Task[None] | None = None
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    @property
+    def host(self) -> adapter.JobHost:
+        """The SDK's job runner (bound by ``initialise``)."""
+        assert self.job.host is not None
+        return self.job.host
+
+    async def serve(
+        self, sock: socket.socket, decoder: FrameDecoder, received: list[bytes]
+    ) -> ExitCode:
+        """Serve until the process should exit; returns its exit code (see ``ChildRuntime``)."""
+        try:
+            adapter.start_rtc_runtime()  # while idle, not inside the job's start
+        except Exception:  # the job's own rtc.Room() will say what is wrong
+            logger.debug("Cannot start livekit-rtc's runtime ahead of a job.", exc_info=True)
+        self._done = anyio.Event()
+        self._channel = adapter.new_channel()
+        self._main = asyncio.get_running_loop().create_task(
+            self.host.run(self._channel), name="livekit-agents job loop"
+        )
+        self._main.add_done_callback(self._main_done)
+        code = await super().serve(sock, decoder, received)
+        if self.job.job_id is not None:
+            self._outbox.send(self.job.ended())
+        return code
+
+    def _main_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("The livekit-agents job loop failed.", exc_info=task.exception())
+            if not self.job.error and self.job.job_id is not None:
+                self.job.error = describe_exception(task.exception() or RuntimeError())
+        assert self._done is not None
+        self._done.set()
+
+    def _dispatch(self, payload: bytes) -> None:
+        msg = self._decode(payload)
+        match msg:
+            case None:
+                return
+            case Ping(sent_at_ns=sent_at_ns):
+                self._outbox.send(Pong(sent_at_ns=sent_at_ns))
+            case OfferRequest():
+                assert self._tg is not None
+                self._tg.start_soon(self._offer, msg, name="request function")
+            case AwaitJob(poll_s=poll_s):
+                self.poll(poll_s)
+            case StartJob():
+                self._start_job(msg)
+            case Shutdown(reason=reason, job_id=job_id):
+                self._shutdown(reason or "shutdown requested", job_id)
+            case OutcomeReported(job_id=job_id):
+                self._outcome_reported(job_id)
+            case InferenceResponse():
+                self._inference_answer(msg)
+            case _:
+                logger.warning("Ignoring an unexpected %s message.", type(msg).__name__)
+
+    def _outcome_reported(self, job_id: str) -> None:
+        self.job.outcome_reported()
+
+    def _inference_answer(self, msg: InferenceResponse) -> None:
+        data = msg.data if msg.has_data else None
+        self.host.inference_answer(self._channel, msg.request_id, data, msg.error)
+
+    def _shutdown(self, reason: str, job_id: str = "") -> None:
+        self.host.shutdown(self._channel, reason)
+
+    def _lost(self, reason: str) -> None:
+        arm_exit_watchdog(EOF_CLEANUP_TIMEOUT + EXIT_TIMEOUT, self._exit_code)
+        assert self._main is not None
+        assert self._done is not None
+        if self.job.job_id is None:
+            self._main.cancel()
+            self._done.set()
+            return
+        logger.warning("Ending job %s: %s.", self.job.job_id, reason)
+        self._main.cancel()  # the SDK's loop cancels the job task and runs its cleanup
+
+    def _decode_job(self, msg: StartJob) -> agent.Job | None:
+        """The job of ``StartJob``, or None once it was ended as undecodable."""
+        try:
+            return agent.Job.FromString(msg.job)
+        except DecodeError as exc:
+            self._outbox.send(JobEnded(job_id="", error=f"undecodable job: {exc}"))
+            return None
+
+    def _start_job(self, msg: StartJob) -> None:
+        if self.job.job_id is not None:
+            logger.warning("Ignoring StartJob: this process already runs job %s.", self.job.job_id)
+            return
+        job = self._decode_job(msg)
+        if job is None:
+            assert self._done is not None
+            self._done.set()
+            return
+        self.job.start(self._channel, msg, job)
+
     def _busy(self) -> bool:
-        return self._job_id is not None
+        return self.job.job_id is not None
 
     async def _offer(self, msg: OfferRequest) -> None:
         job = self._offered_job(msg)
