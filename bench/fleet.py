@@ -19,9 +19,10 @@ template, as a fleet of different agents would get. Neither side reports load (l
 ``load: jobs`` over 1000 jobs with threshold 1; the SDK: ``load_fnc`` 0, no threshold), so only
 the pools decide. Both sides get the same ``num_idle_processes``: 3 per agent for N <= 5, 1 for
 N >= 10. The SDK runs with its defaults and with ``LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE=0``;
-lksup too for the heavy agent (in the supervisor's environment: the base template then skips
-the local VAD/end-of-turn models; the trivial fleet preloads no SDK at all, so the variable
-changes nothing there and is not run twice).
+lksup too for the heavy agent (in the supervisor's environment; lksup's default base template
+loads the local VAD/end-of-turn models only once a job of the fleet has used them, which the
+heavy agent's jobs never do, so both lksup sides should measure alike; the trivial fleet
+preloads no SDK at all, so the variable changes nothing there and is not run twice).
 
 Fleet runs (per agent module, N and side):
 

@@ -8,9 +8,10 @@ prewarm loads the silero VAD; it runs under lksup with ``runtime: livekit-agents
 Workers, each with the same warm pool (--idle), each given N jobs one at a time:
 
 * lksup as ``lksup run`` runs an agent (bench/agents/lksup_worker.py): job processes forked from
-  templates (``process_start: zygote``, the default), for the heavy agent also with
-  LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE=0 in the supervisor's environment (the base template
-  then preloads no local VAD and end-of-turn models), and a fresh interpreter per process
+  templates (``process_start: zygote``, the default: the base template loads the local VAD and
+  end-of-turn models only once a job has used them), for the heavy agent also with
+  LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE=0 in the supervisor's environment (never), and a fresh
+  interpreter per process
   (``process_start: spawn``, the opt-out, and what lksup did before templates);
 * the SDK's worker (bench/agents/sdk_worker.py) with its defaults (forkserver, its warm-up
   preloads the local VAD and end-of-turn models in the forkserver), and for the heavy agent also

@@ -59,8 +59,12 @@ async def test_one_host_runs_several_jobs_and_a_raising_job_fails_only_itself(
         assert host.alive  # the host outlives its jobs
     messages = [r.getMessage() for r in caplog.records]
     assert messages.count("shutdown callback: terminated by the server") == 2
-    pids = {r.pid for r in caplog.records if r.getMessage().startswith("entrypoint AJ_")}  # type: ignore[attr-defined]
-    assert pids == {host.pid}  # jobs pack into the busiest host with room
+    entries = [r for r in caplog.records if r.getMessage().startswith("entrypoint AJ_")]
+    assert {r.pid for r in entries} == {host.pid}  # type: ignore[attr-defined]  # jobs pack
+    # each job's records name that job, not the host's latest
+    assert {(r.getMessage().split()[1], r.job_id) for r in entries} == {  # type: ignore[attr-defined]
+        (job_id, job_id) for job_id in ("AJ_1", "AJ_2", "AJ_3", "AJ_4")
+    }
 
 
 async def test_a_job_that_ended_frees_its_place_while_its_thread_winds_down(

@@ -15,8 +15,9 @@ import anyio
 import psutil
 import pytest
 
+from lksup.jobs import ipc
 from lksup.pool.process import ProcessSpec
-from lksup.pool.zygote import Zygotes
+from lksup.pool.zygote import LOCAL_MODELS, PRELOAD_VARIABLE, Zygotes, _base_environment
 from tests.pool.helpers import (
     Reporter,
     make_job,
@@ -423,3 +424,73 @@ async def test_a_template_forked_from_the_base_another_agent_just_taught_is_repl
             assert parent(parent(blue_pool.idle[0].pid)) == base.pid
             with anyio.fail_after(30):  # nothing forked from it is left: it retires
                 await old_base.wait_exited()
+
+
+LOCAL_VAD_AGENT = """
+from livekit.agents import JobContext, inference
+
+
+async def entrypoint(ctx: JobContext) -> None:
+    stream = inference.VAD().stream()  # the SDK's local VAD model
+    await stream.aclose()
+    ctx.shutdown("listened")
+"""
+
+
+async def test_the_base_learns_the_local_models_a_job_used(tmp_path: Path) -> None:
+    """The base runs the SDK's warm-up without its local models until a job uses one; then a
+    new base loads them once, and warm processes come from it."""
+    folder = tmp_path / "vad"
+    folder.mkdir()
+    (folder / "vad_agent.py").write_text(textwrap.dedent(LOCAL_VAD_AGENT))
+    listener = spec(
+        folder,
+        agent_name="listener",
+        entrypoint="vad_agent:entrypoint",
+        prewarm="",
+        runtime=ipc.RUNTIME_LIVEKIT_AGENTS,
+        env={PRELOAD_VARIABLE: "0"},  # as the daemon gives SDK job processes
+        initialize_timeout=60.0,
+    )
+    learned: list[list[str]] = []
+    async with zygote_service(defaults=True, on_learned=learned.append) as zygotes:
+        assert isinstance(zygotes, Zygotes)
+        async with running_pool(listener, launcher=zygotes.launcher(listener)) as pool:
+            await wait_for(pool, lambda: len(pool.idle) == 1, timeout=60)
+            (first,) = zygotes.bases.values()
+            assert LOCAL_MODELS not in zygotes.preload
+            assert psutil.Process(first.pid).environ()[PRELOAD_VARIABLE] == "0"
+            reporter = Reporter()
+            await offer_and_run(pool, reporter, make_job("AJ_1"))
+            assert reporter.ended == {"AJ_1": None}
+            assert learned == [[LOCAL_MODELS]]
+            assert LOCAL_MODELS in zygotes.preload
+            await wait_for(
+                pool,
+                lambda: len(pool.idle) == 1 and pool.idle[0].generation == zygotes.generation,
+                timeout=60,
+            )
+            (base,) = zygotes.bases.values()
+            assert base is not first
+            assert parent(parent(pool.idle[0].pid)) == base.pid
+
+
+def test_the_base_keeps_the_sdk_preload_setting_of_the_supervisor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Unset: the base runs the SDK's warm-up without the local models, and learns them. Set
+    to a false value: nothing learns them. Set to a true value: the SDK loads them itself."""
+    zygotes = Zygotes(defaults=True)
+    monkeypatch.delenv(PRELOAD_VARIABLE, raising=False)
+    assert _base_environment()[PRELOAD_VARIABLE] == "0"
+    monkeypatch.setenv(PRELOAD_VARIABLE, "off")
+    zygotes.learn_local_models(("eot",))
+    assert LOCAL_MODELS not in zygotes.preload
+    monkeypatch.setenv(PRELOAD_VARIABLE, "1")
+    assert _base_environment()[PRELOAD_VARIABLE] == "1"
+    generation = zygotes.generation
+    zygotes.learn_local_models(())  # nothing used: nothing learned
+    assert zygotes.generation == generation
+    zygotes.learn_local_models(("eot", "vad"))
+    assert LOCAL_MODELS in zygotes.preload
+    assert zygotes.generation == generation + 1

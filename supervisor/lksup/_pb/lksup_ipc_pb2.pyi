@@ -225,14 +225,16 @@ class JobStarted(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobEnded(_message.Message):
-    __slots__ = ("job_id", "error", "reason")
+    __slots__ = ("job_id", "error", "reason", "local_models")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_MODELS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     error: str
     reason: str
-    def __init__(self, job_id: _Optional[str] = ..., error: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    local_models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_id: _Optional[str] = ..., error: _Optional[str] = ..., reason: _Optional[str] = ..., local_models: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JobOutcome(_message.Message):
     __slots__ = ("job_id", "error", "reason")
@@ -251,7 +253,7 @@ class Pong(_message.Message):
     def __init__(self, sent_at_ns: _Optional[int] = ...) -> None: ...
 
 class LogRecord(_message.Message):
-    __slots__ = ("level", "logger", "message", "created", "exc_text", "fields")
+    __slots__ = ("level", "logger", "message", "created", "exc_text", "fields", "job_id")
     class FieldsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -265,13 +267,15 @@ class LogRecord(_message.Message):
     CREATED_FIELD_NUMBER: _ClassVar[int]
     EXC_TEXT_FIELD_NUMBER: _ClassVar[int]
     FIELDS_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
     level: int
     logger: str
     message: str
     created: float
     exc_text: str
     fields: _containers.ScalarMap[str, str]
-    def __init__(self, level: _Optional[int] = ..., logger: _Optional[str] = ..., message: _Optional[str] = ..., created: _Optional[float] = ..., exc_text: _Optional[str] = ..., fields: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    job_id: str
+    def __init__(self, level: _Optional[int] = ..., logger: _Optional[str] = ..., message: _Optional[str] = ..., created: _Optional[float] = ..., exc_text: _Optional[str] = ..., fields: _Optional[_Mapping[str, str]] = ..., job_id: _Optional[str] = ...) -> None: ...
 
 class InferenceRequest(_message.Message):
     __slots__ = ("request_id", "method", "data")

@@ -36,7 +36,7 @@ from lksup.monitors.monitor import Monitor
 from lksup.pool.inference import InferenceService
 from lksup.pool.pool import AgentPool, RequestPolicy, auto_idle_processes
 from lksup.pool.process import ProcessSpec
-from lksup.pool.zygote import Zygotes, forking_supported
+from lksup.pool.zygote import PRELOAD_VARIABLE, Zygotes, forking_supported
 from lksup.protocol.events import JobType, Permissions
 from lksup.protocol.machine import Options
 from lksup.transport.session import AgentSession, Credentials
@@ -167,10 +167,6 @@ def sdk_environment(
     if PRELOAD_VARIABLE not in agent.env:
         extra[PRELOAD_VARIABLE] = "0"
     return extra
-
-
-#: livekit-agents' switch for preloading its local inference models in every process.
-PRELOAD_VARIABLE = "LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE"
 
 
 def resolved_fingerprint(name: str, agent: Agent, env: Environment) -> str:

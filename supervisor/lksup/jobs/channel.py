@@ -52,6 +52,7 @@ __all__ = [
     "exit_process",
     "extra_fields",
     "flush_std_streams",
+    "set_thread_job",
     "start_eof_watchdog",
 ]
 
@@ -201,7 +202,17 @@ class ForwardingHandler(logging.Handler):
             created=record.created,
             exc_text=_cut(exc_text),
             fields=extra_fields(record),
+            job_id=getattr(_thread_job, "job_id", ""),
         )
+
+
+#: The job a thread of a job host runs (``set_thread_job``): its records name it.
+_thread_job = threading.local()
+
+
+def set_thread_job(job_id: str) -> None:
+    """Records logged on this thread from now on belong to job ``job_id`` (a job host's)."""
+    _thread_job.job_id = job_id
 
 
 #: Attributes every ``logging.LogRecord`` has; anything else came from ``extra=`` or a filter.

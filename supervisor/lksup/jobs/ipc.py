@@ -287,11 +287,15 @@ class JobStarted:
 
 @dataclass(frozen=True)
 class JobEnded:
-    """The job is over (``error`` empty: success); the process exits next."""
+    """The job is over (``error`` empty: success); the process exits next.
+
+    ``local_models``: the SDK's local models (``"eot"``, ``"vad"``) the process has used so far.
+    """
 
     job_id: str
     error: str = ""
     reason: str = ""
+    local_models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -325,6 +329,8 @@ class LogRecord:
     exc_text: str = ""
     fields: Mapping[str, str] = field(default_factory=dict, hash=False)
     """The record's extra attributes (the SDK's job context fields, ``extra=``), as text."""
+    job_id: str = ""
+    """In a job host: the job whose thread logged it (empty: the host's own, or unknown)."""
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ import anyio
 from google.protobuf.message import DecodeError
 from livekit.protocol import agent
 
-from lksup.jobs.channel import Outbox, arm_exit_watchdog
+from lksup.jobs.channel import Outbox, arm_exit_watchdog, set_thread_job
 from lksup.jobs.context import JobContext, JobProcess
 from lksup.jobs.framing import FrameDecoder
 from lksup.jobs.ipc import ExitCode, Initialize, JobEnded, StartJob
@@ -107,6 +107,7 @@ class JobThread(abc.ABC, Generic[T]):
         self._outbox.send(message)
 
     def _main(self) -> None:
+        set_thread_job(self.job_id)  # the supervisor logs this thread's records as the job's
         try:
             anyio.run(self._serve, backend="asyncio")
         except BaseException as exc:  # the job's own failures are in JobEnded; this is ours

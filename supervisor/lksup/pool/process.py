@@ -225,6 +225,8 @@ class WorkerProcess:
         self.inference_runners: tuple[str, ...] = ()
         self.on_inference: Callable[[WorkerProcess, ipc.InferenceRequest], None] | None = None
         self.on_inference_response: Callable[[ipc.InferenceResponse], None] | None = None
+        self.on_local_models: Callable[[tuple[str, ...]], None] | None = None
+        """Told which of the SDK's local models (``"eot"``, ``"vad"``) a job used."""
         self.generation = 0
         """The template generation it was forked from (0: spawned)."""
         self.jobs: dict[str, _JobSlot] = {}
@@ -479,6 +481,8 @@ class WorkerProcess:
             if slot is not None:
                 slot.started.set()
         elif isinstance(message, ipc.JobOutcome | ipc.JobEnded):
+            if isinstance(message, ipc.JobEnded) and message.local_models and self.on_local_models:
+                self.on_local_models(message.local_models)
             slot = self._slot(message.job_id)
             if slot is None:
                 return
@@ -493,6 +497,8 @@ class WorkerProcess:
             text = self._scrub(text)
             fields = {key: self._scrub(value) for key, value in message.fields.items()}
             extra = {**self._extra(), "source_logger": message.logger}
+            if self.host:  # several jobs: the record's own, if it came from a job's thread
+                extra["job_id"] = message.job_id or None
             if fields:
                 extra["fields"] = fields
             job_log.log(message.level, "%s", text, extra=extra)

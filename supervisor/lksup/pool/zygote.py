@@ -52,6 +52,8 @@ from lksup.pool.process import (
 
 __all__ = [
     "DEFAULT_PRELOAD",
+    "LOCAL_MODELS",
+    "PRELOAD_VARIABLE",
     "ForkedProcess",
     "TemplateProcess",
     "Zygotes",
@@ -62,8 +64,13 @@ log = logging.getLogger("lksup.zygote")
 _signals = signal  # methods below take a parameter named ``signal``, as anyio's Process does
 
 #: What the base template imports when installed: the SDK and its realtime package, and the
-#: SDK's own warm-up (the rtc library, av, its SSL context).
+#: SDK's own warm-up (the rtc library, av, its SSL context), without its local models.
 DEFAULT_PRELOAD = ("livekit.agents", "livekit.rtc", "livekit.agents.ipc._preload")
+#: livekit-agents' switch for preloading its local inference models in every process image.
+PRELOAD_VARIABLE = "LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE"
+#: Imported by the base once a job was seen using the SDK's local models: it loads them.
+LOCAL_MODELS = "lksup.jobs.sdk.localmodels"
+_FALSY = ("0", "false", "no", "off")
 #: The name templates' memory is watched under (never an agent's name).
 TEMPLATE_OWNER = "(template)"
 _NO_LIMIT = MemoryPolicy(warn_mb=0, limit_mb=0)
@@ -439,8 +446,20 @@ class Zygotes:
 
     def _learn(self, template: TemplateProcess) -> None:  # bumps the generation if it learns
         """Remember the plugins an agent template imported: the next base preloads them."""
-        plugins = set(template.zygote.plugins if template.zygote else ())
-        new = plugins - self.learned - set(self.preload)
+        self._learn_modules(set(template.zygote.plugins if template.zygote else ()))
+
+    def learn_local_models(self, models: Sequence[str]) -> None:
+        """A job used the SDK's local models (``models``): the next base preloads them.
+
+        Not when the supervisor's environment turns the SDK's preloading off (``PRELOAD_VARIABLE``
+        set to a false value): then every process loads what it uses itself.
+        """
+        if not models or os.environ.get(PRELOAD_VARIABLE, "").strip().lower() in _FALSY:
+            return
+        self._learn_modules({LOCAL_MODELS})
+
+    def _learn_modules(self, modules: set[str]) -> None:
+        new = modules - self.learned - set(self.preload)
         if not new or not self._defaults:
             return
         log.info("Learned modules to share: %s", ", ".join(sorted(new)))
@@ -683,6 +702,7 @@ class ZygoteLauncher:
             self.spec, isolated=self.isolated, prepare=self.prepare
         )
         process.generation = template.generation
+        process.on_local_models = self.zygotes.learn_local_models
         return await _ForkLauncher(template).launch(process, child)
 
     async def aclose(self) -> None:
@@ -738,5 +758,10 @@ def _key(spec: ProcessSpec, isolated: bool, prepare: bool) -> tuple[object, ...]
 
 
 def _base_environment() -> dict[str, str]:
-    """The base template's environment: the supervisor's (each agent template replaces it)."""
-    return dict(os.environ)
+    """The base template's environment: the supervisor's (each agent template replaces it).
+
+    The SDK's warm-up runs there without its local models unless the supervisor's environment
+    asks for them (``PRELOAD_VARIABLE``): the base loads them (``LOCAL_MODELS``) once a job of
+    the fleet was seen using them, so a fleet that never does, does not carry them.
+    """
+    return {PRELOAD_VARIABLE: "0", **os.environ}

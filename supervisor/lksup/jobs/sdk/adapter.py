@@ -34,6 +34,9 @@ What is used, and why it is private:
   serves the fleet.
 * ``livekit.rtc._ffi_client.FfiClient.instance``: started in an idle job process, so the
   first ``rtc.Room()`` of its job does not pay for it.
+* ``inference.eot.transports._EOT`` and ``inference.vad._NativeVAD`` (1.8.2+): the local
+  end-of-turn and VAD models' constructors, wrapped to notice a job using them, so the fleet's
+  base template preloads them from then on (``track_local_models``).
 * ``AgentServer``'s private attributes are not used to run jobs: the fleet names the functions.
 
 Differences inside the window, handled here: ``RunningJobInfo`` gained the dispatch timestamps
@@ -63,11 +66,13 @@ __all__ = [
     "UnsupportedSdk",
     "check_version",
     "installed_version",
+    "local_models_used",
     "make_job_request",
     "new_channel",
     "new_job_process",
     "registered_runners",
     "start_rtc_runtime",
+    "track_local_models",
 ]
 
 logger = logging.getLogger("lksup.jobs")
@@ -148,6 +153,43 @@ def new_job_process(*, http_proxy: str | None, thread: bool = False) -> Any:
     if importlib.util.find_spec("livekit.agents.ipc._preload") is not None:  # 1.8.2+
         importlib.import_module("livekit.agents.ipc._preload")
     return proc
+
+
+#: Where a job constructs the SDK's local models: (module, constructor's name, model).
+_LOCAL_MODEL_SITES = (
+    ("livekit.agents.inference.eot.transports", "_EOT", "eot"),
+    ("livekit.agents.inference.vad", "_NativeVAD", "vad"),
+)
+_local_models_used: set[str] = set()
+
+
+def track_local_models() -> None:
+    """Notice when a job constructs one of the SDK's local models; ``local_models_used`` says.
+
+    The models are the end-of-turn model and the VAD of ``livekit.agents.inference``. Call
+    after the SDK was imported; done in a template, it holds in every process forked from it.
+    Versions without these models (before 1.8.2) track nothing.
+    """
+    for module_name, attribute, model in _LOCAL_MODEL_SITES:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        original = getattr(module, attribute, None)
+        if original is None or getattr(original, "_lksup_model", None):
+            continue
+
+        def constructor(*args: Any, _made: Any = original, _model: str = model, **kw: Any) -> Any:
+            _local_models_used.add(_model)
+            return _made(*args, **kw)
+
+        constructor._lksup_model = model  # type: ignore[attr-defined]
+        setattr(module, attribute, constructor)
+
+
+def local_models_used() -> tuple[str, ...]:
+    """The local models (``"eot"``, ``"vad"``) constructed in this process so far, sorted."""
+    return tuple(sorted(_local_models_used))
 
 
 def start_rtc_runtime() -> None:

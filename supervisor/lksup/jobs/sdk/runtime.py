@@ -113,6 +113,7 @@ def prepare(init: Initialize) -> Prepared:
     except Exception as exc:  # installed but broken (a missing native library...)
         detail = describe_exception(exc, with_location=True)
         raise LoadError(f"livekit-agents cannot be imported: {detail}") from None
+    adapter.track_local_models()
     run_prewarm(functions, job_proc, ref=init.prewarm)
     return Prepared(version=version, functions=functions, job_proc=job_proc)
 
@@ -263,7 +264,12 @@ class SdkJob:
         if not error and failure is not None:
             error = f"the job could not run: {describe_exception(failure)}"
         reason = self.host.exit_reason or "job ended"
-        return JobEnded(job_id=self.job_id, error=error, reason=reason)
+        return JobEnded(
+            job_id=self.job_id,
+            error=error,
+            reason=reason,
+            local_models=adapter.local_models_used(),
+        )
 
 
 class SdkRuntime(IpcLoop):
