@@ -275,6 +275,10 @@ class Daemon:
             fleet=fleet.model_dump(mode="json", by_alias=True, context=REVEAL),
             source=source,
             values=values,
+            # at start nothing runs that a bad file could break: each agent reports its own
+            # import or reference failure (backoff, reason in status) while the others start
+            # at once, instead of all of them waiting for every agent's imports to be checked
+            check=False,
         )
 
     async def _announce_ready(self, supervisor: Supervisor) -> None:
