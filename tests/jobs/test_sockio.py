@@ -11,7 +11,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from lksup.jobs.sockio import receive
+from lksup.jobs.sockio import SocketReceiver, receive, receive_fds
 
 pytestmark = pytest.mark.anyio
 
@@ -64,11 +64,52 @@ async def _read_until_cancelled(
     done.set()
 
 
-async def test_a_reader_cancelled_as_its_data_lands_logs_nothing() -> None:
+async def _receive_fds(sock: socket.socket) -> bytes:
+    data, _fds = await receive_fds(sock)
+    return data
+
+
+async def _receiver(sock: socket.socket) -> bytes:
+    return await SocketReceiver(sock).receive()
+
+
+@pytest.mark.parametrize("read", [receive, _receive_fds, _receiver])
+async def test_a_reader_cancelled_as_its_data_lands_logs_nothing(read: Reader) -> None:
     """Regression: about one job in thirty logged an error-level "Exception in callback
     Future.set_result(None) ... InvalidStateError" from its job process (anyio's socket
-    stream resolves its wait future from a queued add_reader callback)."""
-    assert await cancelled_as_data_lands(receive) == []
+    stream resolves its wait future from a queued add_reader callback). The same readers
+    serve templates' control sockets (with descriptors) and forked processes' output."""
+    assert await cancelled_as_data_lands(read) == []
+
+
+async def test_receive_fds_passes_descriptors_with_the_bytes() -> None:
+    left, right = socket.socketpair()
+    passed, kept = socket.socketpair()
+    with left, right, passed, kept:
+        right.setblocking(False)
+        socket.send_fds(left, [b"fork"], [passed.fileno()])
+        data, fds = await receive_fds(right)
+        assert data == b"fork"
+        assert len(fds) == 1
+        with socket.socket(fileno=fds[0]) as received:
+            received.sendall(b"through")
+            assert kept.recv(16) == b"through"
+        left.close()
+        assert await receive_fds(right) == (b"", [])
+
+
+async def test_a_socket_receiver_ends_and_closes_as_an_anyio_stream() -> None:
+    left, right = socket.socketpair()
+    receiver = SocketReceiver(right)
+    with left:
+        left.sendall(b"line\n")
+        assert await receiver.receive() == b"line\n"
+        left.close()
+        with pytest.raises(anyio.EndOfStream):
+            await receiver.receive()
+    await receiver.aclose()
+    with pytest.raises(anyio.ClosedResourceError):
+        await receiver.receive()
 
 
 async def test_receive_reads_then_reports_the_end_of_the_stream() -> None:

@@ -35,9 +35,10 @@ from dataclasses import dataclass, field
 
 import anyio
 import anyio.abc
-from anyio.abc import UNIXSocketStream
+from anyio.abc import SocketAttribute
 
 from lksup.jobs import ipc
+from lksup.jobs.sockio import SocketReceiver, receive_fds
 from lksup.monitors.memory_policy import MemoryPolicy
 from lksup.monitors.monitor import Monitor
 from lksup.pool.process import (
@@ -93,8 +94,8 @@ class ForkedProcess:
         self,
         pid: int,
         pidfd: int,
-        stdout: UNIXSocketStream,
-        stderr: UNIXSocketStream,
+        stdout: SocketReceiver,
+        stderr: SocketReceiver,
         template: TemplateProcess,
     ) -> None:
         self._pid = pid
@@ -210,7 +211,10 @@ class TemplateProcess(WorkerProcess):
 
     async def _receive(self) -> bytes:
         assert self._stream is not None
-        data, fds = await self._stream.receive_fds(65536, 16)
+        try:
+            data, fds = await receive_fds(self._stream.extra(SocketAttribute.raw_socket))
+        except OSError as exc:
+            raise anyio.BrokenResourceError from exc
         self._fds.extend(fds)
         if not data:
             raise anyio.EndOfStream
@@ -267,11 +271,7 @@ class TemplateProcess(WorkerProcess):
             err_child.close()
         pid, pidfd = forked
         child = ForkedProcess(
-            pid,
-            pidfd,
-            await UNIXSocketStream.from_socket(out_parent),
-            await UNIXSocketStream.from_socket(err_parent),
-            self,
+            pid, pidfd, SocketReceiver(out_parent), SocketReceiver(err_parent), self
         )
         if pid in self._early_exits:
             child.exited(self._early_exits.pop(pid))
