@@ -189,6 +189,49 @@ async def test_offer_without_a_warm_process_starts_one_on_demand(agent_dir: Path
         assert reporter.ended == {"AJ_1": None}
 
 
+async def test_once_starts_succeed_an_offer_is_accepted_while_its_process_starts(
+    agent_dir: Path, launch: str
+) -> None:
+    """With no warm process, the first offer waits for its process (a start may fail); once
+    starts have succeeded, an offer is answered at once and its process starts meanwhile, so
+    the start overlaps the assignment's round trip; the job then runs in that process."""
+    async with running_pool(spec(agent_dir), num_idle=0, launch=launch) as pool:
+        reporter = Reporter()
+        first = await pool.decide(OfferReceived(make_job("AJ_1")))
+        assert isinstance(first, Accept)
+        assert "AJ_1" in pool.reserved  # its process was started before the answer
+        await pool.run_job(JobAssigned(make_job("AJ_1"), token="jwt"), reporter)
+        second = await pool.decide(OfferReceived(make_job("AJ_2")))
+        assert second == Accept("agent-AJ_2", "", "", {})
+        assert "AJ_2" in pool.early  # answered before its process is ready
+        assert "AJ_2" not in pool.reserved
+        await pool.run_job(JobAssigned(make_job("AJ_2"), token="jwt"), reporter)
+        assert reporter.ended == {"AJ_1": None, "AJ_2": None}
+        assert pool.early == {}
+        # an offer released before its assignment leaves the process it started warm
+        await pool.decide(OfferReceived(make_job("AJ_3")))
+        assert "AJ_3" in pool.early
+        pool.release("AJ_3")
+        await wait_for(pool, lambda: len(pool.idle) == 1)
+        assert pool.idle[0].state is ProcessState.READY
+        assert pool.reserved == {}
+
+
+async def test_a_request_function_is_never_answered_before_its_process_runs_it(
+    agent_dir: Path,
+) -> None:
+    async with running_pool(
+        spec(agent_dir, request_fnc="pool_test_agent:request"), num_idle=0
+    ) as pool:
+        reporter = Reporter()
+        await offer_and_run(pool, reporter, make_job("AJ_1", room="yes-1"))
+        answer = await pool.decide(OfferReceived(make_job("AJ_2", room="yes-2")))
+        assert isinstance(answer, Accept)
+        assert answer.identity == "chosen-AJ_2"  # the request function's own answer
+        assert pool.early == {}
+        pool.release("AJ_2")
+
+
 async def test_failing_prewarm_puts_the_agent_in_backoff(agent_dir: Path, launch: str) -> None:
     failing = spec(agent_dir, env={"FAIL_PREWARM": "1"})
     backoff = Backoff(initial_delay=0.2, factor=2, max_delay=1, jitter=0)

@@ -108,6 +108,13 @@ class _Accepted:
     accepted_at: float
 
 
+@dataclass(eq=False)
+class _EarlyStart:
+    """A process started for an offer accepted before the process was ready."""
+
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
 @dataclass(frozen=True)
 class RequestPolicy:
     """The declarative request policy (see ``lksup.fleet.schema.RequestPolicy``)."""
@@ -234,6 +241,8 @@ class AgentPool:
         self.reserved: dict[str, WorkerProcess] = {}
         self.running: dict[str, WorkerProcess] = {}
         self._accepted: dict[str, _Accepted] = {}
+        self.early: dict[str, _EarlyStart] = {}
+        """Accepted offers whose process is still starting (``_start_early``), by job id."""
         self._assignment_delays: deque[float] = deque(maxlen=ASSIGNMENT_DELAYS_KEPT)
         self.ending: set[WorkerProcess] = set()
         """Processes whose job reported its outcome and that are still shutting down (their
@@ -472,6 +481,46 @@ class AgentPool:
     def _has_room(self, process: WorkerProcess) -> bool:
         return self._load(process) < self.spec.max_jobs
 
+    def _may_start_early(self) -> bool:
+        """Accept an offer at once and start its process meanwhile (``_start_early``)?
+
+        Only when no warm process is ready, the agent's process starts have been succeeding
+        (at least one, no failure since) and no request function must run in the process
+        first: the start then overlaps the server's assignment round trip, as the SDK's
+        worker, which answers at once and launches its process on assignment, overlaps it.
+        One job per process only: a thread host packs jobs into the hosts it has.
+        """
+        if self.spec.request_fnc or self.spec.max_jobs > 1 or self._closed:
+            return False
+        if any(p.alive and p.state is ProcessState.READY for p in self.idle):
+            return False
+        return self.stats.spawned > 0 and self.consecutive_failures == 0 and not self.in_backoff
+
+    def _start_early(self, job_id: str) -> None:
+        """Start a process for the accepted ``job_id``; reserved for it once ready.
+
+        ``run_job`` waits for it. If the offer is released first, the process joins the idle
+        set; if it fails to start, the job gets another process or fails with the reason.
+        """
+        assert self._tg is not None
+        early = self.early[job_id] = _EarlyStart()
+        self.starting += 1
+
+        async def start() -> None:
+            process: WorkerProcess | None = None
+            try:
+                process = await self._start_process()
+            finally:
+                if process is not None and self.early.get(job_id) is early:
+                    self.reserved[job_id] = process
+                    process.state = ProcessState.RESERVED
+                elif process is not None and not self._closed:  # released meanwhile
+                    self.idle.append(process)
+                    self._changed()
+                early.done.set()
+
+        self._tg.start_soon(start, name=f"process for job {job_id}")
+
     async def _acquire(self) -> WorkerProcess | None:
         """A READY process for an offer: an idle one, or a new one (the caller bounds the wait)."""
         if self.spec.max_jobs > 1:  # thread hosts stay in the idle set while they have room
@@ -510,6 +559,15 @@ class AgentPool:
             return Decline(reason="stopping")
         if self.monitor is not None and self.monitor.over_budget:
             return Decline(reason="memory budget exceeded")
+        values = {"job_id": job.id, "agent_name": self.spec.agent_name, "room": job.room_name}
+        if self._may_start_early():
+            self._start_early(job.id)
+            return Accept(
+                self.policy.fill(self.policy.identity, **values),
+                self.policy.fill(self.policy.name, **values),
+                self.policy.metadata,
+                dict(self.policy.attributes),
+            )
         process = await self._acquire()
         if process is None:
             return Decline(reason=self.last_failure or "no job process available")
@@ -521,7 +579,6 @@ class AgentPool:
                 self.idle.append(process)  # started for this offer: it takes the next ones too
         else:
             process.state = ProcessState.RESERVED
-        values = {"job_id": job.id, "agent_name": self.spec.agent_name, "room": job.room_name}
         identity = self.policy.fill(self.policy.identity, **values)
         name = self.policy.fill(self.policy.name, **values)
         if not self.spec.request_fnc:
@@ -563,6 +620,7 @@ class AgentPool:
     def release(self, job_id: str) -> None:
         """An accepted offer will not be assigned: its process goes back to the idle set."""
         self._accepted.pop(job_id, None)
+        self.early.pop(job_id, None)  # a process still starting for it joins the idle set
         process = self.reserved.pop(job_id, None)
         if process is None:
             return
@@ -630,6 +688,10 @@ class AgentPool:
         accepted = self._accepted.pop(job.id, None)
         if accepted is not None:
             self._assignment_delays.append(assigned_at - accepted.accepted_at)
+        early = self.early.get(job.id)
+        if early is not None:  # accepted while its process was starting
+            await early.done.wait()
+            self.early.pop(job.id, None)
         process = self.reserved.pop(job.id, None)
         if process is None or not process.alive:
             process = await self._acquire()
