@@ -149,7 +149,7 @@ async def gone(pids: list[int], timeout: float) -> None:
 
 
 async def test_dev_fleet_runs_takes_jobs_and_drains_on_sigterm() -> None:
-    async with daemon("fleets/dev.yaml", "--set", "hold_seconds=2") as d:
+    async with daemon("fleets/dev.yaml", "--set", "hold_seconds=5") as d:
         await d.wait_ready(3)
         code, out, err = await d.cli("status")
         assert code == 0, err
@@ -157,10 +157,10 @@ async def test_dev_fleet_runs_takes_jobs_and_drains_on_sigterm() -> None:
         for agent in ("customer-service", "sales", "survey"):
             code, out, err = await d.cli("dispatch", agent, "--room", f"{agent}-room")
             assert code == 0, err
-        with anyio.fail_after(20):
+        with anyio.fail_after(20):  # every agent runs its job (held 5 s) when SIGTERM comes
             while True:
                 code, out, _ = await d.cli("status", "-o", "json")
-                if '"jobs": 1' in out:
+                if code == 0 and all(i["jobs"] == 1 for i in json.loads(out)["items"]):
                     break
         d.process.send_signal(signal.SIGTERM)
         with anyio.fail_after(60):
@@ -182,6 +182,8 @@ async def test_dev_fleet_runs_takes_jobs_and_drains_on_sigterm() -> None:
         assert "survey job started: room=survey-room" in text
         assert "support job done: room=customer-service-room" in text
         assert "survey job done: room=survey-room" in text
+        # idle processes the drain stopped are not reported as having exited on their own
+        assert "idle job process" not in text
 
 
 async def test_second_sigterm_forces_exit_and_kill_leaves_no_children() -> None:
@@ -1026,3 +1028,29 @@ async def test_status_keeps_a_job_process_that_did_not_start_and_when(tmp_path: 
         assert item["last_failure_at"].endswith("+00:00")
         code, out, err = await d.cli("status")
         assert "last failure " in out
+
+
+async def test_run_starts_the_fleet_while_one_agent_cannot_import(tmp_path: Path) -> None:
+    """Regression: the start-up apply ran apply's import checks, so every agent waited for all
+    of them (ten heavy agents registered after 12 s instead of at once), and one agent that
+    could not import kept the whole fleet from starting. At start each agent reports its own
+    failure; the others run."""
+    fleet = write_fleet(
+        tmp_path,
+        "partly-broken",
+        f"defaults: {{working_dir: {ROOT}}}\n"
+        "agents:\n"
+        "  fine: {entrypoint: fleets.agents.survey:entrypoint}\n"
+        "  broken: {entrypoint: no_such_agent_module:entrypoint}\n",
+    )
+    async with daemon(str(fleet)) as d:
+        with anyio.fail_after(60):
+            while True:
+                code, out, _ = await d.cli("status", "-o", "json")
+                items = {i["name"]: i for i in json.loads(out)["items"]} if code == 0 else {}
+                failure = (items.get("broken") or {}).get("last_failure") or ""
+                if (items.get("fine") or {}).get("ready") and "no_such_agent_module" in failure:
+                    break
+                assert d.process.returncode is None, d.log.read_text()[-3000:]
+                await anyio.sleep(0.1)  # status is the observable
+        assert items["broken"]["ready"] is False

@@ -161,6 +161,14 @@ def initialise(
     return runtime
 
 
+def start_rtc_runtime() -> None:
+    """Start livekit-rtc's runtime while the process is idle, not inside a job's start."""
+    try:
+        adapter.start_rtc_runtime()
+    except Exception:  # the job's own rtc.Room() will say what is wrong
+        logger.debug("Cannot start livekit-rtc's runtime ahead of a job.", exc_info=True)
+
+
 class SdkJob:
     """One SDK job's side of lksup's IPC: the hooks the SDK's runner calls, and how it ended.
 
@@ -301,10 +309,7 @@ class SdkRuntime(IpcLoop):
         self, sock: socket.socket, decoder: FrameDecoder, received: list[bytes]
     ) -> ExitCode:
         """Serve until the process should exit; returns its exit code (see ``ChildRuntime``)."""
-        try:
-            adapter.start_rtc_runtime()  # while idle, not inside the job's start
-        except Exception:  # the job's own rtc.Room() will say what is wrong
-            logger.debug("Cannot start livekit-rtc's runtime ahead of a job.", exc_info=True)
+        start_rtc_runtime()
         self._done = anyio.Event()
         self._channel = adapter.new_channel()
         self._main = asyncio.get_running_loop().create_task(

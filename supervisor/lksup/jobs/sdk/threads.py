@@ -29,7 +29,7 @@ from lksup.jobs.ipc import ExitCode, InferenceResponse, Initialize, StartJob
 from lksup.jobs.loader import describe_exception
 from lksup.jobs.runtime import IpcLoop
 from lksup.jobs.sdk import adapter
-from lksup.jobs.sdk.runtime import SdkJob, SdkRuntime
+from lksup.jobs.sdk.runtime import SdkJob, SdkRuntime, start_rtc_runtime
 from lksup.jobs.threads import JobThread, ThreadJobs
 
 if TYPE_CHECKING:
@@ -116,10 +116,7 @@ class SdkThreadHost(ThreadJobs, SdkRuntime):
         self, sock: socket.socket, decoder: FrameDecoder, received: list[bytes]
     ) -> ExitCode:
         """Serve the supervisor's messages; jobs run on their own threads meanwhile."""
-        try:
-            adapter.start_rtc_runtime()  # while idle, not inside a job's start
-        except Exception:  # the job's own rtc.Room() will say what is wrong
-            logger.debug("Cannot start livekit-rtc's runtime ahead of a job.", exc_info=True)
+        start_rtc_runtime()
         self._bind_host_loop()
         return await IpcLoop.serve(self, sock, decoder, received)
 
