@@ -39,10 +39,10 @@ from google.protobuf.message import DecodeError
 from livekit.protocol import agent
 
 from lksup.jobs.channel import Outbox, arm_exit_watchdog, set_thread_job
-from lksup.jobs.context import JobContext, JobProcess
+from lksup.jobs.context import JobContext
 from lksup.jobs.framing import FrameDecoder
 from lksup.jobs.ipc import ExitCode, Initialize, JobEnded, StartJob
-from lksup.jobs.loader import AgentFunctions, describe_exception
+from lksup.jobs.loader import describe_exception
 from lksup.jobs.runner import JobRun
 from lksup.jobs.runtime import EOF_CLEANUP_TIMEOUT, EXIT_TIMEOUT, ChildRuntime
 
@@ -148,6 +148,10 @@ class ThreadJobs:
     if TYPE_CHECKING:
 
         def _finish(self) -> None: ...  # the IpcLoop's
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # the IpcLoop subclass's own arguments
+        self._init_threads()
 
     def _init_threads(self) -> None:
         self._jobs: dict[str, JobThread[Any]] = {}
@@ -267,17 +271,6 @@ class _ThreadJob(JobThread[JobRun]):
 
 class ThreadHost(ThreadJobs, ChildRuntime):
     """A job process that runs up to ``init.max_jobs`` jobs at once (see module docstring)."""
-
-    def __init__(
-        self,
-        *,
-        init: Initialize,
-        functions: AgentFunctions,
-        proc: JobProcess,
-        outbox: Outbox,
-    ) -> None:
-        super().__init__(init=init, functions=functions, proc=proc, outbox=outbox)
-        self._init_threads()
 
     async def serve(
         self, sock: socket.socket, decoder: FrameDecoder, received: list[bytes]

@@ -108,7 +108,6 @@ class SdkThreadHost(ThreadJobs, SdkRuntime):
     def __init__(self, *, init: Initialize, outbox: Outbox, prepared: Prepared) -> None:
         super().__init__(init=init, outbox=outbox, request_fnc=prepared.functions.request_fnc)
         self.prepared = prepared
-        self._init_threads()
         self._requests: dict[str, _SdkThreadJob] = {}
         self._requests_lock = threading.Lock()
 
