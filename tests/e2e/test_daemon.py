@@ -1019,14 +1019,20 @@ async def test_status_keeps_a_job_process_that_did_not_start_and_when(tmp_path: 
         "agents:\n  flaky: {entrypoint: flaky_agent:entrypoint, prewarm: flaky_agent:prewarm}\n",
     )
     async with daemon(str(fleet)) as d:
-        await d.wait_ready(1)  # after one failed start and its backoff
-        code, out, err = await d.cli("status", "-o", "json")
-        assert code == 0, err
-        (item,) = json.loads(out)["items"]
+        with anyio.fail_after(60):  # registered at once; warm after one failed start
+            while True:
+                code, out, _ = await d.cli("status", "-o", "json")
+                items = json.loads(out)["items"] if code == 0 else []  # 4: not up yet
+                if items and items[0]["ready"] and items[0]["idle"] == 1:
+                    item = items[0]
+                    break
+                assert d.process.returncode is None, d.log.read_text()[-3000:]
+                await anyio.sleep(0.1)  # status is the observable
         assert item["last_failure"].startswith("a job process did not start: ")
         assert "model download failed" in item["last_failure"]
         assert item["last_failure_at"].endswith("+00:00")
         code, out, err = await d.cli("status")
+        assert code == 0, err
         assert "last failure " in out
 
 
