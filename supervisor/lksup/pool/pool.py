@@ -560,14 +560,12 @@ class AgentPool:
         if self.monitor is not None and self.monitor.over_budget:
             return Decline(reason="memory budget exceeded")
         values = {"job_id": job.id, "agent_name": self.spec.agent_name, "room": job.room_name}
+        identity = self.policy.fill(self.policy.identity, **values)
+        name = self.policy.fill(self.policy.name, **values)
+        declarative = Accept(identity, name, self.policy.metadata, dict(self.policy.attributes))
         if self._may_start_early():
             self._start_early(job.id)
-            return Accept(
-                self.policy.fill(self.policy.identity, **values),
-                self.policy.fill(self.policy.name, **values),
-                self.policy.metadata,
-                dict(self.policy.attributes),
-            )
+            return declarative
         process = await self._acquire()
         if process is None:
             return Decline(reason=self.last_failure or "no job process available")
@@ -579,11 +577,9 @@ class AgentPool:
                 self.idle.append(process)  # started for this offer: it takes the next ones too
         else:
             process.state = ProcessState.RESERVED
-        identity = self.policy.fill(self.policy.identity, **values)
-        name = self.policy.fill(self.policy.name, **values)
         if not self.spec.request_fnc:
             await self._await_job(process, job.id)
-            return Accept(identity, name, self.policy.metadata, dict(self.policy.attributes))
+            return declarative
         answer = await process.offer(
             ipc.OfferRequest(
                 job=job.wire,
