@@ -20,6 +20,16 @@ if [ "$built" -eq 3 ] && [ -z "${CI:-}" ]; then
 elif [ "$built" -ne 0 ]; then
   echo "building livekit-server failed (exit $built)"; status=1
 fi
+echo "== deploy/kubernetes (the Go checker tests/deploy runs, built once)"
+set +e
+"$root/scripts/validate-deploy.sh" >/dev/null
+checked=$?
+set -e
+if [ "$checked" -eq 3 ] && [ -z "${CI:-}" ]; then
+  echo "Go is not installed: the Kubernetes manifest tests will be skipped"
+elif [ "$checked" -ne 0 ]; then
+  echo "checking the Kubernetes manifests failed (exit $checked)"; status=1
+fi
 echo "== livekit-agents 1.6.10 environment (the oldest end of the supported SDK window)"
 "$root/scripts/sdk-venv.sh" 1.6.10 >/dev/null || { echo "creating it failed"; status=1; }
 echo "== pytest"
