@@ -46,7 +46,9 @@ var decoder = func() runtime.Decoder {
 
 // BuildDir runs kustomize (krusty, in this process) on dir and decodes every object.
 func BuildDir(fsys filesys.FileSystem, dir string) (*Build, error) {
-	resources, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(fsys, dir)
+	options := krusty.MakeDefaultOptions()
+	options.Reorder = krusty.ReorderOptionLegacy // the order `kubectl kustomize` prints
+	resources, err := krusty.MakeKustomizer(options).Run(fsys, dir)
 	if err != nil {
 		return nil, fmt.Errorf("%s: kustomize build: %w", dir, err)
 	}
