@@ -12,6 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "supervisor" / "lksup"
 
 PURE = {
     "lksup.errors",
+    "lksup.fleet.budget",
     "lksup.fleet.durations",
     "lksup.fleet.loadexpr",
     "lksup.fleet.schema",

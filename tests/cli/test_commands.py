@@ -304,3 +304,53 @@ def test_run_checks_its_addresses_before_starting_anything(
     assert f"Invalid value for '{option}'" in result.stderr
     assert "HOST:PORT" in result.stderr
     assert not (tmp_path / "s.sock").exists()
+
+
+STOPPING = BASE.replace("defaults:\n", "supervisor: {drain_timeout: 5m}\ndefaults:\n").replace(
+    "    load_threshold: 0.6\n", "    load_threshold: 0.6\n    shutdown_process_timeout: 30s\n"
+)
+
+
+def test_stop_budget_adds_the_drain_and_the_slowest_stop_sequence(tmp_path: Path) -> None:
+    fleet = _write(tmp_path, "fleet.yaml", STOPPING)
+    text = run_cli("stop-budget", str(fleet))
+    assert text.exit_code == 0, text.stderr
+    assert "347 s = drain_timeout 300 s + shutdown_process_timeout 30 s (agent 'support')" in (
+        text.stdout
+    )
+    seconds = run_cli("stop-budget", str(fleet), "-o", "seconds")
+    assert seconds.stdout == "347\n"
+    document = json.loads(run_cli("stop-budget", str(fleet), "-o", "json").stdout)
+    assert document["kind"] == "StopBudget"
+    assert document["seconds"] == 347
+    assert document["slowestAgent"] == "support"
+
+
+def test_stop_budget_of_a_drain_without_deadline_fails(tmp_path: Path) -> None:
+    forever = _write(
+        tmp_path, "fleet.yaml", STOPPING.replace("drain_timeout: 5m", "drain_timeout: 0")
+    )
+    result = run_cli("stop-budget", str(forever), "-o", "seconds")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert "unbounded: supervisor.drain_timeout is 0" in result.stderr
+
+
+def test_validate_fails_when_the_stop_timeout_is_shorter_than_the_budget(tmp_path: Path) -> None:
+    fleet = _write(tmp_path, "fleet.yaml", STOPPING)
+    short = run_cli("validate", str(fleet), "--stop-timeout", "5m")
+    assert short.exit_code == 1
+    line = STOPPING.splitlines().index("supervisor: {drain_timeout: 5m}") + 1
+    assert f"{fleet}:{line}:" in short.stderr
+    assert "longer than the stop timeout of 300 s" in short.stderr
+    assert "at least 347 s" in short.stderr
+    assert run_cli("validate", str(fleet), "--stop-timeout", "347").exit_code == 0
+    report = json.loads(run_cli("validate", str(fleet), "-o", "json").stdout)
+    assert report["files"][0]["stopBudgetSeconds"] == 347
+    forever = _write(
+        tmp_path, "forever.yaml", STOPPING.replace("drain_timeout: 5m", "drain_timeout: 0")
+    )
+    unbounded = run_cli("validate", str(forever), "--stop-timeout", "10m")
+    assert unbounded.exit_code == 1
+    assert "set supervisor.drain_timeout to at most 553 s" in unbounded.stderr
+    assert run_cli("validate", str(fleet), "--stop-timeout", "soon").exit_code == 2

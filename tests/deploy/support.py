@@ -1,16 +1,12 @@
 """What the deployment tests share: the stop budget of a fleet, and the tools they need.
 
-The stop budget is the worst case from SIGTERM to the supervisor's exit: the fleet-wide drain
-(``supervisor.drain_timeout``), then the stop sequence of what is left, run on every process at
-once (``shutdown_process_timeout`` of the slowest agent, then SIGTERM and the term grace), plus
-a margin for the templates, the connections and the process's own exit. Every layer that
-bounds a stop (``terminationGracePeriodSeconds``, ``TimeoutStopSec``, ``docker stop --time``)
-must be at least this.
+The stop budget (``lksup.fleet.budget``, ``lksup stop-budget``) is the worst case from SIGTERM
+to the supervisor's exit. Every layer that bounds a stop (``terminationGracePeriodSeconds``,
+``TimeoutStopSec``, ``docker stop --time``) must be at least this.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -18,22 +14,9 @@ from typing import NoReturn
 
 import pytest
 
+from lksup.fleet import budget
 from lksup.fleet.loading import load_fleet
 from lksup.fleet.schema import Fleet
-from lksup.pool.process import ProcessSpec
-
-
-def _spec_default(name: str) -> float:
-    for spec_field in dataclasses.fields(ProcessSpec):
-        if spec_field.name == name and isinstance(spec_field.default, float):
-            return spec_field.default
-    raise AssertionError(f"ProcessSpec has no float field {name!r}")
-
-
-#: Time a process gets after SIGTERM before SIGKILL, in lksup's stop sequence.
-TERM_GRACE = _spec_default("term_grace")
-#: For what the stop sequence does not bound: templates, connections, the interpreter's exit.
-MARGIN = 15.0
 
 #: Dummy values for the secret references of the example fleets (``validate --strict``
 #: resolves every one).
@@ -51,11 +34,10 @@ def load(path: Path) -> Fleet:
 
 def stop_budget(fleet: Fleet) -> float:
     """Seconds from SIGTERM to exit in the worst case (see the module docstring)."""
-    drain = fleet.supervisor.drain_timeout
-    if not drain:
+    total = budget.stop_budget(fleet).total
+    if total is None:
         pytest.fail("supervisor.drain_timeout is 0 (wait forever): no stop timeout covers it")
-    stop = max((agent.shutdown_process_timeout for agent in fleet.agents.values()), default=0.0)
-    return drain + stop + TERM_GRACE + MARGIN
+    return total
 
 
 def require_tool(name: str) -> str:

@@ -153,8 +153,11 @@ async def test_status_check_jobs_wide_reload_drain_undrain_and_sigquit() -> None
             assert len(wide_rows[name]) > len(rows[name])
             assert before[name]["worker_id"] in wide_rows[name]
         # and the templates the job processes were forked from: one shared base, one per agent
-        section = out.split("\n\n")[-1].splitlines()
+        (section,) = [
+            part.splitlines() for part in out.split("\n\n") if part.startswith("TEMPLATE")
+        ]
         assert section[0].split() == ["TEMPLATE", "PID", "FORKS", "MEM"]
+        assert out.rstrip().splitlines()[-1].startswith("fleet dev, revision ")  # last
         templates = {line.split()[0]: line.split() for line in section[1:]}
         assert sorted(templates) == sorted(["(base)", *AGENTS])
         assert templates["(base)"][2] == "3"  # the agents' templates
@@ -544,6 +547,84 @@ async def test_supervisor_http_in_the_fleet_file_starts_the_listener(tmp_path: P
             assert answer.status_code == 200
             with pytest.raises(httpx.ConnectError):
                 await client.get(base + "/livez")
+        d.process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(30):
+            assert await d.process.wait() == 0
+
+
+def kubelet_update(directory: Path, version: int, text: str) -> None:
+    """Update a mounted ConfigMap as the kubelet does: the file is ``fleet.yaml`` ->
+    ``..data/fleet.yaml``; a new timestamped directory is written, ``..data`` is swapped to it
+    with a rename, and the old directory is deleted."""
+    fresh = directory / f"..2026_11_30_{version:02d}"
+    fresh.mkdir()
+    (fresh / "fleet.yaml").write_text(text)
+    old = (directory / "..data").resolve() if (directory / "..data").exists() else None
+    (directory / "..data_tmp").symlink_to(fresh.name)
+    (directory / "..data_tmp").rename(directory / "..data")
+    if not (directory / "fleet.yaml").is_symlink():
+        (directory / "fleet.yaml").symlink_to("..data/fleet.yaml")
+    if old is not None:
+        for child in old.iterdir():
+            child.unlink()
+        old.rmdir()
+
+
+async def fleet_status(d: Daemon) -> dict[str, Any]:
+    code, out, err = await d.cli("status", "-o", "json")
+    assert code == 0, err
+    fleet: dict[str, Any] = json.loads(out)["fleet"]
+    return fleet
+
+
+async def test_run_watch_applies_configmap_updates_and_refuses_a_broken_one(
+    tmp_path: Path,
+) -> None:
+    """Regression: the fleet path was resolved through its symlinks, so after a ConfigMap
+    update the daemon re-read a deleted directory ("no such file") on SIGHUP."""
+    mount = tmp_path / "config"
+    mount.mkdir()
+    kubelet_update(mount, 1, DEV_FLEET)
+    fleet = mount / "fleet.yaml"
+    async with daemon(str(fleet), "--watch") as d:
+        await d.wait_ready(3)
+        first = await fleet_status(d)
+        assert first["source"] == str(fleet)  # the link, not today's target
+        assert first["watching"] is True
+        assert first["name"] == "dev"
+        assert first["last_error"] is None
+        code, out, _ = await d.cli("status")
+        assert f"fleet dev, revision {first['revision']}, from {fleet} (watched" in out
+
+        kubelet_update(mount, 2, DEV_FLEET.replace("max_jobs: 4", "max_jobs: 3"))
+        with anyio.fail_after(30):
+            while (now := await fleet_status(d))["revision"] == first["revision"]:
+                await anyio.sleep(0.1)  # status is the observable
+        assert now["last_error"] is None
+        code, out, err = await d.cli("diff", str(fleet))
+        assert code == 0, out + err  # the daemon runs what the new file says
+
+        broken = DEV_FLEET.replace("max_jobs: 4", "max_jobs: many")
+        line = broken.splitlines().index("  max_jobs: many") + 1
+        kubelet_update(mount, 3, broken)
+        with anyio.fail_after(30):
+            while (failed := await fleet_status(d))["last_error"] is None:
+                await anyio.sleep(0.1)
+        assert failed["revision"] == now["revision"]  # nothing changed
+        assert failed["last_error"].startswith(f"watch: {fleet} does not pass its checks")
+        assert f"fleet.yaml:{line}:" in failed["last_error"]
+        code, out, _ = await d.cli("status")
+        assert "last re-apply failed" in out
+        assert "max_jobs" in out
+        code, _, err = await d.cli("status", "--check")
+        assert code == 0, err  # the agents keep running the fleet before it
+
+        kubelet_update(mount, 4, DEV_FLEET.replace("max_jobs: 4", "max_jobs: 2"))
+        with anyio.fail_after(30):
+            while (fixed := await fleet_status(d))["revision"] == now["revision"]:
+                await anyio.sleep(0.1)
+        assert fixed["last_error"] is None
+        assert sum("watch: re-applied" in str(r.get("msg")) for r in records(d)) == 2
         d.process.send_signal(signal.SIGTERM)
         with anyio.fail_after(30):
             assert await d.process.wait() == 0

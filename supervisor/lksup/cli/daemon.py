@@ -28,6 +28,7 @@ from lksup.cli.common import (
 )
 from lksup.errors import FleetError, LksupError
 from lksup.fleet.checks import validate_file
+from lksup.fleet.loading import fleet_path
 from lksup.fleet.schema import check_host_port
 from lksup.reconcile import render as plan_render
 
@@ -72,6 +73,13 @@ def _host_port(_ctx: click.Context, param: click.Parameter, value: str | None) -
     help="Read-only listener for /livez, /readyz, /status and /metrics (else supervisor.http).",
 )
 @click.option(
+    "--watch",
+    is_flag=True,
+    help="Re-apply the fleet file whenever its content changes (GitOps: a git checkout or a "
+    "Kubernetes ConfigMap), with apply's checks; a broken file changes nothing and status "
+    "shows why.",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["json", "console"]),
     help="Log format on stdout (default: console on a terminal, else JSON lines).",
@@ -85,6 +93,7 @@ def run(
     dev: bool,
     dev_server: str | None,
     http: str | None,
+    watch: bool,
     log_format: str | None,
 ) -> None:
     """Run the supervisor in the foreground (for containers and systemd).
@@ -92,11 +101,14 @@ def run(
     With FLEET it applies that file at start; without, it resumes the last applied fleet from
     the state directory. The first SIGTERM or SIGINT drains every agent against the fleet's
     drain_timeout (exit 0 when every job finished, 1 otherwise); a second one stops at once.
-    SIGHUP re-applies the fleet file; SIGQUIT stops at once; SIGUSR1 dumps stacks.
+    SIGHUP re-applies the fleet file (--watch: so does a change of its content, checked every
+    second and applied once it has held still for half a second); SIGQUIT stops at once;
+    SIGUSR1 dumps stacks. `lksup stop-budget FLEET` tells how long a stop can take.
 
     \b
     Examples:
       lksup run fleets/prod.yaml
+      lksup run /etc/lksup/fleet.yaml --watch         # a mounted ConfigMap, kept in git
       lksup run fleets/dev.yaml --dev-server          # no LiveKit deployment needed
     """
     from lksup.daemon.main import DaemonSettings, run_daemon
@@ -113,6 +125,7 @@ def run(
         dev=dev,
         dev_server=dev_server,
         http=http,
+        watch=watch,
     )
     try:
         code = run_daemon(settings)
@@ -189,7 +202,7 @@ def apply(
     if not result.valid or result.loaded is None:
         raise SystemExit(EXIT_FAILED)
     document = result.loaded.fleet.model_dump(mode="json", by_alias=True, context=REVEAL)
-    source = str(Path(fleet).resolve())
+    source = str(fleet_path(fleet))
 
     async def call(client: Any) -> Any:
         return await client.apply(
@@ -338,6 +351,8 @@ def status(
             click.echo("\n" + _inference_table(result.inference))
         if output == "wide" and result.templates:
             click.echo("\n" + _template_table(result.templates))
+        if result.fleet is not None:
+            click.echo("\n" + _fleet_lines(result.fleet))
     if check and not all(item.ready for item in result.items):
         raise SystemExit(EXIT_NOT_READY)
 
@@ -351,6 +366,8 @@ def _watch_status(
             table = _status_table(result.items, wide=wide, show_jobs=show_jobs)
             if result.inference:
                 table += "\n\n" + _inference_table(result.inference)
+            if result.fleet is not None:
+                table += "\n\n" + _fleet_lines(result.fleet)
             if sys.stdout.isatty():
                 click.clear()
             click.echo(table + ("\n" if not sys.stdout.isatty() else ""))
@@ -370,6 +387,21 @@ def _age(started_at: str | None) -> str:
     seconds = (datetime.now(UTC) - datetime.fromisoformat(started_at)).total_seconds()
     text = format_duration(max(0.0, seconds))
     return text[: text.find("m") + 1] if "h" in text or "d" in text else text
+
+
+def _fleet_lines(fleet: Any) -> str:
+    """``fleet NAME revision R from SOURCE``, and the last failed re-apply when there is one."""
+    line = f"fleet {fleet.name}"
+    if fleet.revision:
+        line += f", revision {fleet.revision}"
+    if fleet.source:
+        line += f", from {fleet.source}"
+    if fleet.watching:
+        line += " (watched for changes)"
+    if fleet.last_error:
+        line += f"\nlast re-apply failed {_age(fleet.last_error_at)} ago, nothing changed: "
+        line += fleet.last_error
+    return line
 
 
 def _columns(rows: list[list[str]]) -> list[str]:

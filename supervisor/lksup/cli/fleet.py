@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import click
@@ -11,6 +12,7 @@ from lksup.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
+    DurationType,
     _colour,
     _control,
     _emit,
@@ -22,6 +24,7 @@ from lksup.cli.common import (
     main,
 )
 from lksup.errors import FleetError
+from lksup.fleet.budget import stop_budget as fleet_stop_budget
 from lksup.fleet.checks import ValidationResult, validate_file
 from lksup.fleet.loading import LoadedFleet, load_fleet
 from lksup.fleet.schema import API_VERSION, Fleet, json_schema
@@ -40,6 +43,13 @@ from lksup.reconcile.diff import diff as plan_diff
     help="Import every entrypoint/prewarm/request_fnc in a subprocess with the agent's "
     "environment (the CLI never imports them itself); secrets must resolve.",
 )
+@click.option(
+    "--stop-timeout",
+    type=DurationType(),
+    metavar="DURATION",
+    help="The platform's stop timeout (terminationGracePeriodSeconds, TimeoutStopSec): "
+    "fail when the fleet's stop budget (see `lksup stop-budget`) is longer.",
+)
 @_output_option(["text", "json"], "text")
 def validate(
     fleets: tuple[str, ...],
@@ -47,6 +57,7 @@ def validate(
     assignments: tuple[str, ...],
     strict: bool,
     check_imports: bool,
+    stop_timeout: float | None,
     output: str,
 ) -> None:
     """Check fleet files offline: template, YAML, schema, cross-field rules.
@@ -59,10 +70,17 @@ def validate(
       lksup validate fleets/*.yaml
       lksup validate fleets/prod.yaml --values values/eu.yaml --set replicas=2 --strict
       LIVEKIT_API_SECRET=... lksup validate fleets/prod.yaml --check-imports
+      lksup validate fleets/prod.yaml --stop-timeout 637   # the pod's grace period
     """
     values = _values(values_files, assignments)
     results = [
-        validate_file(path, values=values, strict=strict, check_imports=check_imports)
+        validate_file(
+            path,
+            values=values,
+            strict=strict,
+            check_imports=check_imports,
+            stop_timeout=stop_timeout,
+        )
         for path in fleets
     ]
     if output == "json":
@@ -89,10 +107,12 @@ def validate(
 
 
 def _result_json(result: ValidationResult) -> dict[str, Any]:
+    budget = fleet_stop_budget(result.loaded.fleet) if result.loaded else None
     return {
         "file": result.path,
         "valid": result.valid,
         "agents": list(result.loaded.fleet.agents) if result.loaded else [],
+        "stopBudgetSeconds": budget.total if budget else None,
         "sdkVersions": result.sdk_versions,
         "diagnostics": [
             {
@@ -160,6 +180,55 @@ def render(
         _emit(document)
     else:
         click.echo(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), nl=False)
+
+
+@main.command("stop-budget")
+@click.argument("fleet", metavar="FLEET")
+@_template_options
+@_output_option(["text", "seconds", "json"], "text")
+def stop_budget(
+    fleet: str, values_files: tuple[str, ...], assignments: tuple[str, ...], output: str
+) -> None:
+    """Print the worst-case time from SIGTERM to exit for FLEET, and what it is made of.
+
+    On SIGTERM the fleet drains against supervisor.drain_timeout; the jobs still running then
+    get the stop sequence (shutdown_process_timeout of the slowest agent, then SIGTERM and a
+    grace); a margin covers the rest. Give at least this much to whatever stops lksup:
+    terminationGracePeriodSeconds, TimeoutStopSec, `docker stop --time`. A drain_timeout of 0
+    waits for every job and has no budget: exit 1.
+
+    \b
+    Examples:
+      lksup stop-budget fleets/prod.yaml
+      lksup stop-budget fleets/prod.yaml -o seconds     # 1837: for a manifest or a unit
+      lksup validate fleets/prod.yaml --stop-timeout 30m   # fail when it does not fit
+    """
+    loaded = _load_or_exit(fleet, _values(values_files, assignments), code=EXIT_FAILED)
+    budget = fleet_stop_budget(loaded.fleet)
+    total = budget.total
+    if output == "json":
+        _emit(
+            {
+                "apiVersion": API_VERSION,
+                "kind": "StopBudget",
+                "file": fleet,
+                "seconds": total,
+                "drainTimeoutSeconds": budget.drain,
+                "shutdownProcessTimeoutSeconds": budget.shutdown,
+                "slowestAgent": budget.shutdown_agent,
+                "termGraceSeconds": budget.term_grace,
+                "marginSeconds": budget.margin,
+            }
+        )
+    elif output == "seconds":
+        if total is not None:
+            click.echo(f"{math.ceil(total)}")
+    else:
+        click.echo(f"{fleet}: stop budget {budget.explain()}")
+    if total is None:
+        if output != "text":
+            click.echo(f"{fleet}: stop budget {budget.explain()}", err=True)
+        raise SystemExit(EXIT_FAILED)
 
 
 @main.command()

@@ -37,6 +37,7 @@ __all__ = [
     "ApplyRequest",
     "Condition",
     "ControlApp",
+    "FleetStatus",
     "Health",
     "JobStatus",
     "Match",
@@ -184,6 +185,26 @@ class TemplateStatus(_Document):
     """A base template: what it imported for every agent."""
 
 
+class FleetStatus(_Document):
+    """The applied fleet, as ``lksup status`` shows it above the agents."""
+
+    name: str
+    """``metadata.name``."""
+    revision: str | None = None
+    """The revision applied (``lksup diff``/``apply`` print it; the state directory keeps it)."""
+    source: str | None = None
+    """The file it was applied from (SIGHUP and ``run --watch`` re-apply it)."""
+    watching: bool = False
+    """``lksup run --watch``: a change of ``source`` is applied."""
+    last_error: str | None = None
+    """Why the latest re-apply of ``source`` (SIGHUP or ``--watch``) changed nothing; cleared
+    by the next re-apply or apply that succeeds."""
+    last_error_at: str | None = None
+    """RFC 3339 wall-clock time of that failure."""
+
+    _check_last_error_at = field_validator("last_error_at")(_rfc3339)
+
+
 class StatusList(_Document):
     """The answer to ``GET /v1/status``: one item per agent, sorted by name by the daemon."""
 
@@ -194,6 +215,8 @@ class StatusList(_Document):
     """The fleet's inference processes (none unless an agent's imports register runners)."""
     templates: list[TemplateStatus] = Field(default_factory=list)
     """The templates job processes are forked from (process_start zygote or isolated)."""
+    fleet: FleetStatus | None = None
+    """The applied fleet (None: nothing applied yet)."""
 
 
 class Health(_Document):

@@ -23,6 +23,7 @@ from lksup.control.api import (
     AgentStatus,
     ApplyRequest,
     Condition,
+    FleetStatus,
     InferenceStatus,
     JobStatus,
     SimulateRequest,
@@ -34,6 +35,7 @@ from lksup.control.errors import ControlError
 from lksup.daemon import state
 from lksup.daemon.conditions import Facts
 from lksup.daemon.supervisor import AgentSlot, Supervisor
+from lksup.fleet.loading import fleet_path
 from lksup.fleet.normalize import normalize
 from lksup.fleet.schema import Fleet
 from lksup.pool.pool import ENDED_FOR, EndedJob, recent
@@ -112,6 +114,13 @@ class DaemonApp:
         self.source: str | None = None
         self.values: dict[str, Any] = {}  # the template values of ``source``
         self.revision: str | None = None
+        self.watching = False  # ``lksup run --watch``: changes of ``source`` are applied
+        self.reapply_error: tuple[str, float] | None = None
+        """Why the latest re-apply of ``source`` changed nothing, and when (monotonic)."""
+
+    def reapply_failed(self, reason: str) -> None:
+        """A re-apply of ``source`` (SIGHUP, ``--watch``) changed nothing: status shows why."""
+        self.reapply_error = (reason, anyio.current_time())
 
     # --- status --------------------------------------------------------------------------
 
@@ -289,11 +298,26 @@ class DaemonApp:
         if agent is not None:
             if agent not in slots:
                 raise ControlError("not_found", f"no agent named {agent!r}", 404)
-            return StatusList(items=[self.agent_status(slots[agent])])
+            return StatusList(items=[self.agent_status(slots[agent])], fleet=self.fleet_status())
         return StatusList(
             items=[self.agent_status(slots[n]) for n in sorted(slots)],
             inference=self.inference_status(),
             templates=self.template_status(),
+            fleet=self.fleet_status(),
+        )
+
+    def fleet_status(self) -> FleetStatus | None:
+        """The applied fleet: name, revision, source, and the last failed re-apply."""
+        if self.fleet is None:
+            return None
+        error, error_at = self.reapply_error or (None, None)
+        return FleetStatus(
+            name=self.fleet.metadata.name,
+            revision=self.revision,
+            source=self.source,
+            watching=self.watching,
+            last_error=error,
+            last_error_at=_wall(error_at),
         )
 
     def template_status(self) -> list[TemplateStatus]:
@@ -407,10 +431,11 @@ class DaemonApp:
         if request.source is not None:  # relative {file: ...} and working_dir: from its folder
             env = self.supervisor.env
             self.supervisor.env = dataclasses.replace(
-                env, base_dir=Path(request.source).resolve().parent
+                env, base_dir=fleet_path(request.source).parent
             )
         await self.supervisor.apply(effective)
         self.fleet, self.source, self.revision = fleet, request.source, applied.revision
+        self.reapply_error = None
         self.values = dict(request.values)
         return {
             **document,

@@ -50,7 +50,7 @@ from lksup.daemon.notify import Notifier
 from lksup.daemon.supervisor import Supervisor
 from lksup.errors import LksupError
 from lksup.fleet.durations import format_duration
-from lksup.fleet.loading import load_fleet
+from lksup.fleet.loading import fleet_path, load_fleet
 from lksup.fleet.normalize import REVEAL
 from lksup.fleet.schema import Fleet
 from lksup.monitors.monitor import Monitor
@@ -79,6 +79,9 @@ class DaemonSettings:
     dev: bool = False
     dev_server: str | None = None  # "HOST:PORT", or "" for 127.0.0.1:7880
     http: str | None = None  # "HOST:PORT" of the read-only listener (else supervisor.http)
+    watch: bool = False  # re-apply the fleet file when it changes (``Daemon._watch``)
+    watch_interval: float = 1.0
+    watch_debounce: float = 0.5
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
@@ -101,6 +104,7 @@ class Daemon:
         self._forced = False  # a second stop signal forced the stop: exit 1
         self._done = anyio.Event()
         self._reapplying: anyio.CancelScope | None = None  # a SIGHUP re-apply in progress
+        self._watched: dict[str, bytes | str] = {}  # ``--watch``: source -> content last tried
         self._running = False  # started: a failure from now on "stopped" it
 
     def _load(self, path: str, values: dict[str, Any]) -> Fleet:
@@ -131,7 +135,7 @@ class Daemon:
 
     async def _run(self) -> int:
         settings = self.settings
-        base_dir = Path(settings.fleet).resolve().parent if settings.fleet else Path.cwd()
+        base_dir = fleet_path(settings.fleet).parent if settings.fleet else Path.cwd()
         initial = self._initial_fleet()  # an invalid file stops here, before anything started
         async with anyio.create_task_group() as tg:
             env = Environment(environ=settings.environ, base_dir=base_dir)
@@ -166,6 +170,8 @@ class Daemon:
             if self.notifier.enabled:
                 tg.start_soon(self._status_loop, supervisor)
             tg.start_soon(self._signals, tg, supervisor, app)
+            if settings.watch:
+                tg.start_soon(self._watch, app)
             await self._done.wait()
             tg.cancel_scope.cancel()
         return self.exit_code
@@ -258,8 +264,11 @@ class Daemon:
         source: str | None
         values = settings.values
         if settings.fleet is not None:
+            source = str(fleet_path(settings.fleet))
+            with contextlib.suppress(OSError):  # the load says why
+                # read before loading: a change made meanwhile is one ``--watch`` applies
+                self._watched[source] = fleet_path(settings.fleet).read_bytes()
             fleet = self._load(settings.fleet, values)
-            source = str(Path(settings.fleet).resolve())
         else:
             try:
                 applied = state.load(settings.state_dir)
@@ -443,46 +452,57 @@ class Daemon:
             text = output.read().decode(errors="replace").strip()
         return None if process.returncode == 0 else text
 
-    async def _reapply_guarded(self, app: DaemonApp, scope: anyio.CancelScope) -> None:
-        """SIGHUP in a task of its own, so signals keep being handled meanwhile.
+    async def _reapply_guarded(
+        self, app: DaemonApp, scope: anyio.CancelScope, trigger: str = "SIGHUP"
+    ) -> None:
+        """A re-apply in a task of its own, so signals keep being handled meanwhile.
 
-        Whatever goes wrong is logged, and the daemon goes on.
+        Whatever goes wrong is logged, shown by status, and the daemon goes on.
         """
         try:
             with scope:
-                await self._reapply(app)
-        except Exception:
-            log.exception("SIGHUP: the re-apply failed; nothing changed")
+                await self._reapply(app, trigger)
+        except Exception as exc:
+            log.exception("%s: the re-apply failed; nothing changed", trigger)
+            app.reapply_failed(f"{trigger}: the re-apply failed: {_describe(exc)}")
         finally:
             self._reapplying = None
 
-    async def _reapply(self, app: DaemonApp) -> None:
-        """SIGHUP: the checks ``lksup apply`` runs (imports included), then apply.
+    async def _reapply(self, app: DaemonApp, trigger: str) -> None:
+        """Re-apply the applied fleet file (SIGHUP, or a change seen by ``--watch``).
 
-        Any failure is logged and changes nothing; it never stops the daemon.
+        It passes the checks ``lksup apply`` runs (imports included) first. Any failure is
+        logged, kept for status (``DaemonApp.reapply_failed``) and changes
+        nothing; it never stops the daemon.
         """
         source = app.source
         if source is None:
-            log.warning("SIGHUP: no fleet file to re-apply")
+            log.warning("%s: no fleet file to re-apply", trigger)
             return
         if app.supervisor.stopping:
-            log.warning("SIGHUP: ignored while shutting down")
+            log.warning("%s: ignored while shutting down", trigger)
             return
+
+        def failed(headline: str, details: str) -> None:
+            log.error("%s: %s; nothing changed:\n%s", trigger, headline, details)
+            first = details.strip().splitlines()[0] if details.strip() else ""
+            app.reapply_failed(f"{trigger}: {headline}" + (f": {first}" if first else ""))
+
         # rendered with the values it was applied with (by `apply --set`, or `run`), checked
         # like `lksup apply` does: `lksup validate --check-imports` in a child process, which
         # a stop signal kills at once (user code imported in a thread could not be)
         revision = app.revision
         problems = await self._check_source(source, app.values)
         if app.revision != revision:  # an `lksup apply` landed meanwhile: it wins
-            log.warning("SIGHUP: superseded by an apply during its checks; nothing changed")
+            log.warning("%s: superseded by an apply during its checks; nothing changed", trigger)
             return
         if problems is not None:
-            log.error("SIGHUP: %s does not pass its checks; nothing changed:\n%s", source, problems)
+            failed(f"{source} does not pass its checks", problems)
             return
         try:
             fleet = self._load(source, app.values)
         except LksupError as exc:  # changed again since the check
-            log.error("SIGHUP: %s is invalid; nothing changed:\n%s", source, exc)
+            failed(f"{source} is invalid", str(exc))
             return
         request = ApplyRequest(
             fleet=fleet.model_dump(mode="json", by_alias=True, context=REVEAL),
@@ -493,13 +513,58 @@ class Daemon:
         try:
             plan = await app.apply(request)
         except (LksupError, OSError) as exc:  # e.g. it would remove every agent
-            log.error("SIGHUP: %s was not applied; nothing changed: %s", source, exc)
+            failed(f"{source} was not applied", str(exc))
             return
         summary = ", ".join(f"{count} {action}" for action, count in plan["summary"].items())
         rotated = plan.get("secretsChanged") or []
         if rotated:
             summary += f"; replaced for a changed secret: {', '.join(rotated)}"
-        log.info("SIGHUP: re-applied %s (%s)", source, summary)
+        log.info("%s: re-applied %s (%s)", trigger, source, summary)
+
+    async def _watch(self, app: DaemonApp) -> None:
+        """``--watch``: re-apply the applied fleet file whenever its content changes.
+
+        The file is read every ``watch_interval`` seconds (a Kubernetes ConfigMap is replaced
+        by swapping a ``..data`` symlink, which no single inotify watch sees; polling a small
+        file is cheap and sees every kind of update). A change is applied once the content has
+        stayed the same for ``watch_debounce`` seconds, so an editor's several writes make one
+        apply. Content that failed is not retried until it changes again (or SIGHUP).
+        """
+        settings = self.settings
+        seen = self._watched  # source -> the content last applied or tried
+        app.watching = True
+        log.info("watching the fleet file for changes (every %gs)", settings.watch_interval)
+        while True:
+            await anyio.sleep(settings.watch_interval)
+            source = app.source
+            if source is None or app.supervisor.stopping:
+                continue
+            content = await _read_quietly(source)
+            if source not in seen:
+                seen[source] = content  # what was applied from it (at start, or by apply)
+                continue
+            if content == seen[source] or self._reapplying is not None:
+                continue
+            while True:  # debounce: until it holds still
+                await anyio.sleep(settings.watch_debounce)
+                again = await _read_quietly(source)
+                if again == content:
+                    break
+                content = again
+            if content == seen[source] or self._reapplying is not None or app.source != source:
+                continue
+            seen[source] = content
+            log.info("watch: %s changed; re-applying", source)
+            self._reapplying = anyio.CancelScope()
+            await self._reapply_guarded(app, self._reapplying, "watch")
+
+
+async def _read_quietly(path: str) -> bytes | str:
+    """The bytes of ``path``, or why it cannot be read (for ``--watch``'s comparisons)."""
+    try:
+        return await anyio.Path(path).read_bytes()
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc.strerror}"
 
 
 def _describe(error: BaseException) -> str:

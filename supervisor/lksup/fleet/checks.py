@@ -17,6 +17,7 @@ from typing import Any
 
 from lksup.errors import Diagnostic, FleetError, SecretError, Severity
 from lksup.fleet import imports
+from lksup.fleet.budget import stop_budget
 from lksup.fleet.loading import LoadedFleet, load_fleet
 from lksup.fleet.normalize import origin, secret_refs
 from lksup.fleet.secrets import Redactor, resolve
@@ -46,8 +47,14 @@ def validate_file(
     check_imports: bool = False,
     environ: Mapping[str, str] | None = None,
     redactor: Redactor | None = None,
+    stop_timeout: float | None = None,
 ) -> ValidationResult:
-    """Run every check the options ask for on one fleet file."""
+    """Run every check the options ask for on one fleet file.
+
+    ``stop_timeout``: the seconds a platform allows from SIGTERM to exit (Kubernetes'
+    ``terminationGracePeriodSeconds``, systemd's ``TimeoutStopSec``); the fleet's stop budget
+    (``lksup.fleet.budget``) must fit in it.
+    """
     env = os.environ if environ is None else environ
     try:
         loaded = load_fleet(path, values=values, environ=env, strict=strict)
@@ -57,6 +64,8 @@ def validate_file(
     scrub = redactor if redactor is not None else Redactor()
     if strict or check_imports:
         result.diagnostics.extend(_check_secrets(loaded, env, scrub))
+    if stop_timeout is not None:
+        result.diagnostics.extend(_check_stop_timeout(loaded, stop_timeout))
     if check_imports and result.valid:
         report = imports.check_agents(
             loaded.fleet.agents, base_dir=loaded.base_dir, environ=env, redactor=scrub
@@ -67,6 +76,30 @@ def validate_file(
             result.diagnostics.append(_at(loaded, where, problem.message))
     result.diagnostics.sort(key=lambda d: (d.line, d.col))
     return result
+
+
+def _check_stop_timeout(loaded: LoadedFleet, stop_timeout: float) -> list[Diagnostic]:
+    budget = stop_budget(loaded.fleet)
+    total = budget.total
+    if total is not None and total <= stop_timeout:
+        return []
+    if total is None:
+        problem = "supervisor.drain_timeout is 0 (a drain waits for every job, however long)"
+    else:
+        problem = f"stopping this fleet can take {budget.explain()}"
+    message = (
+        f"{problem}, longer than the stop timeout of {stop_timeout:g} s: the platform would "
+        f"SIGKILL the supervisor and its running jobs mid-drain; lower drain_timeout or raise "
+        f"the stop timeout (terminationGracePeriodSeconds, TimeoutStopSec) to at least "
+        f"{(total or 0):g} s"
+    )
+    if total is None:
+        message = (
+            f"{problem}, so no stop timeout ({stop_timeout:g} s given) covers a drain: set "
+            f"supervisor.drain_timeout to at most "
+            f"{max(0.0, stop_timeout - (budget.shutdown + budget.term_grace + budget.margin)):g} s"
+        )
+    return [_at(loaded, ("supervisor", "drain_timeout"), message)]
 
 
 def _check_secrets(

@@ -44,6 +44,16 @@ class LoadedFleet:
         return _locator(self.path, self.positions, self.rendered)(path, "", key=key)
 
 
+def fleet_path(path: str) -> FsPath:
+    """The absolute path of a fleet file, with its symlinks kept.
+
+    A Kubernetes ConfigMap's file is a symlink through ``..data`` to a timestamped directory
+    that the kubelet deletes on the next update: the file must be named, and its relative
+    paths resolved, through the link, never through what it points to today.
+    """
+    return FsPath(os.path.abspath(path))
+
+
 def load_values(files: list[str], assignments: list[str]) -> dict[str, Any]:
     """Merge ``--values`` files (in order) and then ``--set`` assignments.
 
@@ -121,7 +131,7 @@ def load_fleet(
     errors = [d for d in diagnostics if d.severity is Severity.ERROR]
     if errors:
         raise FleetError(errors)
-    base_dir = FsPath(path).resolve().parent if path != "-" else FsPath.cwd()
+    base_dir = fleet_path(path).parent if path != "-" else FsPath.cwd()
     return LoadedFleet(
         path=path,
         written=written,

@@ -36,6 +36,7 @@ import anyio.abc
 from anyio.abc import SocketAttribute, UNIXSocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from lksup.fleet.budget import TERM_GRACE
 from lksup.fleet.secrets import Redactor
 from lksup.jobs import ipc
 from lksup.jobs.framing import FrameDecoder, FramingError
@@ -135,7 +136,7 @@ class ProcessSpec:
     shutdown_grace: float = 15.0
     initialize_timeout: float = 10.0
     shutdown_timeout: float = 10.0
-    term_grace: float = 2.0
+    term_grace: float = TERM_GRACE
     ping_interval: float = 2.5
     ping_timeout: float = 60.0
     max_jobs: int = 1
