@@ -57,4 +57,4 @@ async def test_sales_request_function_picks_the_concierge_for_vip_rooms() -> Non
         assert vip == Accept("vip-AJ_1", "Concierge", "", {"tier": "vip"})
         pool.release("AJ_1")
         other = await pool.decide(OfferReceived(make_job("AJ_2", room="lobby")))
-        assert other == Decline(terminate=True, reason="request function")
+        assert other == Decline(terminate=True, reason="request function", cause="request_fnc")

@@ -48,6 +48,7 @@ async def test_a_job_over_its_limit_is_killed_and_fails_with_the_reason(
         error = reporter.ended["AJ_1"]
         assert error is not None
         assert re.fullmatch(r"memory limit exceeded \(\d+ MB > 120 MB\)", error), error
+        assert pool.stats.failures == {"memory": 1}
         # the pool refills; other jobs are unaffected
         await wait_for(pool, lambda: len(pool.idle) == 1)
         await pool.decide(OfferReceived(make_job("AJ_2")))
@@ -90,7 +91,7 @@ async def test_over_the_fleet_budget_offers_are_declined_until_it_falls(agent_di
             tg.start_soon(pool.run_job, JobAssigned(job, token="jwt"), reporter)
             await wait_for(pool, lambda: monitor.over_budget, timeout=30)
             assert await pool.decide(OfferReceived(make_job("AJ_2"))) == Decline(
-                reason="memory budget exceeded"
+                reason="memory budget exceeded", cause="memory"
             )
             pool.terminate("AJ_1")
         await wait_for(pool, lambda: not monitor.over_budget and len(pool.idle) == 1, timeout=30)

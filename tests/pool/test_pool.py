@@ -59,22 +59,23 @@ async def test_running_is_reported_only_after_the_entrypoint_started(agent_dir: 
 
 
 @pytest.mark.parametrize(
-    ("mode", "error"),
+    ("mode", "error", "kind"),
     [
-        ("", None),
-        ("raise", "RuntimeError: boom"),
-        ("exit3", "job process exited with code 3"),
-        ("segv", "job process killed by signal SIGSEGV"),
-        ("sigkill", "job process killed by signal SIGKILL"),
+        ("", None, None),
+        ("raise", "RuntimeError: boom", "exception"),
+        ("exit3", "job process exited with code 3", "exit_code"),
+        ("segv", "job process killed by signal SIGSEGV", "signal"),
+        ("sigkill", "job process killed by signal SIGKILL", "signal"),
     ],
 )
 async def test_job_outcomes_and_crash_reasons(
-    agent_dir: Path, launch: str, mode: str, error: str | None
+    agent_dir: Path, launch: str, mode: str, error: str | None, kind: str | None
 ) -> None:
     async with running_pool(spec(agent_dir), num_idle=1, launch=launch) as pool:
         reporter = Reporter()
         await offer_and_run(pool, reporter, make_job("AJ_1", metadata=mode))
         assert reporter.ended == {"AJ_1": error}
+        assert pool.stats.failures == ({kind: 1} if kind else {})  # metrics count by kind
         # the pool refills, and the next job is unaffected
         await wait_for(pool, lambda: len(pool.idle) == 1)
         await offer_and_run(pool, reporter, make_job("AJ_2"))
@@ -151,7 +152,7 @@ async def test_request_function_accepts_rejects_and_times_out(agent_dir: Path, l
         pool.release("AJ_1")  # no assignment came: the process is warm again
         assert len(pool.idle) == 1
         no = await pool.decide(OfferReceived(make_job("AJ_2", room="no-1")))
-        assert no == Decline(terminate=True, reason="request function")
+        assert no == Decline(terminate=True, reason="request function", cause="request_fnc")
         assert "AJ_2" not in pool.reserved
         # a hanging request function: the session's budget cuts it, and the process goes back
         with anyio.move_on_after(0.5):
@@ -164,7 +165,7 @@ async def test_declarative_policy_filters_rooms_and_fills_templates(agent_dir: P
     policy = RequestPolicy(room="support-*", identity="cs-{job_id}", name="{agent_name} in {room}")
     async with running_pool(spec(agent_dir), policy=policy) as pool:
         other = await pool.decide(OfferReceived(make_job("AJ_1", room="sales-1")))
-        assert other == Decline(reason="room 'sales-1' does not match 'support-*'")
+        assert other == Decline(reason="room 'sales-1' does not match 'support-*'", cause="room")
         mine = await pool.decide(OfferReceived(make_job("AJ_2", room="support-7")))
         assert mine == Accept("cs-AJ_2", "pool-agent in support-7", "", {})
 
@@ -283,6 +284,7 @@ async def test_an_unresponsive_job_process_is_killed_and_reported(
         with anyio.fail_after(20):  # "stubborn" blocks its event loop: no pong ever comes
             await offer_and_run(pool, reporter, make_job("AJ_1", metadata="stubborn"))
         assert reporter.ended == {"AJ_1": "job process unresponsive"}
+        assert pool.stats.failures == {"unresponsive": 1}
 
 
 async def test_initialisations_are_capped_fleet_wide(agent_dir: Path) -> None:

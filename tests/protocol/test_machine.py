@@ -146,7 +146,7 @@ def test_offer_accept_reserves_capacity_until_assignment() -> None:
     assert machine.events() == [OfferAnswered("AJ_1", answer)]
     # a second offer while at capacity is declined without asking the policy
     machine.receive(server.offer("AJ_2"), 1.1)
-    assert machine.events() == [OfferAnswered("AJ_2", Decline(reason="full"))]
+    assert machine.events() == [OfferAnswered("AJ_2", Decline(reason="full", cause="full"))]
     assert sent(machine) == [
         pb.WorkerMessage(availability=pb.AvailabilityResponse(job_id="AJ_2", available=False))
     ]
@@ -250,7 +250,9 @@ def test_drain_declines_everything_and_closes_when_the_last_job_ends() -> None:
         status_frame(pb.WS_FULL, 0.0, 1, draining=True),
     ]
     machine.receive(server.offer("AJ_3"), 1.5)
-    assert machine.events()[-1] == OfferAnswered("AJ_3", Decline(reason="draining"))
+    assert machine.events()[-1] == OfferAnswered(
+        "AJ_3", Decline(reason="draining", cause="draining")
+    )
     machine.tick(3.5)
     assert sent(machine)[-1] == status_frame(pb.WS_FULL, 0.0, 1, draining=True)
     assert machine.commands() == []
@@ -266,7 +268,7 @@ def test_accept_while_draining_is_turned_into_a_decline() -> None:
     machine.receive(server.offer("AJ_1"), 0.0)
     machine.set_load(0.1, full=False, now=0.0)
     machine.draining = True  # the drain raced with the policy's answer
-    assert machine.answer("AJ_1", Accept("x"), 0.0) == Decline(reason="draining")
+    assert machine.answer("AJ_1", Accept("x"), 0.0) == Decline(reason="draining", cause="draining")
 
 
 def test_lost_connection_reconnects_and_reports_running_jobs() -> None:

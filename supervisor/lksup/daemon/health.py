@@ -6,9 +6,11 @@
 - ``GET /readyz``: 200 when every agent is ready (registered and not draining), else 503
   with the agents that are not; ``GET /readyz/{agent}`` for one agent (404 if unknown);
 - ``GET /status``: the same JSON as ``lksup status -o json``;
-- ``GET /metrics``: Prometheus text, read from the live objects at scrape time (per-agent
-  labels: load, jobs, idle processes, offers by answer, jobs by outcome, job start latency,
-  process memory, reconnects, drain state).
+- ``GET /metrics``: Prometheus text, read from the live objects at scrape time: per agent,
+  its state (one series per state, 1 for the current one), load, jobs, idle processes, offers
+  by answer and declines by cause, jobs by outcome and failures by kind, job start latency,
+  process memory, restarts, reconnects, drain state; ``lksup_build_info``; and the
+  supervisor process's own CPU, memory and descriptors (``process_*``).
 
 Nothing here can change the fleet. Secrets never appear (status carries none).
 """
@@ -18,23 +20,38 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import platform
 from collections.abc import Iterable
-from typing import Any
+from importlib import metadata
+from typing import Any, get_args
 
 import anyio
 import anyio.abc
 import h11
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from lksup import __version__
+from lksup.control.api import AgentState
 from lksup.daemon.app import DaemonApp
+from lksup.pool.process import FailureKind
+from lksup.protocol.events import DeclineCause
 
 log = logging.getLogger("lksup.health")
 
 MAX_REQUEST = 16 * 1024
 MAX_CONNECTIONS = 64  # clients served at once (scrapers and probes need a handful)
 ACCEPT_RETRY = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def build_info() -> tuple[str, str, str]:
+    """(lksup, livekit-protocol, Python) versions."""
+    try:
+        protocol = metadata.version("livekit-protocol")
+    except metadata.PackageNotFoundError:
+        protocol = "unknown"
+    return __version__, protocol, platform.python_version()
 
 
 class FleetCollector(Collector):
@@ -61,7 +78,33 @@ class FleetCollector(Collector):
             "lksup_agent_memory_bytes", "Memory of the agent's job processes", labels=["agent"]
         )
         offers = CounterMetricFamily("lksup_offers", "Offers answered", labels=["agent", "answer"])
+        declines = CounterMetricFamily(
+            "lksup_offers_declined",
+            "Offers not accepted, by cause (draining, full, room, stopping, memory, no_process, "
+            "request_fnc, timeout, error)",
+            labels=["agent", "cause"],
+        )
         outcomes = CounterMetricFamily("lksup_jobs", "Jobs ended", labels=["agent", "outcome"])
+        failures = CounterMetricFamily(
+            "lksup_job_failures",
+            "Failed jobs, by kind (exception, exit_code, signal, memory, unresponsive, killed, "
+            "no_process)",
+            labels=["agent", "kind"],
+        )
+        state = GaugeMetricFamily(
+            "lksup_agent_state",
+            "1 for the agent's current state (as lksup status shows it), 0 for the others",
+            labels=["agent", "state"],
+        )
+        restarts = CounterMetricFamily(
+            "lksup_agent_restarts", "Workers restarted or replaced", labels=["agent"]
+        )
+        info = GaugeMetricFamily(
+            "lksup_build_info",
+            "Versions of lksup, livekit-protocol and Python; always 1",
+            labels=["version", "livekit_protocol", "python"],
+        )
+        info.add_metric(list(build_info()), 1.0)
         reconnects = CounterMetricFamily(
             "lksup_reconnects", "Connections lost and reopened", labels=["agent"]
         )
@@ -75,16 +118,28 @@ class FleetCollector(Collector):
             idle.add_metric([name], status.idle)
             ready.add_metric([name], 1.0 if status.ready else 0.0)
             draining.add_metric([name], 1.0 if status.draining else 0.0)
+            for known in get_args(AgentState):
+                state.add_metric([name, known], 1.0 if status.state == known else 0.0)
+            restarts.add_metric([name], status.restarts)
             memory.add_metric([name], status.memory_mb * 2**20)
             totals = slot.totals()  # every runtime the agent had: replaces never reset them
             for answer in ("accepted", "declined", "terminated"):
                 offers.add_metric([name, answer], totals.offers.get(answer, 0))
             outcomes.add_metric([name, "success"], totals.jobs_succeeded)
             outcomes.add_metric([name, "failure"], totals.jobs_failed)
+            for kind in get_args(FailureKind):
+                failures.add_metric([name, kind], totals.failures.get(kind, 0))
+            for cause in get_args(DeclineCause):
+                declines.add_metric([name, cause], totals.declines.get(cause, 0))
             reconnects.add_metric([name], totals.reconnects)
             histogram = totals.start_latency
             latency.add_metric([name], histogram.cumulative(), sum_value=histogram.total)
         yield from (
+            info,
+            state,
+            restarts,
+            declines,
+            failures,
             load,
             jobs,
             idle,
@@ -106,6 +161,7 @@ class HealthServer:
         self._slots = anyio.Semaphore(MAX_CONNECTIONS)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(FleetCollector(app))
+        ProcessCollector(registry=self.registry)  # the supervisor's own CPU, memory, fds
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED

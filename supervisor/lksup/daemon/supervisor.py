@@ -65,8 +65,12 @@ class Totals:
     """An agent's counters summed over runtimes (replaces and restarts never reset them)."""
 
     offers: dict[str, int] = field(default_factory=dict)
+    declines: dict[str, int] = field(default_factory=dict)
+    """Offers not accepted, by ``Decline.cause``."""
     jobs_succeeded: int = 0
     jobs_failed: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    """Failed jobs by ``JobOutcome.kind``."""
     reconnects: int = 0
     start_latency: Histogram = field(default_factory=Histogram)
 
@@ -74,9 +78,13 @@ class Totals:
         """Add one runtime's counters."""
         for answer, count in runtime.session.offers.items():
             self.offers[answer] = self.offers.get(answer, 0) + count
+        for cause, count in runtime.session.declines.items():
+            self.declines[cause] = self.declines.get(cause, 0) + count
         stats = runtime.pool.stats
         self.jobs_succeeded += stats.jobs_succeeded
         self.jobs_failed += stats.jobs_failed
+        for kind, count in stats.failures.items():
+            self.failures[kind] = self.failures.get(kind, 0) + count
         self.reconnects += runtime.session.reconnects
         self.start_latency.add(stats.start_latency)
 
@@ -112,8 +120,10 @@ class AgentSlot:
         retired = self.retired
         totals = Totals(
             offers=dict(retired.offers),
+            declines=dict(retired.declines),
             jobs_succeeded=retired.jobs_succeeded,
             jobs_failed=retired.jobs_failed,
+            failures=dict(retired.failures),
             reconnects=retired.reconnects,
         )
         totals.start_latency.add(retired.start_latency)

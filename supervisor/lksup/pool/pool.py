@@ -197,6 +197,8 @@ class PoolStats:
     jobs_succeeded: int = 0
     jobs_failed: int = 0
     start_latency: Histogram = field(default_factory=Histogram)
+    failures: dict[str, int] = field(default_factory=dict)
+    """Failed jobs by ``JobOutcome.kind``."""
     init_durations: deque[float] = field(default_factory=lambda: deque(maxlen=256))
 
 
@@ -554,11 +556,13 @@ class AgentPool:
     async def _decide(self, offer: OfferReceived) -> Answer:
         job = offer.job
         if not self.policy.matches(job.room_name):
-            return Decline(reason=f"room {job.room_name!r} does not match {self.policy.room!r}")
+            return Decline(
+                reason=f"room {job.room_name!r} does not match {self.policy.room!r}", cause="room"
+            )
         if self._closed:
-            return Decline(reason="stopping")
+            return Decline(reason="stopping", cause="stopping")
         if self.monitor is not None and self.monitor.over_budget:
-            return Decline(reason="memory budget exceeded")
+            return Decline(reason="memory budget exceeded", cause="memory")
         values = {"job_id": job.id, "agent_name": self.spec.agent_name, "room": job.room_name}
         identity = self.policy.fill(self.policy.identity, **values)
         name = self.policy.fill(self.policy.name, **values)
@@ -568,7 +572,9 @@ class AgentPool:
             return declarative
         process = await self._acquire()
         if process is None:
-            return Decline(reason=self.last_failure or "no job process available")
+            return Decline(
+                reason=self.last_failure or "no job process available", cause="no_process"
+            )
         self.reserved[job.id] = process
         if process.host:
             if process in self.idle and not self._has_room(process):
@@ -593,8 +599,12 @@ class AgentPool:
         if answer is None or not answer.accept:
             self.release(job.id)
             if answer is not None and answer.error:
-                return Decline(reason=f"request function failed: {answer.error}")
-            return Decline(terminate=bool(answer and answer.terminate), reason="request function")
+                return Decline(reason=f"request function failed: {answer.error}", cause="error")
+            return Decline(
+                terminate=bool(answer and answer.terminate),
+                reason="request function",
+                cause="request_fnc",
+            )
         chosen = answer.identity or identity
         await self._await_job(process, job.id)
         return Accept(chosen, answer.name, answer.metadata, dict(answer.attributes))
@@ -695,6 +705,7 @@ class AgentPool:
             reason = self.last_failure or "unavailable"
             session.job_ended(job.id, error=f"no job process: {reason}")
             self.stats.jobs_failed += 1
+            self.stats.failures["no_process"] = self.stats.failures.get("no_process", 0) + 1
             return
         self.running[job.id] = process
         if not process.host:  # a host's memory is its own, whatever jobs it runs
@@ -735,6 +746,8 @@ class AgentPool:
                 self.stats.jobs_succeeded += 1
             else:
                 self.stats.jobs_failed += 1
+                kind = outcome.kind or "exception"
+                self.stats.failures[kind] = self.stats.failures.get(kind, 0) + 1
             session.job_ended(job.id, error=outcome.error)
             self._log_end(job, process, outcome, anyio.current_time() - began)
             if process.awaits_outcome_ack(job.id):  # once the status is written, leave the room
@@ -768,4 +781,4 @@ class AgentPool:
         """End a running job now, as failed with ``reason`` (memory limit): kill its process."""
         process = self.running.get(job_id)
         if process is not None and self._tg is not None:
-            self._tg.start_soon(process.kill, reason)
+            self._tg.start_soon(process.kill, reason, "memory")

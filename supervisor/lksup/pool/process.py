@@ -29,7 +29,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import anyio
 import anyio.abc
@@ -176,6 +176,14 @@ def initialize_message(spec: ProcessSpec) -> ipc.Initialize:
     )
 
 
+#: Why a job failed: it raised (or reported an error), its process exited or was killed by a
+#: signal without reporting, the memory limit or the unresponsive check killed it, the
+#: supervisor killed it for another reason, or no job process could be had for it.
+FailureKind = Literal[
+    "exception", "exit_code", "signal", "memory", "unresponsive", "killed", "no_process"
+]
+
+
 @dataclass
 class _JobSlot:
     """One job of a process: when it started and how it ended."""
@@ -185,6 +193,7 @@ class _JobSlot:
     outcome: JobOutcome | None = None
     failure: str | None = None
     """The supervisor ended the process as a failure while this job ran: that wins."""
+    failure_kind: FailureKind = "killed"
     awaits_ack: bool = False
     """It reported its outcome before leaving its room and waits for it to be sent."""
 
@@ -195,6 +204,8 @@ class JobOutcome:
 
     error: str | None
     reason: str
+    kind: FailureKind | None = None
+    """Why it failed, as a class (metrics count failures by it); None when it succeeded."""
 
 
 def describe_exit(code: int | None) -> str:
@@ -490,7 +501,11 @@ class WorkerProcess:
             if slot.outcome is None:  # an early outcome was reported already: it stands
                 error = self._scrub(message.error) or None
                 reason = self._scrub(message.reason)
-                slot.outcome = JobOutcome(error, reason or ("failed" if error else "done"))
+                slot.outcome = JobOutcome(
+                    error,
+                    reason or ("failed" if error else "done"),
+                    "exception" if error else None,
+                )
                 slot.awaits_ack = isinstance(message, ipc.JobOutcome)
             slot.ended.set()
         elif isinstance(message, ipc.LogRecord):
@@ -564,7 +579,7 @@ class WorkerProcess:
                     self.spec.ping_timeout,
                     extra=self._extra(),
                 )
-                self._fail_running("job process unresponsive")
+                self._fail_running("job process unresponsive", "unresponsive")
                 await self._kill()
                 return
             await self.send(ipc.Ping(sent_at_ns=int(anyio.current_time() * 1e9)))
@@ -646,19 +661,23 @@ class WorkerProcess:
         for slot in self.jobs.values():
             self._settle(slot)
 
-    def _fail_running(self, reason: str) -> None:
+    def _fail_running(self, reason: str, kind: FailureKind) -> None:
         """The supervisor ends the process as a failure: its running jobs fail with ``reason``."""
         self._stop_reason = reason
         for slot in self.jobs.values():
             if not slot.ended.is_set():
                 slot.failure = reason
+                slot.failure_kind = kind
 
     def _settle(self, slot: _JobSlot) -> None:
         if slot.failure is not None:  # the supervisor ended it as a failure: that wins
-            slot.outcome = JobOutcome(slot.failure, slot.failure)
+            slot.outcome = JobOutcome(slot.failure, slot.failure, slot.failure_kind)
         elif slot.outcome is None and self._exited.is_set():
             reason = describe_exit(self.exit_code)
-            slot.outcome = JobOutcome(reason, reason)
+            code = self.exit_code
+            slot.outcome = JobOutcome(
+                reason, reason, "signal" if code is not None and code < 0 else "exit_code"
+            )
 
     async def stop_job(self, job_id: str, reason: str) -> None:
         """End one job of a thread host: Shutdown(job_id), then ``shutdown_timeout``.
@@ -682,9 +701,9 @@ class WorkerProcess:
             )
             await self.stop(f"job {job_id} did not end in time")
 
-    async def kill(self, reason: str) -> None:
+    async def kill(self, reason: str, kind: FailureKind = "killed") -> None:
         """End the process now (SIGKILL) and fail its job with ``reason``."""
-        self._fail_running(reason)
+        self._fail_running(reason, kind)
         self._stopping = True
         await self._kill()
 

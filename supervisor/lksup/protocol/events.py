@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 class JobType(enum.Enum):
@@ -144,6 +145,23 @@ class Accept:
     attributes: Mapping[str, str] = field(default_factory=dict)
 
 
+#: Why an offer was declined: the agent is draining or full, the room does not match its
+#: policy, it is stopping, the fleet's memory budget is spent, no job process could be had,
+#: the request function said no (or failed), no answer in time, or another error.
+DeclineCause = Literal[
+    "draining",
+    "full",
+    "room",
+    "stopping",
+    "memory",
+    "no_process",
+    "request_fnc",
+    "timeout",
+    "error",
+    "other",
+]
+
+
 @dataclass(frozen=True)
 class Decline:
     """Decline an offer.
@@ -154,6 +172,8 @@ class Decline:
 
     terminate: bool = False
     reason: str = ""
+    cause: DeclineCause = "other"
+    """Why, as one of a few classes (metrics count declines by it); ``reason`` says it in words."""
 
 
 Answer = Accept | Decline

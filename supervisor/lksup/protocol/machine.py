@@ -39,6 +39,7 @@ from lksup.protocol.events import (
     Command,
     ConnectionClosed,
     Decline,
+    DeclineCause,
     Drained,
     Event,
     GaveUp,
@@ -358,8 +359,8 @@ class WorkerMachine:
     def _on_offer(self, message: OfferReceived, now: float) -> None:
         job = message.job
         if self.status is WorkerStatus.FULL:
-            reason = "draining" if self.draining else "full"
-            self._send_answer(job.id, Decline(reason=reason))
+            reason: DeclineCause = "draining" if self.draining else "full"
+            self._send_answer(job.id, Decline(reason=reason, cause=reason))
             return
         self._offers[job.id] = job
         self._events.append(message)
@@ -410,9 +411,9 @@ class WorkerMachine:
             return None
         if isinstance(answer, Accept):
             if self.draining:
-                answer = Decline(reason="draining")
+                answer = Decline(reason="draining", cause="draining")
             elif self.full or self._at_capacity():
-                answer = Decline(reason="full")
+                answer = Decline(reason="full", cause="full")
             elif not answer.identity:
                 answer = Accept(
                     f"agent-{job_id}", answer.name, answer.metadata, dict(answer.attributes)
@@ -457,7 +458,7 @@ class WorkerMachine:
         self.draining = True
         for job_id in list(self._offers):
             self._offers.pop(job_id)
-            self._send_answer(job_id, Decline(reason="draining"))
+            self._send_answer(job_id, Decline(reason="draining", cause="draining"))
         if not self._drained():
             self._status_changed(now)
 

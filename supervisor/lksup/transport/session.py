@@ -145,6 +145,8 @@ class AgentSession:
         self.registrations = 0
         self.violations = 0
         self.offers: dict[str, int] = {"accepted": 0, "declined": 0, "terminated": 0}
+        self.declines: dict[str, int] = {}
+        """Offers not accepted (declined or terminated), by ``Decline.cause``."""
 
     # --- the agent's calls (all safe from any task on the event loop) ----------------------
 
@@ -428,6 +430,8 @@ class AgentSession:
                 else "declined"
             )
             self.offers[kind] += 1
+            if isinstance(answer, Decline):
+                self.declines[answer.cause] = self.declines.get(answer.cause, 0) + 1
             log.debug("agent %s answered offer %s: %s", agent, event.job_id, answer)
         elif isinstance(event, JobAssigned):
             assert self._tg is not None
@@ -447,7 +451,7 @@ class AgentSession:
             log.info("agent %s drained", agent, extra=extra)
 
     async def _decide(self, offer: OfferReceived) -> None:
-        answer: Answer = Decline(reason="no answer in time")
+        answer: Answer = Decline(reason="no answer in time", cause="timeout")
         with anyio.move_on_after(self.timeouts.answer_timeout):
             try:
                 answer = await self.hooks.decide(offer)
@@ -458,7 +462,7 @@ class AgentSession:
                     offer.job.id,
                     extra={"agent": self.options.agent_name, "job_id": offer.job.id},
                 )
-                answer = Decline(reason="request policy failed")
+                answer = Decline(reason="request policy failed", cause="error")
         sent = self.machine.answer(offer.job.id, answer, anyio.current_time())
         if isinstance(answer, Accept) and not isinstance(sent, Accept):
             self.hooks.release(offer.job.id)
