@@ -20,6 +20,16 @@ if [ "$built" -eq 3 ] && [ -z "${CI:-}" ]; then
 elif [ "$built" -ne 0 ]; then
   echo "building livekit-server failed (exit $built)"; status=1
 fi
+echo "== redis-server (the Redis the multi-node tests' livekit-server nodes share)"
+set +e
+"$root/scripts/redis-server.sh" >/dev/null
+found=$?
+set -e
+if [ "$found" -eq 3 ] && [ -z "${CI:-}" ]; then
+  echo "redis-server is not installed and cannot be installed here: the multi-node tests will be skipped"
+elif [ "$found" -ne 0 ]; then
+  echo "installing redis-server failed (exit $found)"; status=1
+fi
 echo "== deploy/kubernetes (the Go checker tests/deploy runs, built once)"
 set +e
 "$root/scripts/validate-deploy.sh" >/dev/null

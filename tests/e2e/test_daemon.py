@@ -38,6 +38,15 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@dataclass(frozen=True)
+class LiveKit:
+    """A LiveKit server the fleet itself points at, instead of the embedded dev server."""
+
+    url: str
+    api_key: str
+    api_secret: str
+
+
 @dataclass
 class Daemon:
     process: anyio.abc.Process
@@ -45,14 +54,17 @@ class Daemon:
     state_dir: Path
     url: str
     log: Path
+    api_key: str = "devkey"
+    api_secret: str = DEV_SECRET
 
     def env(self) -> dict[str, str]:
+        """The operator's environment: this daemon's socket and its LiveKit server."""
         return {
             **os.environ,
             "LKSUP_SOCKET": str(self.socket),
             "LIVEKIT_URL": self.url,
-            "LIVEKIT_API_KEY": "devkey",
-            "LIVEKIT_API_SECRET": DEV_SECRET,
+            "LIVEKIT_API_KEY": self.api_key,
+            "LIVEKIT_API_SECRET": self.api_secret,
         }
 
     async def cli(
@@ -89,8 +101,13 @@ async def daemon(
     fd_limit: int | None = None,
     soft_fd_limit: int | None = None,
     env: dict[str, str] | None = None,
+    livekit: LiveKit | None = None,
 ) -> AsyncIterator[Daemon]:
-    """``lksup run ARGS`` with a dev server; ``env`` is added to the daemon's environment only."""
+    """``lksup run ARGS`` with a dev server; ``env`` is added to the daemon's environment only.
+
+    With ``livekit``, no dev server: the fleet's own ``livekit`` section points at that
+    server, and the operator's environment (``Daemon.env``, ``lksup dispatch``) names it.
+    """
     scratch = Path(tempfile.mkdtemp(dir="/tmp", prefix="lksup-e2e-"))
     port = free_port()
     state = state_dir or scratch / "state"
@@ -101,7 +118,9 @@ async def daemon(
         "LKSUP_SOCKET": str(scratch / "ctl.sock"),
         "LKSUP_STATE_DIR": str(state),
     }
-    command = [sys.executable, "-m", "lksup", "run", *args, "--dev-server", f"127.0.0.1:{port}"]
+    command = [sys.executable, "-m", "lksup", "run", *args]
+    if livekit is None:
+        command += ["--dev-server", f"127.0.0.1:{port}"]
     if fd_limit is not None:  # the shell sets the limit, then becomes the daemon
         command = ["sh", "-c", f'ulimit -n {fd_limit} && exec "$@"', "sh", *command]
     elif soft_fd_limit is not None:  # the soft limit only: the hard one stays
@@ -114,7 +133,10 @@ async def daemon(
             stdout=sink,
             stderr=sink,
         )
-    d = Daemon(process, scratch / "ctl.sock", state, f"ws://127.0.0.1:{port}", log)
+    server = livekit or LiveKit(f"ws://127.0.0.1:{port}", "devkey", DEV_SECRET)
+    d = Daemon(
+        process, scratch / "ctl.sock", state, server.url, log, server.api_key, server.api_secret
+    )
     try:
         yield d
     finally:

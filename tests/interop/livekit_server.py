@@ -5,10 +5,17 @@ Facts about v1.13.5 this relies on (checked when the script was written): ``GET 
 200 once it serves; it exits 0 even when startup fails (a busy port), printing the error on
 stdout, so an early exit of any kind is a failure here; a SIGTERM in the first ~100 ms after
 it is ready can be lost, so stopping escalates (SIGTERM, again, then SIGKILL).
+
+Several servers form one deployment (LiveKit's distributed mode) when they share a Redis:
+``redis="HOST:PORT"`` (the ``--redis-host`` flag). Each node then needs its own HTTP port and
+UDP port (TCP ICE stays off: ``--rtc.tcp_port 0``) and ``--node-ip 127.0.0.1``, so the
+nodes advertise loopback to each other and to clients. A node restarted with the same ports
+and Redis comes back as a new node (a new ``ND_`` id) of the same deployment.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -55,6 +62,8 @@ class RealServer:
     process: anyio.abc.Process
     port: int
     log: Path
+    udp_port: int = 0
+    redis: str | None = None
 
     @property
     def url(self) -> str:
@@ -63,6 +72,14 @@ class RealServer:
     @property
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def node_id(self) -> str:
+        """The ``ND_`` id this run of the server announced (a restart announces a new one)."""
+        found = ""
+        for line in self.log.read_text(errors="replace").splitlines():
+            if "\tstarting LiveKit server\t" in line:
+                found = json.loads(line.rsplit("\t", 1)[1]).get("nodeID", "")
+        return found
 
 
 async def _wait_ready(server: RealServer, timeout: float) -> None:
@@ -104,10 +121,26 @@ async def stop(server: RealServer) -> None:
 
 @asynccontextmanager
 async def real_livekit_server(
-    tmp_path: Path, *, port: int | None = None, target_load: float | None = None
+    tmp_path: Path,
+    *,
+    port: int | None = None,
+    target_load: float | None = None,
+    udp_port: int | None = None,
+    redis: str | None = None,
 ) -> AsyncIterator[RealServer]:
+    """The server on loopback until the block ends.
+
+    Args:
+        tmp_path: Where its log goes (``livekit-server-PORT.log``; a restart on the same port
+            appends to it).
+        port: Its HTTP port (WebSocket signalling, ``/agent``, Twirp); free when None.
+        target_load: ``agents.target_load``: above this load a worker gets no job.
+        udp_port: Its WebRTC UDP port; free when None.
+        redis: ``HOST:PORT`` of a Redis shared with other nodes (distributed mode).
+    """
     binary = server_binary()
     port = port or free_port()
+    udp_port = udp_port or free_port(socket.SOCK_DGRAM)
     log = tmp_path / f"livekit-server-{port}.log"
     args = [
         str(binary),
@@ -121,13 +154,15 @@ async def real_livekit_server(
         "--rtc.tcp_port",
         "0",
         "--udp-port",
-        str(free_port(socket.SOCK_DGRAM)),
+        str(udp_port),
     ]
     if target_load is not None:
         args += ["--agents.target_load", str(target_load)]
-    with log.open("wb") as sink:
+    if redis is not None:
+        args += ["--redis-host", redis, "--node-ip", "127.0.0.1"]
+    with log.open("ab") as sink:
         process = await anyio.open_process(args, stdout=sink, stderr=sink)
-    server = RealServer(process, port, log)
+    server = RealServer(process, port, log, udp_port, redis)
     try:
         await _wait_ready(server, timeout=30)
         yield server
