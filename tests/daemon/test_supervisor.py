@@ -505,6 +505,9 @@ async def test_nothing_changes_once_the_supervisor_is_shutting_down(tmp_path: Pa
         await sup.apply(fleet(tmp_path, {"alpha": ""}))
         with anyio.fail_after(10):
             assert await sup.drain_all(5) is True
+        # a stop's drain is no operator's: SYNC does not turn "override" (regression)
+        assert not sup.slots["alpha"].override_drained
+        assert DaemonApp.sync_state(sup.slots["alpha"]) != "override"
         request = ApplyRequest(
             fleet=fleet(tmp_path, {"alpha": "", "beta": ""}).model_dump(
                 mode="json", by_alias=True, context=REVEAL

@@ -573,6 +573,13 @@ async def test_health_readiness_status_and_metrics_over_http() -> None:
                     await anyio.sleep(0.1)
             assert 'lksup_offers_total{agent="survey",answer="accepted"} 1.0' in text
             assert 'lksup_agent_draining{agent="sales"} 1.0' in text
+            assert 'lksup_agent_state{agent="survey",state="running"} 1.0' in text
+            assert 'lksup_agent_state{agent="survey",state="failed"} 0.0' in text
+            assert 'lksup_agent_restarts_total{agent="survey"} 0.0' in text
+            assert 'lksup_job_failures_total{agent="survey",kind="exception"} 0.0' in text
+            assert 'lksup_offers_declined_total{agent="survey",cause="full"} 0.0' in text
+            assert re.search(r'lksup_build_info\{livekit_protocol="[^"]+",python="3', text)
+            assert re.search(r"^process_resident_memory_bytes [0-9.e+]+$", text, re.M)
             assert 'lksup_job_start_seconds_count{agent="survey"} 1.0' in text
             # one series per agent for every gauge, with the live values
             for agent in ("customer-service", "sales", "survey"):

@@ -134,13 +134,15 @@ async def test_policy_that_hangs_is_declined_in_time() -> None:
 
 async def test_reject_terminates() -> None:
     agent = Agent()
-    agent.answer = Decline(terminate=True)
-    async with fake_server() as server, running(server, agent):
+    agent.answer = Decline(terminate=True, cause="request_fnc")
+    async with fake_server() as server, running(server, agent) as session:
         peer = await server.accept()
         await peer.register()
         await peer.send(offer("AJ_1"))
         answer = (await peer.next("availability")).availability
         assert (answer.available, answer.terminate) == (False, True)
+        assert session.offers["terminated"] == 1
+        assert session.declines == {"request_fnc": 1}  # metrics: declines by cause
 
 
 async def test_jobs_survive_a_dropped_connection_and_are_reported_after_reregistering() -> None:

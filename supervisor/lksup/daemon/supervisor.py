@@ -387,7 +387,11 @@ class Supervisor:
         runtime = slot.runtime
         if runtime is not None:
             runtime.reconfigure(agent)
-        if not slot.override_drained and (runtime is None or runtime.session.machine.draining):
+        if (
+            not slot.override_drained
+            and not self.stopping
+            and (runtime is None or runtime.session.machine.draining)
+        ):
             self.undrain(name)  # its drain override was just cleared
 
     def _replace(self, name: str, agent: Agent) -> None:
@@ -503,12 +507,16 @@ class Supervisor:
 
     # --- operations --------------------------------------------------------------------------
 
-    def drain(self, name: str | None = None) -> list[str]:
-        """Drain one agent (recorded as an override) or all; the names drained."""
+    def drain(self, name: str | None = None, *, override: bool = True) -> list[str]:
+        """Drain one agent or all; the names drained.
+
+        ``override``: an operator's drain, recorded as the agent's override (SYNC) until an
+        undrain or an apply that changes it; the fleet-wide drain of a stop is none.
+        """
         names = [name] if name is not None else list(self.slots)
         for agent_name in names:
             slot = self.slots[agent_name]
-            slot.override_drained = True
+            slot.override_drained = slot.override_drained or override
             self._cancel_restart(slot)
             for runtime in [*slot.previous, slot.runtime]:
                 if runtime is not None and not runtime.session.machine.draining:
@@ -561,7 +569,7 @@ class Supervisor:
         stopped_before = self.deadline_stops
         for slot in self.slots.values():
             self._cancel_restart(slot)
-        self.drain()
+        self.drain(override=False)
         runtimes = [r for slot in self.slots.values() for r in slot.runtimes()]
         with anyio.move_on_after(timeout if timeout else None) as scope:
             async with anyio.create_task_group() as tg:

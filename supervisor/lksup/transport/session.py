@@ -327,8 +327,11 @@ class AgentSession:
         while True:
             await anyio.sleep(self.timeouts.ping_interval)
             before = socket.pongs_received
-            await socket.ping()
-            await anyio.sleep(self.timeouts.ping_timeout)
+            deadline = anyio.current_time() + self.timeouts.ping_timeout
+            # a ping stuck behind a send the server does not read is no pong either
+            with anyio.move_on_after(self.timeouts.ping_timeout):
+                await socket.ping()
+            await anyio.sleep_until(deadline)
             if socket.pongs_received == before:
                 self.machine.connection_lost(anyio.current_time(), "no pong from the server")
                 self._poke()
@@ -466,6 +469,8 @@ class AgentSession:
         sent = self.machine.answer(offer.job.id, answer, anyio.current_time())
         if isinstance(answer, Accept) and not isinstance(sent, Accept):
             self.hooks.release(offer.job.id)
+        for event in self.machine.events():  # counted before the answer is on the wire
+            self._on_event(event)
         self._poke()
 
     async def _run_job(self, assignment: JobAssigned) -> None:
