@@ -440,9 +440,7 @@ class Zygotes:
         preload = tuple(dict.fromkeys(wanted))
         if preload != self.preload:
             if self.preload:
-                log.info(
-                    "Base template preload is now: %s", ", ".join(preload) or "(nothing)"
-                )
+                log.info("Base template preload is now: %s", ", ".join(preload) or "(nothing)")
             self.preload = preload
             self.generation += 1
 
