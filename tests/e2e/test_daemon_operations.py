@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import anyio
 import psutil
 import pytest
+import yaml
 
 from tests.conftest import ROOT, free_port
 from tests.e2e.test_daemon import Daemon, daemon, descendants, gone
@@ -628,3 +630,66 @@ async def test_run_watch_applies_configmap_updates_and_refuses_a_broken_one(
         d.process.send_signal(signal.SIGTERM)
         with anyio.fail_after(30):
             assert await d.process.wait() == 0
+
+
+async def test_version_typos_missing_daemon_yaml_watch_stream_and_render_applied(
+    tmp_path: Path,
+) -> None:
+    fleet = fleet_file(tmp_path, "fleet.yaml", DEV_FLEET)
+    async with daemon(str(fleet)) as d:
+        await d.wait_ready(3)
+        # version: the client, the daemon (its pid and socket), and each agent's runtime
+        code, out, err = await d.cli("version")
+        assert code == 0, err
+        assert re.match(r"client: lksup \S+, livekit-protocol \d", out)
+        assert f"(pid {d.process.pid}, {d.socket})" in out
+        assert "agent sales: lksup runtime" in out
+        document = json.loads((await d.cli("version", "-o", "json"))[1])
+        assert document["daemon"]["lksup"] == document["client"]["lksup"]
+        assert document["daemon"]["livekitProtocol"] == document["client"]["livekitProtocol"]
+        # an agent name with a typo: exit 4, with the names it may have meant
+        code, _, err = await d.cli("drain", "salez")
+        assert code == 4
+        assert "no agent named 'salez'; did you mean 'sales'?" in err
+        code, _, err = await d.cli("status", "survy")
+        assert code == 4
+        assert "did you mean 'survey'?" in err
+        # no daemon: the socket it tried, and how to point elsewhere
+        elsewhere = str(tmp_path / "nobody.sock")
+        code, out, err = await d.cli("version", "--socket", elsewhere)
+        assert code == 4
+        assert out.startswith("client: lksup ")  # the client's own line still
+        assert elsewhere in err
+        code, _, err = await d.cli("status", env={"LKSUP_SOCKET": elsewhere})
+        assert code == 4
+        assert f"no lksup daemon is listening on {elsewhere}" in err
+        assert "--socket PATH or LKSUP_SOCKET=PATH" in err
+        # status as YAML, and as a stream of JSON lines
+        code, out, err = await d.cli("status", "-o", "yaml")
+        assert code == 0, err
+        assert yaml.safe_load(out)["kind"] == "StatusList"
+        command = [sys.executable, "-m", "lksup", "status", "-w", "-o", "json"]
+        stream = await anyio.open_process(command, env=d.env(), cwd=ROOT)
+        try:
+            assert stream.stdout is not None
+            buffered = b""
+            with anyio.fail_after(20):
+                while b"\n" not in buffered:
+                    buffered += await stream.stdout.receive()
+            first = json.loads(buffered.split(b"\n")[0])  # one document per line
+            assert sorted(item["name"] for item in first["items"]) == list(AGENTS)
+        finally:
+            stream.send_signal(signal.SIGINT)
+            with anyio.fail_after(10):
+                await stream.wait()
+            await stream.aclose()
+        # the applied fleet, as render prints a file: the two compare equal
+        code, applied, err = await d.cli("render", "--applied")
+        assert code == 0, err
+        assert applied.startswith("# applied revision ")
+        code, rendered, err = await d.cli("render", str(fleet))
+        assert code == 0, err
+        assert yaml.safe_load(applied) == yaml.safe_load(rendered)
+        code, _, err = await d.cli("render", "--applied", str(fleet))
+        assert code == 2
+        assert "--applied takes no FLEET" in err

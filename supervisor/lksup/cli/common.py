@@ -139,7 +139,13 @@ def _control(explicit: str | None, call: Any) -> Any:
     try:
         return anyio.run(run)
     except DaemonUnreachable as exc:
-        fail(str(exc), EXIT_UNKNOWN)
+        click.echo(f"lksup: error: {exc}", err=True)
+        click.echo(
+            "hint: start one with `lksup run FLEET`, or point at another daemon's socket with "
+            "--socket PATH or LKSUP_SOCKET=PATH",
+            err=True,
+        )
+        raise SystemExit(EXIT_UNKNOWN) from None
     except ControlError as exc:
         fail(exc.message, EXIT_UNKNOWN if exc.code == "not_found" else EXIT_FAILED)
 

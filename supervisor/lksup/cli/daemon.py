@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import anyio
 import click
+import yaml
 
 from lksup.cli.common import (
     DURATION,
     EXIT_FAILED,
     EXIT_NOT_READY,
+    EXIT_UNKNOWN,
     EXIT_USAGE,
+    _colour,
     _control,
     _emit,
     _output_option,
@@ -226,16 +230,12 @@ def apply(
 
 
 def _plan_text(plan: dict[str, Any]) -> str:
-    lines = []
-    summary = plan.get("summary", {})
-    lines.append(
-        "Plan: "
-        + ", ".join(
-            f"{summary.get(k, 0)} {k}"
-            for k in ("create", "update-in-place", "replace", "drain-and-remove", "unchanged")
-        )
-        + ("" if not plan.get("dryRun") else " (dry run: nothing changed)")
-    )
+    """The daemon's plan as ``lksup diff`` prints a plan, then what only an apply knows."""
+    text = plan_render.to_text(plan_render.from_json(plan), colour=_colour())
+    summary, _, rest = text.partition("\n")
+    if plan.get("dryRun"):
+        summary = summary.removesuffix(".") + " (dry run: nothing changed)."
+    lines = [summary + ("\n" + rest if rest else "")]
     lines.extend(
         f"  template value {c['path']}: {plan_render.format_value(c['old'])} -> "
         f"{plan_render.format_value(c['new'])}"
@@ -245,13 +245,6 @@ def _plan_text(plan: dict[str, Any]) -> str:
     if renamed:
         old, new = renamed["from"], renamed["to"]
         lines.append(f"  fleet {old!r} -> {new!r} (replaces the running fleet)")
-    for agent in plan.get("agents", []):
-        lines.append(f"  {agent['action']:<17} {agent['name']}")
-        lines.extend(
-            f"      {c['path']}: {plan_render.format_value(c['old'])} -> "
-            f"{plan_render.format_value(c['new'])}"
-            for c in agent.get("changes", [])
-        )
     lines.extend(
         f"  {name}: the apply changes it, so its drain override is cleared"
         for name in plan.get("overridesCleared", [])
@@ -314,8 +307,14 @@ def _wait_converged(socket_path: str | None, timeout: float, removed: list[str])
     help="List each agent's running jobs, and those that ended in the last 10 minutes.",
 )
 @click.option("--check", is_flag=True, help="Exit 3 when an agent is not ready.")
-@click.option("-w", "--watch", is_flag=True, help="Redraw every 2 seconds until Ctrl+C.")
-@_output_option(["table", "wide", "json"], "table")
+@click.option(
+    "-w",
+    "--watch",
+    is_flag=True,
+    help="Redraw every 2 seconds until Ctrl+C; with -o json or yaml, print a document each "
+    "time the status changes (JSON: one per line).",
+)
+@_output_option(["table", "wide", "json", "yaml"], "table")
 def status(
     agent: str | None,
     socket_path: str | None,
@@ -334,17 +333,24 @@ def status(
       lksup status
       lksup status customer-service --jobs
       lksup status -o json | jq '.items[] | select(.state != "running")'
+      lksup status -w -o json | jq -c '.items[] | [.name, .state]'   # a line per change
     """
 
     async def call(client: Any) -> Any:
         return await client.status(agent)
 
+    if watch and output in ("json", "yaml"):
+        _stream_status(socket_path, agent, output)
+        return
     if watch:
         _watch_status(socket_path, agent, wide=output == "wide", show_jobs=show_jobs)
         return
     result = _control(socket_path, call)
     if output == "json":
         _emit(result.model_dump(mode="json", by_alias=True))
+    elif output == "yaml":
+        document = result.model_dump(mode="json", by_alias=True)
+        click.echo(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), nl=False)
     else:
         click.echo(_status_table(result.items, wide=output == "wide", show_jobs=show_jobs))
         if result.inference:
@@ -355,6 +361,30 @@ def status(
             click.echo("\n" + _fleet_lines(result.fleet))
     if check and not all(item.ready for item in result.items):
         raise SystemExit(EXIT_NOT_READY)
+
+
+def _stream_status(socket_path: str | None, agent: str | None, output: str) -> None:
+    """``status -w -o json|yaml``: the status document each time it changes.
+
+    Checked every second; JSON as one line each, YAML as ``---``-separated documents; Ctrl+C
+    ends it.
+    """
+
+    async def call(client: Any) -> Any:
+        last: dict[str, Any] | None = None
+        while True:
+            document = (await client.status(agent)).model_dump(mode="json", by_alias=True)
+            if document != last:
+                if output == "json":
+                    click.echo(json.dumps(document, separators=(",", ":")))
+                else:
+                    click.echo("---\n" + yaml.safe_dump(document, sort_keys=False), nl=False)
+                sys.stdout.flush()
+                last = document
+            await anyio.sleep(1.0)  # the refresh interval of the stream
+
+    with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):
+        _control(socket_path, call)
 
 
 def _watch_status(
@@ -625,3 +655,68 @@ def simulate(agent: str, room: str, participant: str | None, socket_path: str | 
 
     _control(socket_path, call)
     click.echo(f"asked the server for a job on {agent} (room {room})")
+
+
+@main.command()
+@_socket_option
+@_output_option(["text", "json"], "text")
+def version(socket_path: str | None, output: str) -> None:
+    """Print the versions of this client, of the running daemon and of each agent's SDK.
+
+    The client's line is printed even without a daemon (then exit 4). Agents that run
+    livekit-agents show the SDK version their job processes import.
+
+    \b
+    Examples:
+      lksup version
+      lksup version -o json | jq .daemon.livekitProtocol
+    """
+    from lksup.control.server import runtime_versions
+
+    lksup, protocol, python = runtime_versions()
+    client_versions = {"lksup": lksup, "livekitProtocol": protocol, "python": python}
+
+    async def call(client: Any) -> Any:
+        return await client.health(), await client.status(None)
+
+    from lksup.control.client import ControlClient
+    from lksup.control.errors import ControlError, DaemonUnreachable
+
+    path = _socket(socket_path)
+
+    async def run() -> Any:
+        async with ControlClient(path) as client:
+            return await call(client)
+
+    problem = None
+    try:
+        health, status = anyio.run(run)
+    except (DaemonUnreachable, ControlError) as exc:
+        problem, health, status = str(exc), None, None
+    daemon_versions = (
+        None
+        if health is None
+        else {
+            "lksup": health.version,
+            "livekitProtocol": health.livekit_protocol or "unknown",
+            "python": health.python or "unknown",
+            "pid": health.pid,
+            "socket": str(path),
+        }
+    )
+    agents = {item.name: item.sdk_version for item in status.items} if status else {}
+    if output == "json":
+        _emit({"client": client_versions, "daemon": daemon_versions, "agents": agents})
+    else:
+        click.echo(f"client: lksup {lksup}, livekit-protocol {protocol}, Python {python}")
+        if daemon_versions is not None:
+            click.echo(
+                f"daemon: lksup {daemon_versions['lksup']}, livekit-protocol "
+                f"{daemon_versions['livekitProtocol']}, Python {daemon_versions['python']} "
+                f"(pid {daemon_versions['pid']}, {path})"
+            )
+        for name, sdk in sorted(agents.items()):
+            click.echo(f"agent {name}: " + (f"livekit-agents {sdk}" if sdk else "lksup runtime"))
+    if problem is not None:
+        click.echo(f"lksup: error: daemon: {problem}", err=True)
+        raise SystemExit(EXIT_UNKNOWN)

@@ -158,28 +158,61 @@ def _tidy(value: Any) -> Any:
 
 
 @main.command()
-@click.argument("fleet", metavar="FLEET")
+@click.argument("fleet", required=False, metavar="FLEET")
 @_template_options
+@click.option(
+    "--applied",
+    is_flag=True,
+    help="Print the fleet the running supervisor applied instead of FLEET (same form, so the "
+    "two can be compared with diff).",
+)
+@_socket_option
 @_output_option(["yaml", "json"], "yaml")
 def render(
-    fleet: str, values_files: tuple[str, ...], assignments: tuple[str, ...], output: str
+    fleet: str | None,
+    values_files: tuple[str, ...],
+    assignments: tuple[str, ...],
+    applied: bool,
+    socket_path: str | None,
+    output: str,
 ) -> None:
     """Print the normalized fleet: template rendered, defaults merged, durations in seconds.
 
     Secrets are printed as references ({env: NAME}, {file: PATH}); a literal secret is printed
-    as a digest, never its value. Rendering the output again gives the same output.
+    as a digest, never its value. Rendering the output again gives the same output. With
+    --applied, the fleet the running supervisor has (its revision and source file in a YAML
+    comment; exit 4 without a daemon or an applied fleet).
 
     \b
     Examples:
       lksup render fleets/prod.yaml
       lksup render fleets/prod.yaml --values values/eu.yaml -o json | jq .agents
+      lksup render --applied > running.yaml
     """
-    loaded = _load_or_exit(fleet, _values(values_files, assignments), code=EXIT_FAILED)
-    document = rendered_document(loaded.fleet)
+    header = ""
+    if applied:
+        if fleet is not None or values_files or assignments:
+            raise click.UsageError("--applied takes no FLEET, --values or --set")
+
+        async def call(client: Any) -> Any:
+            return await client.applied()
+
+        result = _control(socket_path, call)
+        if result is None:
+            click.echo("lksup: error: the running supervisor has applied no fleet", err=True)
+            raise SystemExit(4)
+        written = Fleet.model_validate(result["fleet"])
+        header = f"# applied revision {result.get('revision')} from {result.get('source')}\n"
+    elif fleet is None:
+        raise click.UsageError("give a FLEET file, or --applied")
+    else:
+        written = _load_or_exit(fleet, _values(values_files, assignments), code=EXIT_FAILED).fleet
+    document = rendered_document(written)
     if output == "json":
         _emit(document)
     else:
-        click.echo(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), nl=False)
+        text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
+        click.echo(header + text, nl=False)
 
 
 @main.command("stop-budget")

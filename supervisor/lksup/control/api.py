@@ -227,6 +227,11 @@ class Health(_Document):
     ok: bool = True
     pid: int
     version: str
+    """lksup's version in the daemon."""
+    livekit_protocol: str = ""
+    """The livekit-protocol version the daemon speaks the worker protocol with."""
+    python: str = ""
+    """The daemon's Python version."""
 
 
 class ApplyRequest(_Request):

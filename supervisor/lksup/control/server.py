@@ -42,11 +42,13 @@ import errno
 import json
 import logging
 import os
+import platform
 import socket
 import stat
 import struct
 from collections.abc import Collection, Mapping
 from http import HTTPStatus
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Final
 
@@ -162,6 +164,15 @@ def _bind(path: Path) -> socket.socket:
         raise
     sock.setblocking(False)
     return sock
+
+
+def runtime_versions() -> tuple[str, str, str]:
+    """(lksup, livekit-protocol, Python) versions of this process."""
+    try:
+        protocol = metadata.version("livekit-protocol")
+    except metadata.PackageNotFoundError:
+        protocol = "unknown"
+    return __version__, protocol, platform.python_version()
 
 
 class _TooLarge(Exception):
@@ -399,7 +410,14 @@ class ControlServer:
             body = parse_body(match.route, payload)
             with anyio.fail_after(self.request_timeout):
                 if match.route.template == "/v1/health":
-                    result = document("Health", Health(pid=os.getpid(), version=self.version))
+                    _, protocol, python = runtime_versions()
+                    health = Health(
+                        pid=os.getpid(),
+                        version=self.version,
+                        livekit_protocol=protocol,
+                        python=python,
+                    )
+                    result = document("Health", health)
                 else:
                     result = await dispatch(self.app, match, body)
             return 200, result, []

@@ -10,6 +10,7 @@ given back in display form (references and digests).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -297,7 +298,7 @@ class DaemonApp:
         slots = self.supervisor.slots
         if agent is not None:
             if agent not in slots:
-                raise ControlError("not_found", f"no agent named {agent!r}", 404)
+                raise self._unknown(agent)
             return StatusList(items=[self.agent_status(slots[agent])], fleet=self.fleet_status())
         return StatusList(
             items=[self.agent_status(slots[n]) for n in sorted(slots)],
@@ -460,9 +461,15 @@ class DaemonApp:
 
     # --- operations ------------------------------------------------------------------------------
 
+    def _unknown(self, agent: str) -> ControlError:
+        """``not_found`` for ``agent``, with the closest known names (a typo's fix)."""
+        close = difflib.get_close_matches(agent, sorted(self.supervisor.slots), n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(repr(name) for name in close)}?" if close else ""
+        return ControlError("not_found", f"no agent named {agent!r}{hint}", 404)
+
     def _known(self, agent: str) -> None:
         if agent not in self.supervisor.slots:
-            raise ControlError("not_found", f"no agent named {agent!r}", 404)
+            raise self._unknown(agent)
 
     def _applied(self, agent: str) -> None:
         """The agent exists and is part of the applied fleet (not being removed)."""

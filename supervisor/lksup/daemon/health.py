@@ -20,9 +20,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import platform
 from collections.abc import Iterable
-from importlib import metadata
 from typing import Any, get_args
 
 import anyio
@@ -32,8 +30,8 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from lksup import __version__
 from lksup.control.api import AgentState
+from lksup.control.server import runtime_versions
 from lksup.daemon.app import DaemonApp
 from lksup.pool.process import FailureKind
 from lksup.protocol.events import DeclineCause
@@ -43,15 +41,6 @@ log = logging.getLogger("lksup.health")
 MAX_REQUEST = 16 * 1024
 MAX_CONNECTIONS = 64  # clients served at once (scrapers and probes need a handful)
 ACCEPT_RETRY = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-
-
-def build_info() -> tuple[str, str, str]:
-    """(lksup, livekit-protocol, Python) versions."""
-    try:
-        protocol = metadata.version("livekit-protocol")
-    except metadata.PackageNotFoundError:
-        protocol = "unknown"
-    return __version__, protocol, platform.python_version()
 
 
 class FleetCollector(Collector):
@@ -104,7 +93,7 @@ class FleetCollector(Collector):
             "Versions of lksup, livekit-protocol and Python; always 1",
             labels=["version", "livekit_protocol", "python"],
         )
-        info.add_metric(list(build_info()), 1.0)
+        info.add_metric(list(runtime_versions()), 1.0)
         reconnects = CounterMetricFamily(
             "lksup_reconnects", "Connections lost and reopened", labels=["agent"]
         )

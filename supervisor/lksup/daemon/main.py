@@ -55,6 +55,7 @@ from lksup.fleet.normalize import REVEAL
 from lksup.fleet.schema import Fleet
 from lksup.monitors.monitor import Monitor
 from lksup.pool.zygote import Zygotes
+from lksup.reconcile import render as plan_render
 
 log = logging.getLogger("lksup.daemon")
 
@@ -515,7 +516,7 @@ class Daemon:
         except (LksupError, OSError) as exc:  # e.g. it would remove every agent
             failed(f"{source} was not applied", str(exc))
             return
-        summary = ", ".join(f"{count} {action}" for action, count in plan["summary"].items())
+        summary = plan_render.counts(plan["summary"])
         rotated = plan.get("secretsChanged") or []
         if rotated:
             summary += f"; replaced for a changed secret: {', '.join(rotated)}"

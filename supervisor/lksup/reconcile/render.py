@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from lksup.fleet.schema import API_VERSION
-from lksup.reconcile.diff import REPLACE_FIELDS, Action, FieldChange, Plan
+from lksup.reconcile.diff import REPLACE_FIELDS, Action, AgentPlan, FieldChange, Plan
 
 _SYMBOL = {
     Action.CREATE: "+",
@@ -41,16 +42,26 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+_COUNTED = {
+    Action.CREATE: "to create",
+    Action.UPDATE_IN_PLACE: "to update in place",
+    Action.REPLACE: "to replace",
+    Action.DRAIN_AND_REMOVE: "to drain and remove",
+    Action.UNCHANGED: "unchanged",
+}
+
+
+def counts(summary: Mapping[str, int]) -> str:
+    """``1 to create, 2 to update in place, ...`` from a plan's ``summary`` (action -> count).
+
+    The words of ``lksup diff``, ``apply`` and the re-apply log lines alike.
+    """
+    return ", ".join(f"{summary.get(a.value, 0)} {words}" for a, words in _COUNTED.items())
+
+
 def summary(plan: Plan) -> str:
     """``Plan: 1 to create, 2 to update in place, ...``."""
-    parts = [
-        f"{plan.count(Action.CREATE)} to create",
-        f"{plan.count(Action.UPDATE_IN_PLACE)} to update in place",
-        f"{plan.count(Action.REPLACE)} to replace",
-        f"{plan.count(Action.DRAIN_AND_REMOVE)} to drain and remove",
-        f"{plan.count(Action.UNCHANGED)} unchanged",
-    ]
-    text = "Plan: " + ", ".join(parts)
+    text = "Plan: " + counts({a.value: plan.count(a) for a in Action})
     if plan.fleet:
         text += f"; {len(plan.fleet)} fleet setting(s) changed"
     return text + "."
@@ -101,6 +112,21 @@ def to_json(plan: Plan) -> dict[str, Any]:
             for a in plan.agents
         ],
     }
+
+
+def from_json(document: Mapping[str, Any]) -> Plan:
+    """The plan of a ``to_json`` document (``lksup apply`` prints the daemon's plan with it)."""
+
+    def changes(items: Any) -> tuple[FieldChange, ...]:
+        return tuple(FieldChange(c["path"], c.get("old"), c.get("new")) for c in items or ())
+
+    return Plan(
+        agents=tuple(
+            AgentPlan(a["name"], Action(a["action"]), changes(a.get("changes")))
+            for a in document.get("agents") or ()
+        ),
+        fleet=changes(document.get("fleet")),
+    )
 
 
 def _change_json(change: FieldChange) -> dict[str, Any]:
