@@ -10,6 +10,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 
 import anyio
@@ -86,8 +87,9 @@ async def _dispatch_round_trip(server: ServerUnderTest, monkeypatch: pytest.Monk
             assert code == 0, err
             created = json.loads(out)
             assert created["kind"] == "AgentDispatch"
-            assert created["agent_name"] == "cli-agent"
+            assert created["agentName"] == "cli-agent"
             assert created["room"] == room
+            assert datetime.fromisoformat(created["createdAt"]).tzinfo is not None  # RFC 3339
             with anyio.move_on_after(3):
                 offer = await agent.offers.receive()
                 assert offer.job.metadata == "hello"
@@ -100,6 +102,26 @@ async def _dispatch_round_trip(server: ServerUnderTest, monkeypatch: pytest.Monk
         )
         assert code == 0, err
         assert created["id"] in out
+        with anyio.fail_after(30):  # a real server's list catches up with the job in seconds
+            while True:
+                code, out, err = await lksup(
+                    "dispatch",
+                    "--list",
+                    "--room",
+                    room,
+                    "-o",
+                    "json",
+                    url=server.url,
+                    secret=server.api_secret,
+                )
+                assert code == 0, err
+                (listed,) = [d for d in json.loads(out)["items"] if d["id"] == created["id"]]
+                if listed["jobs"]:
+                    break
+                await anyio.sleep(0.5)  # the dispatch API is the observable
+        (job,) = listed["jobs"]
+        assert (job["id"], job["type"]) == (offer.job.id, "room")
+        assert job["status"] in ("pending", "running")  # clean words, not JS_* enums
         code, out, err = await lksup(
             "dispatch",
             "--delete",

@@ -683,6 +683,16 @@ async def test_version_typos_missing_daemon_yaml_watch_stream_and_render_applied
             with anyio.fail_after(10):
                 await stream.wait()
             await stream.aclose()
+        # dispatch --wait: which worker took the job; or why none did, with the local agents
+        code, out, err = await d.cli("dispatch", "survey", "--room", "survey-waited", "--wait")
+        assert code == 0, err
+        assert re.search(r"job AJ_\w+ assigned to worker AW_\w+ \(\w+\)", out), out
+        code, out, err = await d.cli(
+            "dispatch", "salez", "--room", "sales-typo", "--wait", "--timeout", "1s"
+        )
+        assert code == 1
+        assert "no worker took the job of dispatch AD_" in err
+        assert "has no agent 'salez'; did you mean 'sales'?" in err
         # the applied fleet, as render prints a file: the two compare equal
         code, applied, err = await d.cli("render", "--applied")
         assert code == 0, err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
 import functools
 import signal
 from typing import Any
@@ -11,9 +12,12 @@ import anyio
 import click
 
 from lksup.cli.common import (
+    DURATION,
     EXIT_USAGE,
     _emit,
     _output_option,
+    _socket,
+    _socket_option,
     fail,
     main,
 )
@@ -33,6 +37,21 @@ from lksup.fleet.schema import API_VERSION
     envvar="LIVEKIT_API_SECRET",
     help="API secret [env: LIVEKIT_API_SECRET; prefer the variable: flags show in ps].",
 )
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Wait until a worker took the job and say which (exit 1 when none did in time, "
+    "with the likely reason).",
+)
+@click.option(
+    "--timeout",
+    type=DURATION,
+    default=30.0,
+    show_default=True,
+    metavar="DURATION",
+    help="How long --wait waits (a real server's dispatch list can lag the job by seconds).",
+)
+@_socket_option
 @_output_option(["text", "json"], "text")
 def dispatch(
     agent: str | None,
@@ -43,16 +62,21 @@ def dispatch(
     url: str | None,
     api_key: str | None,
     api_secret: str | None,
+    wait: bool,
+    timeout: float,
+    socket_path: str | None,
     output: str,
 ) -> None:
     """Create, list or delete explicit agent dispatches (LiveKit's AgentDispatchService).
 
     Works against any LiveKit server, including `lksup dev-server`. The job goes to a worker
-    registered under AGENT; there is no queue: with no such worker, nothing happens.
+    registered under AGENT; there is no queue: with no such worker, nothing happens, which
+    --wait tells (it asks the local supervisor, when one runs, which agents it has).
 
     \b
     Examples:
       lksup dispatch customer-service --room support-42 --metadata '{"lang": "fr"}'
+      lksup dispatch customer-service --room support-43 --wait     # which worker took it
       lksup dispatch --list --room support-42 -o json
       lksup dispatch --delete AD_x8Jw2 --room support-42
     """
@@ -75,9 +99,59 @@ def dispatch(
         created = asyncio.run(
             api.create_dispatch(settings, agent_name=agent, room=room, metadata=metadata)
         )
-        _print_dispatches([created], output, verb="created")
+        if not wait:
+            _print_dispatches([created], output, verb="created")
+            return
+        taken = asyncio.run(_taken(api, settings, created, timeout))
+        _print_dispatches([taken or created], output, verb="created")
+        if taken is None:
+            fail(
+                f"no worker took the job of dispatch {created.id} in {timeout:g} s: "
+                + _why_untaken(agent, socket_path)
+            )
+        if output == "text":
+            for job in taken.state.jobs:
+                click.echo(
+                    f"job {job.id} assigned to worker {job.state.worker_id} "
+                    f"({api.job_to_dict(job)['status']})"
+                )
     except api.DispatchError as exc:
         fail(str(exc))
+
+
+async def _taken(api: Any, settings: Any, created: Any, timeout: float) -> Any:
+    """The dispatch once a worker has its job (polled: the API has no watch); None in time."""
+    with anyio.move_on_after(timeout):
+        while True:
+            for found in await api.list_dispatches(settings, room=created.room):
+                if found.id == created.id and any(j.state.worker_id for j in found.state.jobs):
+                    return found
+            await anyio.sleep(0.2)  # the dispatch API's polling interval
+    return None
+
+
+def _why_untaken(agent: str, socket_path: str | None) -> str:
+    """The likely reason no worker took a job of ``agent``, from the local supervisor if any."""
+    from lksup.control.client import ControlClient
+    from lksup.control.errors import ControlError, DaemonUnreachable
+
+    async def names() -> list[str]:
+        async with ControlClient(_socket(socket_path)) as client:
+            return [item.name for item in (await client.status(None)).items]
+
+    generic = f"no worker registered for agent {agent!r}, or every worker of it is full or draining"
+    try:
+        local = anyio.run(names)
+    except (DaemonUnreachable, ControlError, SystemExit):
+        return generic
+    if agent in local:
+        return (
+            f"this host's supervisor runs {agent!r}, but no worker of it took the job: is it "
+            f"registered, ready and not full? (lksup status {agent})"
+        )
+    close = difflib.get_close_matches(agent, local, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return f"{generic} (this host's supervisor has no agent {agent!r}{hint})"
 
 
 #: The dev server's default credentials: a documented development constant, not a secret.

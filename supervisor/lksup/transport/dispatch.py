@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
-from google.protobuf import json_format
 from livekit import api as lkapi
+from livekit.protocol import agent as pb_agent
 from livekit.protocol import agent_dispatch as pb_dispatch
 
 from lksup.errors import LksupError
@@ -68,9 +69,41 @@ class ApiSettings:
         )
 
 
+def rfc3339(stamp: int) -> str | None:
+    """An RFC 3339 UTC time for a LiveKit timestamp (nanoseconds; None when unset)."""
+    if stamp <= 0:
+        return None
+    seconds = stamp / 1e9 if stamp > 10**14 else stamp / 1e3 if stamp > 10**11 else stamp
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+
+
+def job_to_dict(job: pb_agent.Job) -> dict[str, Any]:
+    """A dispatched job as JSON: its status without the enum prefix, times in RFC 3339."""
+    state = job.state
+    return {
+        "id": job.id,
+        "type": pb_agent.JobType.Name(job.type).removeprefix("JT_").lower(),
+        "agentName": job.agent_name,
+        "status": pb_agent.JobStatus.Name(state.status).removeprefix("JS_").lower(),
+        "workerId": state.worker_id or None,
+        "participantIdentity": state.participant_identity or None,
+        "error": state.error or None,
+        "startedAt": rfc3339(state.started_at),
+        "endedAt": rfc3339(state.ended_at),
+    }
+
+
 def dispatch_to_dict(dispatch: pb_dispatch.AgentDispatch) -> dict[str, Any]:
-    """A dispatch as JSON-friendly data (proto field names)."""
-    return json_format.MessageToDict(dispatch, preserving_proto_field_name=True)
+    """A dispatch as JSON: camelCase names, times in RFC 3339, its jobs (``job_to_dict``)."""
+    return {
+        "id": dispatch.id,
+        "agentName": dispatch.agent_name,
+        "room": dispatch.room,
+        "metadata": dispatch.metadata,
+        "createdAt": rfc3339(dispatch.state.created_at),
+        "deletedAt": rfc3339(dispatch.state.deleted_at),
+        "jobs": [job_to_dict(job) for job in dispatch.state.jobs],
+    }
 
 
 async def _call(settings: ApiSettings, method: str, *args: Any) -> Any:
