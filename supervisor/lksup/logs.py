@@ -14,7 +14,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-_FIELDS = ("agent", "job_id", "pid", "stream", "source_logger")
+_FIELDS = ("agent", "job_id", "room", "worker_id", "pid", "stream", "source_logger", "traceback")
 
 
 class JsonFormatter(logging.Formatter):
@@ -52,6 +52,9 @@ class ConsoleFormatter(logging.Formatter):
         ]
         prefix = f"[{' '.join(tags)}] " if tags else ""
         text = f"{stamp} {record.levelname.lower():<7} {prefix}{record.getMessage()}"
+        traceback = getattr(record, "traceback", None)
+        if traceback:  # a job process's, forwarded
+            text += "\n" + str(traceback)
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return text

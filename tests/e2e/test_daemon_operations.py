@@ -687,6 +687,17 @@ async def test_version_typos_missing_daemon_yaml_watch_stream_and_render_applied
         code, out, err = await d.cli("dispatch", "survey", "--room", "survey-waited", "--wait")
         assert code == 0, err
         assert re.search(r"job AJ_\w+ assigned to worker AW_\w+ \(\w+\)", out), out
+        with anyio.fail_after(20):  # the job's own log line carries where it runs
+            while not (
+                started := [
+                    r
+                    for r in records(d)
+                    if "survey job started: room=survey-waited" in str(r.get("msg"))
+                ]
+            ):
+                await anyio.sleep(0.05)  # the log is the observable
+        assert started[0]["room"] == "survey-waited"
+        assert started[0]["worker_id"].startswith("AW_")
         code, out, err = await d.cli(
             "dispatch", "salez", "--room", "sales-typo", "--wait", "--timeout", "1s"
         )

@@ -69,13 +69,24 @@ async def test_running_is_reported_only_after_the_entrypoint_started(agent_dir: 
     ],
 )
 async def test_job_outcomes_and_crash_reasons(
-    agent_dir: Path, launch: str, mode: str, error: str | None, kind: str | None
+    agent_dir: Path,
+    launch: str,
+    mode: str,
+    error: str | None,
+    kind: str | None,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="lksup.job")
     async with running_pool(spec(agent_dir), num_idle=1, launch=launch) as pool:
         reporter = Reporter()
         await offer_and_run(pool, reporter, make_job("AJ_1", metadata=mode))
         assert reporter.ended == {"AJ_1": error}
         assert pool.stats.failures == ({kind: 1} if kind else {})  # metrics count by kind
+        if mode == "raise":  # the job's traceback: a field of its own, not inside the message
+            (failed,) = [r for r in caplog.records if getattr(r, "traceback", None)]
+            assert failed.traceback.startswith("Traceback")  # type: ignore[attr-defined]
+            assert failed.traceback.endswith("RuntimeError: boom")  # type: ignore[attr-defined]
+            assert "Traceback" not in failed.getMessage()
         # the pool refills, and the next job is unaffected
         await wait_for(pool, lambda: len(pool.idle) == 1)
         await offer_and_run(pool, reporter, make_job("AJ_2"))

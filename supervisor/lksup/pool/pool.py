@@ -727,7 +727,7 @@ class AgentPool:
                 launched_at=time.time(),
             )
             began = anyio.current_time()
-            started = await process.start_job(start, job.id)
+            started = await process.start_job(start, job.id, room=job.room_name)
             log.info(  # after the hand-over: the job's start never waits for this line
                 "agent %s assigned job %s (room %s) to process %s",
                 self.spec.agent_name,

@@ -194,6 +194,9 @@ class _JobSlot:
     failure: str | None = None
     """The supervisor ended the process as a failure while this job ran: that wins."""
     failure_kind: FailureKind = "killed"
+    room: str = ""
+    worker_id: str = ""
+    """The worker connection the job was assigned on (log fields)."""
     awaits_ack: bool = False
     """It reported its outcome before leaving its room and waits for it to be sent."""
 
@@ -281,8 +284,18 @@ class WorkerProcess:
         """Wait until the process has exited."""
         await self._exited.wait()
 
-    def _extra(self) -> dict[str, object]:
-        return {"agent": self.spec.agent_name, "job_id": self.job_id, "pid": self.pid}
+    def _extra(self, job_id: str | None = None) -> dict[str, object]:
+        job_id = job_id or self.job_id
+        extra: dict[str, object] = {
+            "agent": self.spec.agent_name,
+            "job_id": job_id,
+            "pid": self.pid,
+        }
+        slot = self.jobs.get(job_id) if job_id else None
+        if slot is not None:  # where the job is: its room and the worker it came through
+            extra["room"] = slot.room or None
+            extra["worker_id"] = slot.worker_id or None
+        return extra
 
     # --- life -----------------------------------------------------------------------------
 
@@ -509,12 +522,15 @@ class WorkerProcess:
                 slot.awaits_ack = isinstance(message, ipc.JobOutcome)
             slot.ended.set()
         elif isinstance(message, ipc.LogRecord):
-            text = message.message + (f"\n{message.exc_text}" if message.exc_text else "")
-            text = self._scrub(text)
+            text = self._scrub(message.message)
             fields = {key: self._scrub(value) for key, value in message.fields.items()}
-            extra = {**self._extra(), "source_logger": message.logger}
-            if self.host:  # several jobs: the record's own, if it came from a job's thread
-                extra["job_id"] = message.job_id or None
+            # several jobs in a host: the record's own, if it came from a job's thread
+            own = (message.job_id or None) if self.host else self.job_id
+            extra = {**self._extra(own), "source_logger": message.logger}
+            if self.host:
+                extra["job_id"] = own
+            if message.exc_text:  # a field of its own in JSON, after the message on a console
+                extra["traceback"] = self._scrub(message.exc_text)
             if fields:
                 extra["fields"] = fields
             job_log.log(message.level, "%s", text, extra=extra)
@@ -628,9 +644,9 @@ class WorkerProcess:
             await event.wait()
             tg.cancel_scope.cancel()
 
-    async def start_job(self, start: ipc.StartJob, job_id: str) -> bool:
+    async def start_job(self, start: ipc.StartJob, job_id: str, *, room: str = "") -> bool:
         """Hand the job over; True once the entrypoint was called (JobStarted)."""
-        slot = self.jobs[job_id] = _JobSlot()
+        slot = self.jobs[job_id] = _JobSlot(room=room, worker_id=start.worker_id)
         self.job_id = job_id
         self.job_started_at = anyio.current_time()
         if not self.host:
