@@ -17,27 +17,41 @@ from typing import Any, TextIO
 _FIELDS = ("agent", "job_id", "room", "worker_id", "pid", "stream", "source_logger", "traceback")
 
 
+_EXCEPTIONS = logging.Formatter()
+
+
+def record_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """A record as the JSON formatter writes it, plus ``created`` (wall-clock seconds).
+
+    The fields: ts, level, logger, msg, the bound fields, a job's own fields, ``exc``.
+    """
+    data: dict[str, Any] = {
+        "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+        "created": record.created,
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "msg": record.getMessage(),
+    }
+    for name in _FIELDS:
+        value = getattr(record, name, None)
+        if value is not None:
+            data[name] = value
+    extra = getattr(record, "fields", None)  # a job's own fields never replace ours
+    if isinstance(extra, dict):
+        for name, value in extra.items():
+            data.setdefault(name, value)
+    if record.exc_info:
+        data["exc"] = _EXCEPTIONS.formatException(record.exc_info)
+    return data
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: ts, level, logger, msg and the bound fields."""
 
     def format(self, record: logging.LogRecord) -> str:
         """The record as one JSON line."""
-        data: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for name in _FIELDS:
-            value = getattr(record, name, None)
-            if value is not None:
-                data[name] = value
-        extra = getattr(record, "fields", None)  # a job's own fields never replace ours
-        if isinstance(extra, dict):
-            for name, value in extra.items():
-                data.setdefault(name, value)
-        if record.exc_info:
-            data["exc"] = self.formatException(record.exc_info)
+        data = record_fields(record)
+        del data["created"]
         return json.dumps(data, ensure_ascii=False)
 
 

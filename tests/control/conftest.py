@@ -10,7 +10,14 @@ from typing import Any
 import anyio
 import pytest
 
-from lksup.control.api import AgentStatus, ApplyRequest, JobStatus, SimulateRequest, StatusList
+from lksup.control.api import (
+    AgentStatus,
+    ApplyRequest,
+    JobStatus,
+    JournalQuery,
+    SimulateRequest,
+    StatusList,
+)
 from lksup.control.errors import ControlError
 from lksup.control.server import ControlServer
 
@@ -118,6 +125,14 @@ class FakeApp:
         self.calls.append(("simulate", (agent, request)))
         self._agent(agent)
         return {"job_id": "AJ_sim", "room": request.room, "participant": request.participant}
+
+    async def events(self, query: JournalQuery) -> dict[str, Any]:
+        self.calls.append(("events", query))
+        return {"items": [], "last": query.after}
+
+    async def logs(self, query: JournalQuery) -> dict[str, Any]:
+        self.calls.append(("logs", query))
+        return {"items": [], "last": query.after}
 
 
 @pytest.fixture

@@ -714,3 +714,76 @@ async def test_version_typos_missing_daemon_yaml_watch_stream_and_render_applied
         code, _, err = await d.cli("render", "--applied", str(fleet))
         assert code == 2
         assert "--applied takes no FLEET" in err
+
+
+async def test_events_and_logs_through_the_cli() -> None:
+    async with daemon("fleets/dev.yaml", "--set", "hold_seconds=1") as d:
+        await d.wait_ready(3)
+        # events -w as a JSON-lines stream, started before anything below happens
+        command = [sys.executable, "-m", "lksup", "events", "-w", "-o", "json"]
+        stream = await anyio.open_process(command, env=d.env(), cwd=ROOT)
+        try:
+            code, out, err = await d.cli("dispatch", "survey", "--room", "survey-ev", "--wait")
+            assert code == 0, err
+            job_id = re.search(r"job (AJ_\w+) assigned", out).group(1)  # type: ignore[union-attr]
+            seen: list[dict[str, Any]] = []
+            buffered = b""
+            assert stream.stdout is not None
+            with anyio.fail_after(30):  # the job starts and ends (held 1 s)
+                while not any(e["reason"] == "JobSucceeded" for e in seen):
+                    buffered += await stream.stdout.receive()
+                    *lines, rest = buffered.split(b"\n")
+                    buffered = rest
+                    seen.extend(json.loads(line) for line in lines if line)
+        finally:
+            stream.send_signal(signal.SIGINT)
+            with anyio.fail_after(10):
+                await stream.wait()
+            await stream.aclose()
+        reasons = [(e["reason"], e["agent"], e["job_id"]) for e in seen if e["job_id"] == job_id]
+        assert reasons == [("JobStarted", "survey", job_id), ("JobSucceeded", "survey", job_id)]
+        # the kept events: the apply at start and every agent's registration
+        code, out, err = await d.cli("events", "-o", "json")
+        assert code == 0, err
+        kept = json.loads(out)["items"]
+        assert kept[0]["reason"] == "Applied"
+        assert {e["agent"] for e in kept if e["reason"] == "Registered"} == set(AGENTS)
+        code, out, err = await d.cli("events", "survey")
+        assert code == 0, err
+        assert f"JobSucceeded   survey/{job_id}  job succeeded (room survey-ev)" in out
+        code, out, err = await d.cli("events", "survy")
+        assert code == 4
+        assert "did you mean 'survey'?" in err
+        # logs: the job's own lines, as text and as JSON records with their fields
+        code, out, err = await d.cli("logs", "--job", job_id)
+        assert code == 0, err
+        assert "survey job started: room=survey-ev" in out
+        assert f"[survey {job_id} " in out
+        code, out, err = await d.cli("logs", "survey", "--job", job_id, "-o", "json")
+        assert code == 0, err
+        records = [json.loads(line) for line in out.splitlines()]
+        assert records
+        assert all(r["agent"] == "survey" and r["job_id"] == job_id for r in records)
+        started = [r for r in records if "survey job started" in r["msg"]]
+        assert started[0]["room"] == "survey-ev"
+        code, out, _ = await d.cli("logs", "sales", "-o", "json")
+        every = out.splitlines()
+        assert every
+        code, out, _ = await d.cli("logs", "sales", "--tail", "1", "-o", "json")
+        assert out.splitlines() == every[-1:]
+        # logs -f: a record logged after it started comes through
+        command = [sys.executable, "-m", "lksup", "logs", "sales", "-f", "--tail", "0"]
+        follower = await anyio.open_process(command, env=d.env(), cwd=ROOT)
+        try:
+            code, _, err = await d.cli("drain", "sales")
+            assert code == 0, err
+            assert follower.stdout is not None
+            text = b""
+            with anyio.fail_after(30):
+                while b"agent sales drained" not in text:
+                    text += await follower.stdout.receive()
+        finally:
+            follower.send_signal(signal.SIGINT)
+            with anyio.fail_after(10):
+                await follower.wait()
+            await follower.aclose()

@@ -40,6 +40,7 @@ __all__ = [
     "FleetStatus",
     "Health",
     "JobStatus",
+    "JournalQuery",
     "Match",
     "Route",
     "SimulateRequest",
@@ -299,6 +300,62 @@ class ControlApp(Protocol):
         """Ask the server for a job on ``agent``'s own connection."""
         ...
 
+    async def events(self, query: JournalQuery) -> dict[str, Any]:
+        """Events after ``query.after`` (an ``EventList``: ``items`` and ``last``)."""
+        ...
+
+    async def logs(self, query: JournalQuery) -> dict[str, Any]:
+        """Log records after ``query.after`` (a ``LogList``: ``items`` and ``last``)."""
+        ...
+
+
+#: The longest a ``GET /v1/events`` or ``/v1/logs`` waits for its first item (the server
+#: answers every request within its request timeout).
+MAX_WAIT: Final = 5.0
+
+
+@dataclass(frozen=True)
+class JournalQuery:
+    """The query of ``GET /v1/events`` and ``GET /v1/logs``.
+
+    ``after``: the last ``seq`` the reader has (0: from the oldest kept); ``wait``: seconds
+    to wait for the first new item (at most ``MAX_WAIT``); ``agent``, ``job``: only those;
+    ``since``: wall-clock seconds, only items from then on; ``tail``: only the last N.
+    """
+
+    after: int = 0
+    wait: float = 0.0
+    agent: str | None = None
+    job: str | None = None
+    since: float | None = None
+    tail: int | None = None
+
+    @classmethod
+    def parse(cls, query: Mapping[str, str]) -> JournalQuery:
+        """From query parameters; ``bad_request`` when a number is not one."""
+
+        def number(name: str, kind: type[int] | type[float]) -> Any:
+            text = query.get(name)
+            if text is None or text == "":
+                return None
+            try:
+                value = kind(text)
+            except ValueError:
+                message = f"{name} must be a number, not {text!r}"
+                raise ControlError("bad_request", message, 400) from None
+            if value < 0:
+                raise ControlError("bad_request", f"{name} cannot be negative", 400)
+            return value
+
+        return cls(
+            after=number("after", int) or 0,
+            wait=min(number("wait", float) or 0.0, MAX_WAIT),
+            agent=query.get("agent") or None,
+            job=query.get("job") or None,
+            since=number("since", float),
+            tail=number("tail", int),
+        )
+
 
 Handler = Callable[[ControlApp, "Match", BaseModel | None], Awaitable[Mapping[str, Any]]]
 
@@ -448,10 +505,20 @@ async def _reload(app: ControlApp, match: Match, body: BaseModel | None) -> Mapp
     return await app.reload(match.params.get("name"))
 
 
+async def _events(app: ControlApp, match: Match, body: BaseModel | None) -> Mapping[str, Any]:
+    return await app.events(JournalQuery.parse(match.query))
+
+
+async def _logs(app: ControlApp, match: Match, body: BaseModel | None) -> Mapping[str, Any]:
+    return await app.logs(JournalQuery.parse(match.query))
+
+
 async def _simulate(app: ControlApp, match: Match, body: BaseModel | None) -> Mapping[str, Any]:
     assert isinstance(body, SimulateRequest)
     return await app.simulate(match.params["name"], body)
 
+
+_JOURNAL_QUERY: Final = frozenset({"after", "wait", "agent", "job", "since", "tail"})
 
 #: Every route, in the order they are matched. ``GET /v1/health`` is answered by the server
 #: itself (it needs the pid); it is listed so that 404/405 treat it like the others.
@@ -459,6 +526,8 @@ ROUTES: Final = (
     Route("GET", "/v1/health", "Health"),
     Route("GET", "/v1/status", "StatusList", query=frozenset({"agent"})),
     Route("GET", "/v1/fleet", "Fleet"),
+    Route("GET", "/v1/events", "EventList", query=_JOURNAL_QUERY),
+    Route("GET", "/v1/logs", "LogList", query=_JOURNAL_QUERY),
     Route("POST", "/v1/apply", "Plan", ApplyRequest),
     Route("POST", "/v1/drain", "DrainResult"),
     Route("POST", "/v1/reload", "ReloadResult"),
@@ -471,6 +540,8 @@ ROUTES: Final = (
 _HANDLERS: Final[dict[tuple[str, str], Handler]] = {
     ("GET", "/v1/status"): _status,
     ("GET", "/v1/fleet"): _applied,
+    ("GET", "/v1/events"): _events,
+    ("GET", "/v1/logs"): _logs,
     ("POST", "/v1/apply"): _apply,
     ("POST", "/v1/drain"): _drain,
     ("POST", "/v1/reload"): _reload,

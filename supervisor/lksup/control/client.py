@@ -25,7 +25,7 @@ from urllib.parse import quote
 import anyio
 import httpx
 
-from lksup.control.api import ApplyRequest, Health, SimulateRequest, StatusList
+from lksup.control.api import ApplyRequest, Health, JournalQuery, SimulateRequest, StatusList
 from lksup.control.errors import ControlError, DaemonUnreachable
 
 __all__ = ["DEFAULT_TIMEOUT", "ControlClient", "SyncControlClient"]
@@ -158,6 +158,18 @@ class ControlClient:
     async def health(self) -> Health:
         """``GET /v1/health``."""
         return Health.model_validate(await self._call(_Call("GET", "/v1/health")))
+
+    async def journal(self, what: str, query: JournalQuery) -> dict[str, Any]:
+        """``GET /v1/events`` or ``/v1/logs`` (``what``).
+
+        The answer has the ``items`` after ``query.after`` and the ``last`` seq to ask after.
+        """
+        params = {"after": str(query.after), "wait": f"{query.wait:g}"}
+        for name in ("agent", "job", "since", "tail"):
+            value = getattr(query, name)
+            if value is not None:
+                params[name] = str(value)
+        return await self._call(_Call("GET", f"/v1/{what}", params))
 
     async def status(self, agent: str | None = None) -> StatusList:
         """``GET /v1/status``; an unknown ``agent`` raises ``ControlError`` ``not_found``."""

@@ -27,6 +27,7 @@ from lksup.control.api import (
     FleetStatus,
     InferenceStatus,
     JobStatus,
+    JournalQuery,
     SimulateRequest,
     StatusList,
     SyncState,
@@ -35,6 +36,14 @@ from lksup.control.api import (
 from lksup.control.errors import ControlError
 from lksup.daemon import state
 from lksup.daemon.conditions import Facts
+from lksup.daemon.journal import (
+    EVENTS_KEPT,
+    Event,
+    EventRecorder,
+    Journal,
+    LogBuffer,
+    Snapshot,
+)
 from lksup.daemon.supervisor import AgentSlot, Supervisor
 from lksup.fleet.loading import fleet_path
 from lksup.fleet.normalize import normalize
@@ -104,6 +113,7 @@ class DaemonApp:
         *,
         dev: bool = False,
         checker: Checker | None = None,
+        logs: LogBuffer | None = None,
     ) -> None:
         self.supervisor = supervisor
         self.state_dir = state_dir
@@ -115,6 +125,10 @@ class DaemonApp:
         self.source: str | None = None
         self.values: dict[str, Any] = {}  # the template values of ``source``
         self.revision: str | None = None
+        self.recorder = EventRecorder(Journal(EVENTS_KEPT))
+        """What happened, for ``lksup events`` (recorded by ``observe`` and the applies)."""
+        self.log_buffer = logs
+        """Recent log records, for ``lksup logs`` (None: not kept, e.g. in tests)."""
         self.watching = False  # ``lksup run --watch``: changes of ``source`` are applied
         self.reapply_error: tuple[str, float] | None = None
         """Why the latest re-apply of ``source`` changed nothing, and when (monotonic)."""
@@ -122,6 +136,7 @@ class DaemonApp:
     def reapply_failed(self, reason: str) -> None:
         """A re-apply of ``source`` (SIGHUP, ``--watch``) changed nothing: status shows why."""
         self.reapply_error = (reason, anyio.current_time())
+        self.recorder.record("ApplyFailed", reason, warning=True)
 
     # --- status --------------------------------------------------------------------------
 
@@ -258,11 +273,48 @@ class DaemonApp:
         )
 
     def observe(self) -> None:
-        """Record the conditions of every agent now (their transition times stay precise)."""
-        for slot in list(self.supervisor.slots.values()):
-            slot.conditions.observe(
-                self._facts(slot, self.supervisor.agent_state(slot)), time.time()
+        """Record every agent's conditions now, and the events since the last observation.
+
+        Observed at every change, so transition times stay precise.
+        """
+        snapshots = {}
+        for name, slot in list(self.supervisor.slots.items()):
+            state_name = self.supervisor.agent_state(slot)
+            slot.conditions.observe(self._facts(slot, state_name), time.time())
+            snapshots[name] = self._snapshot(slot, state_name)
+        self.recorder.observe(snapshots)
+
+    def _snapshot(self, slot: AgentSlot, state_name: str) -> Snapshot:
+        running: dict[str, str] = {}
+        ended: dict[str, tuple[str, str | None, str, str | None]] = {}
+        for ended_job in slot.retired_ended:
+            ended[ended_job.job_id] = (
+                ended_job.room,
+                ended_job.error,
+                ended_job.reason,
+                ended_job.kind,
             )
+        for live in slot.runtimes():
+            for job_id, process in live.pool.running.items():
+                job_slot = process.jobs.get(job_id)
+                running[job_id] = job_slot.room if job_slot is not None else ""
+            for ended_job in live.pool.ended:
+                ended[ended_job.job_id] = (
+                    ended_job.room,
+                    ended_job.error,
+                    ended_job.reason,
+                    ended_job.kind,
+                )
+        runtime = slot.runtime
+        return Snapshot(
+            state=state_name,
+            message=self._message(slot),
+            worker_id=runtime.session.machine.worker_id if runtime is not None else None,
+            restarts=slot.restarts,
+            drained=slot.override_drained,
+            running=running,
+            ended=ended,
+        )
 
     async def observe_forever(self, interval: float = 0.5) -> None:
         """``observe`` every ``interval`` seconds and whenever the supervisor changes."""
@@ -437,6 +489,12 @@ class DaemonApp:
         await self.supervisor.apply(effective)
         self.fleet, self.source, self.revision = fleet, request.source, applied.revision
         self.reapply_error = None
+        self.recorder.record(
+            "Applied",
+            f"revision {applied.revision} of fleet {fleet.metadata.name}"
+            + (f" from {request.source}" if request.source else "")
+            + f": {plan_render.counts(document['summary'])}",
+        )
         self.values = dict(request.values)
         return {
             **document,
@@ -460,6 +518,48 @@ class DaemonApp:
         }
 
     # --- operations ------------------------------------------------------------------------------
+
+    async def events(self, query: JournalQuery) -> dict[str, Any]:
+        """``lksup events``: the events after ``query.after``, of ``query.agent`` only."""
+        if query.agent is not None and query.agent not in self.supervisor.slots:
+            raise self._unknown(query.agent)
+
+        def keep(event: Event) -> bool:
+            if query.agent is not None and event.agent != query.agent:
+                return False
+            if query.job is not None and event.job_id != query.job:
+                return False
+            return query.since is None or event.at >= query.since
+
+        journal = self.recorder.journal
+        found = await journal.after(query.after, query.wait, keep)
+        if query.tail is not None:
+            found = found[-query.tail :] if query.tail else []
+        return {
+            "items": [event.document(seq) for seq, event in found],
+            "last": found[-1][0] if found else max(query.after, journal.last),
+        }
+
+    async def logs(self, query: JournalQuery) -> dict[str, Any]:
+        """``lksup logs``: log records after ``query.after``, of an agent or a job."""
+        if self.log_buffer is None:
+            raise ControlError("unavailable", "this daemon keeps no log records", 503)
+        if query.agent is not None and query.agent not in self.supervisor.slots:
+            raise self._unknown(query.agent)
+        found = await self.log_buffer.read(
+            query.after, wait=query.wait, agent=query.agent, job_id=query.job, since=query.since
+        )
+        if query.tail is not None:
+            found = found[-query.tail :] if query.tail else []
+        items = []
+        for seq, record in found:
+            item = {"seq": seq, **record}
+            del item["created"]
+            items.append(item)
+        return {
+            "items": items,
+            "last": found[-1][0] if found else max(query.after, self.log_buffer.journal.last),
+        }
 
     def _unknown(self, agent: str) -> ControlError:
         """``not_found`` for ``agent``, with the closest known names (a typo's fix)."""

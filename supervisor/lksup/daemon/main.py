@@ -33,6 +33,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from lksup.daemon import stacks, state
 from lksup.daemon.agent import Environment
 from lksup.daemon.app import DaemonApp
 from lksup.daemon.health import HealthServer
+from lksup.daemon.journal import LogBuffer
 from lksup.daemon.notify import Notifier
 from lksup.daemon.supervisor import Supervisor
 from lksup.errors import LksupError
@@ -106,6 +108,7 @@ class Daemon:
         self._done = anyio.Event()
         self._reapplying: anyio.CancelScope | None = None  # a SIGHUP re-apply in progress
         self._watched: dict[str, bytes | str] = {}  # ``--watch``: source -> content last tried
+        self._log_buffer = LogBuffer()  # ``lksup logs``: the recent records, per agent
         self._running = False  # started: a failure from now on "stopped" it
 
     def _load(self, path: str, values: dict[str, Any]) -> Fleet:
@@ -115,7 +118,7 @@ class Daemon:
         return loaded.fleet
 
     async def run(self) -> int:
-        """Run until a signal ends it; the exit status.
+        """Run until a signal ends it; the exit status (see ``_run``).
 
         Raises:
             LksupError: it cannot start (nothing was applied or persisted then), or it
@@ -123,7 +126,7 @@ class Daemon:
                 with its traceback).
         """
         try:
-            with state.lock(self.settings.state_dir):
+            with state.lock(self.settings.state_dir), _kept(self._log_buffer):
                 return await self._run()
         except state.StateDirInUse as exc:
             raise LksupError(f"cannot start: {exc}") from None
@@ -156,7 +159,11 @@ class Daemon:
             supervisor = Supervisor(env, monitor, zygotes=zygotes)
             await tg.start(supervisor.run)
             app = DaemonApp(
-                supervisor, settings.state_dir, dev=settings.dev, checker=self._check_source
+                supervisor,
+                settings.state_dir,
+                dev=settings.dev,
+                checker=self._check_source,
+                logs=self._log_buffer,
             )
             await tg.start(ControlServer(settings.socket, app).run)
             # every listener is bound before the first apply: a daemon that cannot start
@@ -558,6 +565,17 @@ class Daemon:
             log.info("watch: %s changed; re-applying", source)
             self._reapplying = anyio.CancelScope()
             await self._reapply_guarded(app, self._reapplying, "watch")
+
+
+@contextlib.contextmanager
+def _kept(handler: logging.Handler) -> Iterator[None]:
+    """Every record also goes to ``handler`` (the daemon's ``LogBuffer``) while it runs."""
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
 
 
 async def _read_quietly(path: str) -> bytes | str:

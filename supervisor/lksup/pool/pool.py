@@ -185,6 +185,8 @@ class EndedJob:
     started_at: float
     """``anyio.current_time()`` seconds (as the ended_at)."""
     ended_at: float
+    kind: str | None = None
+    """Why it failed, as a class (``JobOutcome.kind``); None when it succeeded."""
 
 
 @dataclass
@@ -661,6 +663,7 @@ class AgentPool:
                 reason=outcome.reason,
                 started_at=now - duration,
                 ended_at=now,
+                kind=outcome.kind or ("exception" if failed else None),
             )
         )
         log.log(
