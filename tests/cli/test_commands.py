@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -354,3 +355,33 @@ def test_validate_fails_when_the_stop_timeout_is_shorter_than_the_budget(tmp_pat
     assert unbounded.exit_code == 1
     assert "set supervisor.drain_timeout to at most 553 s" in unbounded.stderr
     assert run_cli("validate", str(fleet), "--stop-timeout", "soon").exit_code == 2
+
+
+LKSUP = str(Path(sys.executable).parent / "lksup")  # the installed command the scripts call
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completion_scripts_call_back_the_cli(shell: str) -> None:
+    script = run_cli("completion", shell)
+    assert script.exit_code == 0
+    assert f"_LKSUP_COMPLETE={shell}_" in script.stdout.replace("_source", "_complete")
+
+
+def test_bash_completion_completes_commands_and_options() -> None:
+    def complete(words: str) -> list[str]:
+        result = subprocess.run(
+            [LKSUP],
+            env={
+                **os.environ,
+                "_LKSUP_COMPLETE": "bash_complete",
+                "COMP_WORDS": words,
+                "COMP_CWORD": str(len(words.split()) - 1),
+            },
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return result.stdout.splitlines()
+
+    assert complete("lksup dr") == ["plain,drain"]
+    assert "plain,--stop-timeout" in complete("lksup validate --st")

@@ -647,6 +647,17 @@ async def test_version_typos_missing_daemon_yaml_watch_stream_and_render_applied
         document = json.loads((await d.cli("version", "-o", "json"))[1])
         assert document["daemon"]["lksup"] == document["client"]["lksup"]
         assert document["daemon"]["livekitProtocol"] == document["client"]["livekitProtocol"]
+        # shell completion of agent names asks the daemon
+        completed = await anyio.run_process(
+            [str(Path(sys.executable).parent / "lksup")],
+            env={
+                **d.env(),
+                "_LKSUP_COMPLETE": "bash_complete",
+                "COMP_WORDS": "lksup drain s",
+                "COMP_CWORD": "2",
+            },
+        )
+        assert completed.stdout.decode().splitlines() == ["plain,sales", "plain,survey"]
         # an agent name with a typo: exit 4, with the names it may have meant
         code, _, err = await d.cli("drain", "salez")
         assert code == 4

@@ -17,6 +17,7 @@ from typing import Any, NoReturn, TypeVar
 
 import anyio
 import click
+from click.shell_completion import CompletionItem
 
 from lksup import __version__
 from lksup.errors import Diagnostic, FleetError
@@ -172,6 +173,49 @@ def main() -> None:
       lksup status                             # agents, jobs, load, sync (exit 3 not ready)
       lksup drain customer-service --wait      # stop taking jobs, let running ones finish
     """
+
+
+def complete_agents(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """Shell completion of AGENT: the running supervisor's agents (none when unreachable)."""
+    from lksup.control.client import ControlClient
+    from lksup.control.paths import resolve_socket_path
+
+    socket_path = ctx.params.get("socket_path")
+
+    async def names() -> list[str]:
+        path = resolve_socket_path(socket_path, environ=os.environ, uid=os.getuid())
+        async with ControlClient(path, timeout=2.0) as client:
+            return [item.name for item in (await client.status(None)).items]
+
+    try:
+        found = anyio.run(names)
+    except Exception:  # completion never prints errors into the shell
+        return []
+    return [CompletionItem(name) for name in found if name.startswith(incomplete)]
+
+
+@main.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL.
+
+    It completes commands, options, files, and the running supervisor's agent names.
+
+    \b
+    Examples:
+      lksup completion bash > ~/.local/share/bash-completion/completions/lksup
+      lksup completion zsh > "${fpath[1]}/_lksup"
+      lksup completion fish > ~/.config/fish/completions/lksup.fish
+      eval "$(lksup completion bash)"          # this shell only
+    """
+    from click.shell_completion import get_completion_class
+
+    completer = get_completion_class(shell)
+    assert completer is not None
+    script = completer(main, {}, "lksup", "_LKSUP_COMPLETE").source()
+    click.echo(script)
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:

@@ -29,6 +29,7 @@ from lksup.cli.common import (
     _socket_option,
     _template_options,
     _values,
+    complete_agents,
     fail,
     main,
 )
@@ -300,7 +301,7 @@ def _wait_converged(socket_path: str | None, timeout: float, removed: list[str])
 
 
 @main.command()
-@click.argument("agent", required=False, metavar="[AGENT]")
+@click.argument("agent", required=False, metavar="[AGENT]", shell_complete=complete_agents)
 @_socket_option
 @click.option(
     "--jobs",
@@ -540,7 +541,7 @@ def _recent_failure(item: Any) -> str:
 
 
 @main.command()
-@click.argument("agent", required=False, metavar="[AGENT]")
+@click.argument("agent", required=False, metavar="[AGENT]", shell_complete=complete_agents)
 @click.option("--all", "all_agents", is_flag=True, help="Drain every agent.")
 @click.option("--wait", is_flag=True, help="Wait until the drained agents have no job left.")
 @click.option(
@@ -593,7 +594,7 @@ def drain(
 
 
 @main.command()
-@click.argument("agent", metavar="AGENT")
+@click.argument("agent", metavar="AGENT", shell_complete=complete_agents)
 @_socket_option
 def undrain(agent: str, socket_path: str | None) -> None:
     """Let AGENT take jobs again (clears the drain override).
@@ -611,7 +612,7 @@ def undrain(agent: str, socket_path: str | None) -> None:
 
 
 @main.command()
-@click.argument("agent", required=False, metavar="[AGENT]")
+@click.argument("agent", required=False, metavar="[AGENT]", shell_complete=complete_agents)
 @click.option("--all", "all_agents", is_flag=True, help="Reload every agent.")
 @_socket_option
 def reload(agent: str | None, all_agents: bool, socket_path: str | None) -> None:
@@ -637,7 +638,7 @@ def reload(agent: str | None, all_agents: bool, socket_path: str | None) -> None
 
 
 @main.command()
-@click.argument("agent", metavar="AGENT")
+@click.argument("agent", metavar="AGENT", shell_complete=complete_agents)
 @click.option("--room", required=True, help="The room the simulated job is for.")
 @click.option("--participant", metavar="IDENTITY", help="A participant: a publisher job.")
 @_socket_option
@@ -754,7 +755,7 @@ def _follow(socket_path: str | None, what: str, query: Any, follow: bool, emit: 
 
 
 @main.command()
-@click.argument("agent", required=False, metavar="[AGENT]")
+@click.argument("agent", required=False, metavar="[AGENT]", shell_complete=complete_agents)
 @click.option("--job", "job_id", metavar="ID", help="Only the events of this job.")
 @click.option("--since", type=DURATION, metavar="DURATION", help="Only the last DURATION.")
 @click.option("-w", "--watch", is_flag=True, help="Then print new events as they happen.")
@@ -801,7 +802,7 @@ def events(
 
 
 @main.command()
-@click.argument("agent", required=False, metavar="[AGENT]")
+@click.argument("agent", required=False, metavar="[AGENT]", shell_complete=complete_agents)
 @click.option("--job", "job_id", metavar="ID", help="Only the records of this job.")
 @click.option("--since", type=DURATION, metavar="DURATION", help="Only the last DURATION.")
 @click.option("--tail", type=click.IntRange(min=0), metavar="N", help="Only the last N records.")

@@ -18,6 +18,7 @@ from lksup.cli.common import (
     _output_option,
     _socket,
     _socket_option,
+    complete_agents,
     fail,
     main,
 )
@@ -25,7 +26,7 @@ from lksup.fleet.schema import API_VERSION
 
 
 @main.command()
-@click.argument("agent", required=False, metavar="[AGENT]")
+@click.argument("agent", required=False, metavar="[AGENT]", shell_complete=complete_agents)
 @click.option("--room", required=True, help="Room name (created when missing).")
 @click.option("--metadata", default="", help="Job metadata handed to the agent (create only).")
 @click.option("--list", "list_", is_flag=True, help="List the room's dispatches instead.")
