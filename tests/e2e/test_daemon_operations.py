@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, free_port
-from tests.e2e.test_daemon import Daemon, daemon, descendants, gone
+from tests.e2e.test_daemon import Daemon, daemon, descendants, gone, write_fleet
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -798,3 +798,38 @@ async def test_events_and_logs_through_the_cli() -> None:
             with anyio.fail_after(10):
                 await follower.wait()
             await follower.aclose()
+
+
+async def test_reload_runs_the_agents_new_code(tmp_path: Path) -> None:
+    """Regression: a reload forked the new worker's processes from the agent's template,
+    which had imported the old code, so an edit outside --dev never ran."""
+    module = tmp_path / "versioned_agent.py"
+    module.write_text(
+        "import asyncio\nVERSION = 1\nasync def entrypoint(ctx):\n"
+        "    print('running version', VERSION)\n"
+        "    await asyncio.sleep(2)  # held: dispatch --wait sees the job in the room's list\n"
+    )
+    fleet = write_fleet(
+        tmp_path,
+        "versions",
+        f"defaults: {{working_dir: {tmp_path}, num_idle_processes: 1, load: jobs, max_jobs: 10}}\n"
+        "agents:\n"
+        "  versioned:\n"
+        "    entrypoint: versioned_agent:entrypoint\n",
+    )
+    async with daemon(str(fleet)) as d:
+        await d.wait_ready(1)
+        code, _, err = await d.cli("dispatch", "versioned", "--room", "v1", "--wait")
+        assert code == 0, err
+        await until_logged(d, "running version 1")
+        module.write_text(module.read_text().replace("VERSION = 1", "VERSION = 2"))
+        code, _, err = await d.cli("reload", "versioned")
+        assert code == 0, err
+        with anyio.fail_after(30):  # the new worker is the one registered
+            while (await by_name(d))["versioned"]["restarts"] != 1 or not (await by_name(d))[
+                "versioned"
+            ]["ready"]:
+                await anyio.sleep(0.1)  # status is the observable
+        code, _, err = await d.cli("dispatch", "versioned", "--room", "v2", "--wait")
+        assert code == 0, err
+        await until_logged(d, "running version 2")

@@ -551,6 +551,8 @@ class Supervisor:
         slot = self.slots[name]
         if slot.override_drained:
             return False
+        if self.zygotes is not None:  # the new worker's processes import the code anew
+            self.zygotes.refresh(name)
         self._replace(name, slot.agent)
         self._notify()
         return True

@@ -488,6 +488,21 @@ class Zygotes:
 
         self._tg.start_soon(retire)
 
+    def refresh(self, agent_name: str) -> int:
+        """Retire ``agent_name``'s templates; how many were retired.
+
+        The next process forks from a template that imports the agent's code anew (``lksup
+        reload``); the old ones stop once the processes forked from them have ended.
+        """
+        stale = [
+            key
+            for key, template in self.templates.items()
+            if template.spec.agent_name == agent_name
+        ]
+        for key in stale:
+            self._retire(self.templates.pop(key))
+        return len(stale)
+
     def live(self) -> list[tuple[bool, TemplateProcess]]:
         """(is a base, template) for every template now, bases first."""
         bases = [(True, t) for t in [*self.bases.values()] if t.alive]
