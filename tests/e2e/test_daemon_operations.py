@@ -833,3 +833,34 @@ async def test_reload_runs_the_agents_new_code(tmp_path: Path) -> None:
         code, _, err = await d.cli("dispatch", "versioned", "--room", "v2", "--wait")
         assert code == 0, err
         await until_logged(d, "running version 2")
+
+
+async def test_log_file_and_log_level(tmp_path: Path) -> None:
+    text = DEV_FLEET.replace(
+        "supervisor:\n", "supervisor:\n  log_file: {path: logs/lksup.log, max_mb: 1, backups: 2}\n"
+    )
+    assert "log_file" in text
+    fleet = fleet_file(tmp_path, "fleet.yaml", text)
+    async with daemon(str(fleet)) as d:
+        await d.wait_ready(3)
+        written = tmp_path / "logs" / "lksup.log"  # relative to the fleet file
+        with anyio.fail_after(10):
+            while "registered as" not in (written.read_text() if written.exists() else ""):
+                await anyio.sleep(0.05)  # the file is the observable
+        lines = [json.loads(line) for line in written.read_text().splitlines()]
+        assert {"ts", "level", "msg"} <= set(lines[0])
+        # an apply without it: the file is left alone from then on
+        code, _, err = await d.cli("apply", str(fleet_file(tmp_path, "plain.yaml", DEV_FLEET)))
+        assert code == 0, err
+        size = written.stat().st_size
+        code, _, err = await d.cli("reload", "sales")
+        assert code == 0, err
+        with anyio.fail_after(30):  # the new worker registered: logged, but not to the file
+            while d.log.read_text().count("agent sales registered as") < 2:
+                await anyio.sleep(0.05)  # the log is the observable
+        assert written.stat().st_size == size
+    async with daemon("fleets/dev.yaml", "--log-level", "warning") as quiet:
+        await quiet.wait_ready(3)
+        code, _, err = await quiet.cli("drain", "sales", "--wait")
+        assert code == 0, err
+        assert "registered as" not in quiet.log.read_text()  # info records are not logged

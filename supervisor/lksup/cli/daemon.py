@@ -91,6 +91,12 @@ def _host_port(_ctx: click.Context, param: click.Parameter, value: str | None) -
     type=click.Choice(["json", "console"]),
     help="Log format on stdout (default: console on a terminal, else JSON lines).",
 )
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="The least severe records logged (default: info; debug with --dev). Job processes "
+    "log at their agent's log_level.",
+)
 def run(
     fleet: str | None,
     values_files: tuple[str, ...],
@@ -102,6 +108,7 @@ def run(
     http: str | None,
     watch: bool,
     log_format: str | None,
+    log_level: str | None,
 ) -> None:
     """Run the supervisor in the foreground (for containers and systemd).
 
@@ -122,7 +129,7 @@ def run(
     from lksup.daemon.state import default_state_dir
     from lksup.logs import setup_logging
 
-    setup_logging(fmt=log_format, level="DEBUG" if dev else "INFO")
+    setup_logging(fmt=log_format, level=(log_level or ("debug" if dev else "info")).upper())
     values = _values(values_files, assignments)
     settings = DaemonSettings(
         socket=_socket(socket_path),

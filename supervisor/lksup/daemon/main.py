@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import logging.handlers
 import os
 import resource
 import signal
@@ -55,6 +56,7 @@ from lksup.fleet.durations import format_duration
 from lksup.fleet.loading import fleet_path, load_fleet
 from lksup.fleet.normalize import REVEAL
 from lksup.fleet.schema import Fleet
+from lksup.logs import JsonFormatter
 from lksup.monitors.monitor import Monitor
 from lksup.pool.zygote import Zygotes
 from lksup.reconcile import render as plan_render
@@ -169,6 +171,7 @@ class Daemon:
             # every listener is bound before the first apply: a daemon that cannot start
             # has started no agent and persisted nothing
             await tg.start(self._listener, tg, supervisor, app, _http_of(initial))
+            tg.start_soon(self._log_file, supervisor)
             if initial is not None:
                 await app.apply(initial)
             log.info("lksup is running; control socket %s", settings.socket)
@@ -183,6 +186,41 @@ class Daemon:
             await self._done.wait()
             tg.cancel_scope.cancel()
         return self.exit_code
+
+    async def _log_file(self, supervisor: Supervisor) -> None:
+        """Keep a rotated log file as the applied ``supervisor.log_file`` says (each apply).
+
+        A file that cannot be opened is logged, and stdout stays the only log until the next
+        change.
+        """
+        current: tuple[str, int, int] | None = None
+        handler: logging.Handler | None = None
+        root = logging.getLogger()
+        try:
+            while True:
+                changed = supervisor.change_event()  # before reading: no apply slips past
+                fleet = supervisor.fleet
+                setting = fleet.supervisor.log_file if fleet is not None else None
+                wanted = None
+                if setting is not None:
+                    path = supervisor.env.base_dir / setting.path
+                    wanted = (str(path), setting.max_mb, setting.backups)
+                if wanted != current:
+                    if handler is not None:
+                        root.removeHandler(handler)
+                        handler.close()
+                        handler = None
+                    current = wanted
+                    if wanted is not None:
+                        handler = _rotating_file(*wanted)
+                        if handler is not None:
+                            root.addHandler(handler)
+                            log.info("logging also to %s", wanted[0])
+                await changed.wait()
+        finally:
+            if handler is not None:
+                root.removeHandler(handler)
+                handler.close()
 
     async def _listener(
         self,
@@ -565,6 +603,20 @@ class Daemon:
             log.info("watch: %s changed; re-applying", source)
             self._reapplying = anyio.CancelScope()
             await self._reapply_guarded(app, self._reapplying, "watch")
+
+
+def _rotating_file(path: str, max_mb: int, backups: int) -> logging.Handler | None:
+    """A JSON-lines handler rotating ``path`` at ``max_mb``; None (logged) when it cannot."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.handlers.RotatingFileHandler(
+            path, maxBytes=max_mb * 2**20, backupCount=backups, encoding="utf-8"
+        )
+    except OSError as exc:
+        log.error("cannot write the log file %s: %s; logging to stdout only", path, exc)
+        return None
+    handler.setFormatter(JsonFormatter())
+    return handler
 
 
 @contextlib.contextmanager

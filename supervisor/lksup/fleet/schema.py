@@ -513,11 +513,27 @@ def check_host_port(value: str) -> str:
     return value
 
 
+class LogFile(_Model):
+    """A rotated file the supervisor also writes its log to (JSON lines)."""
+
+    path: Annotated[str, Field(min_length=1)]
+    """The file; a relative path is relative to the fleet file's directory."""
+
+    max_mb: Annotated[int, Field(ge=1)] = 100
+    """Rotate once the file reaches this size."""
+
+    backups: Annotated[int, Field(ge=0)] = 5
+    """Rotated files kept (path.1 ... path.N)."""
+
+
 class SupervisorSettings(_Model):
     """Settings of the supervisor process itself."""
 
     http: Annotated[str, AfterValidator(check_host_port)] | None = None
     """Optional read-only listener for /livez, /readyz and /metrics, as HOST:PORT."""
+
+    log_file: LogFile | None = None
+    """Also write the log to a rotated file (stdout stays the primary log)."""
 
     drain_timeout: Duration = 3600.0
     """One deadline for the coordinated drain of the whole fleet (SIGTERM); 0 waits forever."""
