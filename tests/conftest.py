@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,23 @@ import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def script_tool(script: str, failure: str) -> Path:
+    """The path ``scripts/SCRIPT`` prints (a tool it built or found); its exit 3 (this machine
+    lacks what it needs) skips the test locally and fails it in CI, as ``scripts/test.sh``
+    does; any other failure fails the test with ``failure`` and the script's output."""
+    result = subprocess.run(
+        [str(ROOT / "scripts" / script)], capture_output=True, text=True, check=False
+    )
+    if result.returncode == 3:
+        message = result.stderr.strip() or f"{script}: unavailable"
+        if os.environ.get("CI"):
+            pytest.fail(f"required in CI: {message}")
+        pytest.skip(message)
+    if result.returncode != 0:
+        pytest.fail(f"{failure}:\n{result.stderr[-2000:]}")
+    return Path(result.stdout.strip())
 
 
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:

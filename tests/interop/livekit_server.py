@@ -16,10 +16,8 @@ and Redis comes back as a new node (a new ``ND_`` id) of the same deployment.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
-import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -28,10 +26,9 @@ from pathlib import Path
 import anyio
 import anyio.abc
 import httpx
-import pytest
 
-from tests.conftest import ROOT
 from tests.conftest import free_port as shared_free_port
+from tests.conftest import script_tool
 
 API_KEY = "devkey"
 API_SECRET = "interop-secret-0123456789abcdef0123456789"
@@ -39,17 +36,7 @@ API_SECRET = "interop-secret-0123456789abcdef0123456789"
 
 def server_binary() -> Path:
     """The built server; skips the test locally without Go, fails in CI."""
-    result = subprocess.run(
-        [str(ROOT / "scripts" / "livekit-server.sh")], capture_output=True, text=True, check=False
-    )
-    if result.returncode == 3:
-        message = result.stderr.strip() or "Go toolchain not found"
-        if os.environ.get("CI"):
-            pytest.fail(f"the real livekit-server is required in CI: {message}")
-        pytest.skip(f"real livekit-server unavailable: {message}")
-    if result.returncode != 0:
-        pytest.fail(f"building livekit-server failed:\n{result.stderr[-2000:]}")
-    return Path(result.stdout.strip())
+    return script_tool("livekit-server.sh", "building livekit-server failed")
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

@@ -7,9 +7,7 @@ directory a temporary one; it lives as long as the block that started it.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,24 +15,13 @@ from pathlib import Path
 
 import anyio
 import anyio.abc
-import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import free_port, script_tool
 
 
 def redis_binary() -> Path:
     """The redis-server binary; skips the test locally when there is none, fails in CI."""
-    result = subprocess.run(
-        [str(ROOT / "scripts" / "redis-server.sh")], capture_output=True, text=True, check=False
-    )
-    if result.returncode == 3:
-        message = result.stderr.strip() or "redis-server not found"
-        if os.environ.get("CI"):
-            pytest.fail(f"redis-server is required in CI: {message}")
-        pytest.skip(f"redis-server unavailable: {message}")
-    if result.returncode != 0:
-        pytest.fail(f"installing redis-server failed:\n{result.stderr[-2000:]}")
-    return Path(result.stdout.strip())
+    return script_tool("redis-server.sh", "installing redis-server failed")
 
 
 @dataclass
