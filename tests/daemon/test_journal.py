@@ -75,7 +75,8 @@ def test_events_are_the_differences_between_observations() -> None:
     recorder = EventRecorder(journal, clock=lambda: 1_700_000_000.0)
     recorder.observe({"sales": snapshot("starting", worker_id=None)})
     recorder.observe({"sales": snapshot("starting", worker_id=None)})  # nothing new
-    recorder.observe({"sales": snapshot(running={"AJ_1": "room-1"})})
+    recorder.observe({"sales": snapshot(running={"AJ_1": ("room-1", False)})})
+    recorder.observe({"sales": snapshot(running={"AJ_1": ("room-1", True)})})
     recorder.observe(
         {
             "sales": snapshot(
@@ -96,6 +97,7 @@ def test_events_are_the_differences_between_observations() -> None:
         ("Normal", "AgentAdded", "sales", None, "agent sales added (starting)"),
         ("Normal", "StateChanged", "sales", None, "starting -> running"),
         ("Normal", "Registered", "sales", None, "registered as AW_1"),
+        ("Normal", "JobAssigned", "sales", "AJ_1", "job assigned (room room-1)"),
         ("Normal", "JobStarted", "sales", "AJ_1", "job started (room room-1)"),
         ("Warning", "StateChanged", "sales", None, "running -> backoff: crashed 3 times"),
         ("Warning", "Restarted", "sales", None, "worker restarted (1 so far): crashed 3 times"),

@@ -752,7 +752,11 @@ async def test_events_and_logs_through_the_cli() -> None:
                 await stream.wait()
             await stream.aclose()
         reasons = [(e["reason"], e["agent"], e["job_id"]) for e in seen if e["job_id"] == job_id]
-        assert reasons == [("JobStarted", "survey", job_id), ("JobSucceeded", "survey", job_id)]
+        assert reasons == [
+            ("JobAssigned", "survey", job_id),
+            ("JobStarted", "survey", job_id),
+            ("JobSucceeded", "survey", job_id),
+        ]
         # the kept events: the apply at start and every agent's registration
         code, out, err = await d.cli("events", "-o", "json")
         assert code == 0, err
@@ -762,6 +766,12 @@ async def test_events_and_logs_through_the_cli() -> None:
         code, out, err = await d.cli("events", "survey")
         assert code == 0, err
         assert f"JobSucceeded   survey/{job_id}  job succeeded (room survey-ev)" in out
+        code, out, err = await d.cli("events", "--job", job_id, "-o", "json")
+        assert [e["reason"] for e in json.loads(out)["items"]] == [r for r, _, _ in reasons]
+        code, out, err = await d.cli("events", "--since", "1h", "-o", "json")
+        assert len(json.loads(out)["items"]) == len(kept)
+        code, out, err = await d.cli("events", "--since", "1ms", "-o", "json")
+        assert len(json.loads(out)["items"]) < len(kept)  # not the start's
         code, out, err = await d.cli("events", "survy")
         assert code == 4
         assert "did you mean 'survey'?" in err
@@ -782,6 +792,10 @@ async def test_events_and_logs_through_the_cli() -> None:
         assert every
         code, out, _ = await d.cli("logs", "sales", "--tail", "1", "-o", "json")
         assert out.splitlines() == every[-1:]
+        code, out, _ = await d.cli("logs", "sales", "--since", "1h", "-o", "json")
+        assert out.splitlines() == every
+        code, out, _ = await d.cli("logs", "sales", "--since", "1ms", "-o", "json")
+        assert len(out.splitlines()) < len(every)
         # logs -f: a record logged after it started comes through
         command = [sys.executable, "-m", "lksup", "logs", "sales", "-f", "--tail", "0"]
         follower = await anyio.open_process(command, env=d.env(), cwd=ROOT)

@@ -105,6 +105,11 @@ def dispatch(
             return
         taken = asyncio.run(_taken(api, settings, created, timeout))
         _print_dispatches([taken or created], output, verb="created")
+        if taken is _GONE:
+            fail(
+                f"dispatch {created.id} left room {room!r} before a worker showed on it: the "
+                f"room closed (a job that ends at once closes it) or the dispatch was deleted"
+            )
         if taken is None:
             fail(
                 f"no worker took the job of dispatch {created.id} in {timeout:g} s: "
@@ -120,13 +125,25 @@ def dispatch(
         fail(str(exc))
 
 
+#: ``_taken``: the dispatch left its room's list before a worker showed on it.
+_GONE = object()
+
+
 async def _taken(api: Any, settings: Any, created: Any, timeout: float) -> Any:
-    """The dispatch once a worker has its job (polled: the API has no watch); None in time."""
+    """The dispatch once a worker has its job; None when none did in time.
+
+    Polled (the API has no watch). ``_GONE`` when the dispatch left the room's list first.
+    """
+    listed = False
     with anyio.move_on_after(timeout):
         while True:
-            for found in await api.list_dispatches(settings, room=created.room):
-                if found.id == created.id and any(j.state.worker_id for j in found.state.jobs):
-                    return found
+            listing = await api.list_dispatches(settings, room=created.room)
+            mine = [d for d in listing if d.id == created.id]
+            if mine and any(job.state.worker_id for job in mine[0].state.jobs):
+                return mine[0]
+            if listed and not mine:
+                return _GONE
+            listed = listed or bool(mine)
             await anyio.sleep(0.2)  # the dispatch API's polling interval
     return None
 

@@ -285,7 +285,7 @@ class DaemonApp:
         self.recorder.observe(snapshots)
 
     def _snapshot(self, slot: AgentSlot, state_name: str) -> Snapshot:
-        running: dict[str, str] = {}
+        running: dict[str, tuple[str, bool]] = {}
         ended: dict[str, tuple[str, str | None, str, str | None]] = {}
         for ended_job in slot.retired_ended:
             ended[ended_job.job_id] = (
@@ -297,7 +297,9 @@ class DaemonApp:
         for live in slot.runtimes():
             for job_id, process in live.pool.running.items():
                 job_slot = process.jobs.get(job_id)
-                running[job_id] = job_slot.room if job_slot is not None else ""
+                running[job_id] = (
+                    (job_slot.room, job_slot.started.is_set()) if job_slot else ("", False)
+                )
             for ended_job in live.pool.ended:
                 ended[ended_job.job_id] = (
                     ended_job.room,

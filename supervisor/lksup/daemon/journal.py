@@ -119,7 +119,8 @@ class Event:
     type: Literal["Normal", "Warning"]
     reason: str
     """CamelCase: Applied, ApplyFailed, AgentAdded, AgentRemoved, StateChanged, Registered,
-    Restarted, Drained, Undrained, JobStarted, JobSucceeded, JobFailed, MemoryKill."""
+    Restarted, Drained, Undrained, JobAssigned, JobStarted, JobSucceeded, JobFailed,
+    MemoryKill."""
     message: str
     agent: str | None = None
     job_id: str | None = None
@@ -144,8 +145,8 @@ class Snapshot:
     worker_id: str | None
     restarts: int
     drained: bool
-    running: dict[str, str]
-    """Running jobs: id -> room."""
+    running: dict[str, tuple[str, bool]]
+    """Running jobs: id -> (room, whether its entrypoint was called)."""
     ended: dict[str, tuple[str, str | None, str, str | None]]
     """Recently ended jobs: id -> (room, error, reason, failure kind)."""
 
@@ -206,9 +207,12 @@ class EventRecorder:
             )
         if now.drained != before.drained:
             self.record("Drained" if now.drained else "Undrained", "by an operator", agent=name)
-        for job_id in now.running.keys() - before.running.keys():
-            room = now.running[job_id]
-            self.record("JobStarted", f"job started (room {room})", agent=name, job_id=job_id)
+        for job_id, (room, started) in sorted(now.running.items()):
+            was = before.running.get(job_id)
+            if was is None:
+                self.record("JobAssigned", f"job assigned (room {room})", agent=name, job_id=job_id)
+            if started and not (was and was[1]):
+                self.record("JobStarted", f"job started (room {room})", agent=name, job_id=job_id)
         for job_id in sorted(now.ended.keys() - before.ended.keys()):
             room, error, reason, kind = now.ended[job_id]
             if error is None:
