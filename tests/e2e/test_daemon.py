@@ -305,7 +305,7 @@ async def test_restart_without_a_file_resumes_the_last_applied_fleet(tmp_path: P
         await first.wait_ready(3)
         code, out, err = await first.cli("apply", str(changed), "--wait")
         assert code == 0, out + err
-        assert "1 drain-and-remove" in out
+        assert "1 to drain and remove" in out
         state_dir = first.state_dir
         first.process.send_signal(signal.SIGTERM)
         with anyio.fail_after(30):
@@ -482,7 +482,7 @@ async def test_diff_apply_in_place_prune_all_simulate_and_sighup(tmp_path: Path)
         assert "update-in-place" in out
         code, out, err = await d.cli("apply", str(changed), "--wait", "--timeout", "30s")
         assert code == 0, err
-        assert "3 update-in-place" in out
+        assert "3 to update in place" in out
         code, out, _ = await d.cli("status", "-o", "json")
         assert '"restarts": 0' in out  # in place: nothing restarted
         empty = tmp_path / "empty.yaml"
@@ -500,7 +500,7 @@ async def test_diff_apply_in_place_prune_all_simulate_and_sighup(tmp_path: Path)
             "apply", str(changed), "--set", "hold_seconds=9", "--wait", "--timeout", "60s"
         )
         assert code == 0, err
-        assert "3 replace" in out
+        assert "3 to replace" in out
         assert "template value hold_seconds: (unset) -> 9" in out  # why the agents are replaced
         # SIGHUP re-applies the last applied source (changed.yaml), re-rendered with the values
         # it was applied with: only the file's own change shows
@@ -510,8 +510,8 @@ async def test_diff_apply_in_place_prune_all_simulate_and_sighup(tmp_path: Path)
             while "SIGHUP: re-applied" not in d.log.read_text():
                 await anyio.sleep(0.05)
         (line,) = [x for x in d.log.read_text().splitlines() if "SIGHUP: re-applied" in x]
-        assert "3 update-in-place" in line
-        assert "replace" not in line.replace("0 replace", "")
+        assert "3 to update in place" in line
+        assert "replace" not in line.replace("0 to replace", "")
         code, out, _ = await d.cli("diff", str(changed), "--set", "hold_seconds=9")
         assert code == 0, out
         assert "template value" not in out
@@ -670,7 +670,7 @@ async def test_replace_while_a_job_runs_then_remove(tmp_path: Path) -> None:
         )
         code, out, err = await d.cli("apply", str(replaced), "--set", "hold_seconds=8")
         assert code == 0, err
-        assert "1 replace" in out
+        assert "1 to replace" in out
         assert "entrypoint: fleets.agents.support:entrypoint -> fleets.agents.survey" in out
         # a new offer while the old worker still runs its job goes to the new entrypoint
         with anyio.fail_after(30):
@@ -703,7 +703,7 @@ async def test_replace_while_a_job_runs_then_remove(tmp_path: Path) -> None:
         )
         code, out, err = await d.cli("apply", str(removed), "--set", "hold_seconds=8")
         assert code == 0, err
-        assert "1 drain-and-remove" in out
+        assert "1 to drain and remove" in out
         code, out, _ = await d.cli("status", "survey", "-o", "json")
         assert code == 0
         assert json.loads(out)["items"][0]["state"] == "draining"
@@ -1014,7 +1014,7 @@ async def test_apply_checks_imports_and_references_where_the_daemon_runs(tmp_pat
         changed.write_text(fleet.read_text().replace("max_jobs: 4", "max_jobs: 3"))
         code, out, err = await d.cli("apply", str(changed))  # the daemon has the variable
         assert code == 0, err
-        assert "3 update-in-place" in out
+        assert "3 to update in place" in out
         theirs = tmp_path / "theirs.yaml"
         theirs.write_text(changed.read_text().replace("ONLY_FOR_DAEMON", "ONLY_FOR_OPERATOR"))
         code, out, err = await d.cli(

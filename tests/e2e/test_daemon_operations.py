@@ -270,7 +270,7 @@ async def test_apply_dry_run_json_update_in_place_import_check_and_prune(tmp_pat
         # --dry-run: the plan, and nothing changes
         code, out, err = await d.cli("apply", str(threshold), "--dry-run")
         assert code == 0, err
-        assert "1 update-in-place" in out
+        assert "1 to update in place" in out
         assert "dry run: nothing changed" in out
         assert re.search(r"update-in-place\s+sales", out), out
         assert "load_threshold: 0.7 -> 0.5" in out
@@ -326,7 +326,7 @@ async def test_apply_dry_run_json_update_in_place_import_check_and_prune(tmp_pat
         assert identity(await by_name(d)) == identity(before)
         code, out, err = await d.cli("apply", str(empty), "--prune-all")
         assert code == 0, err
-        assert "3 drain-and-remove" in out
+        assert "3 to drain and remove" in out
         with anyio.fail_after(30):
             while await items(d):
                 await anyio.sleep(0.1)  # status is the observable

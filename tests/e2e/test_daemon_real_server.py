@@ -80,7 +80,7 @@ async def test_apply_dispatch_drain_and_sigterm_with_the_real_server(tmp_path: P
                 "apply", str(fleet), "--set", "hold_seconds=8", "--wait", "--timeout", "60s"
             )
             assert code == 0, out
-            assert "3 create" in out
+            assert "3 to create" in out
             assert "converged: 3 agent(s) ready" in out
             assert real.API_SECRET not in log.read_text()
 

@@ -281,7 +281,7 @@ async def run_scenario(c: Canaries, tmp_path: Path) -> None:
         )
         assert code == 0, out + err
         assert "dry run: nothing changed" in out
-        assert "1 replace" in out
+        assert "1 to replace" in out
         code, out, err = await cli(
             c, d, "apply", str(fleet), "--set", f"token={v['template']}", "--dry-run", "-o", "json"
         )
@@ -289,7 +289,7 @@ async def run_scenario(c: Canaries, tmp_path: Path) -> None:
         assert json.loads(out)["dryRun"] is True
         code, out, err = await cli(c, d, "apply", str(fleet), "--set", f"token={v['template']}")
         assert code == 0, out + err
-        assert "1 replace" in out
+        assert "1 to replace" in out
         await until_status(
             c, d, lambda a: running(a["holder"], 1), "holder replaced with the template value"
         )
