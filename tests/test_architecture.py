@@ -57,12 +57,12 @@ FORBIDDEN = {
 }
 #: Layers from the bottom up; a module may import its own layer and the ones below.
 LAYERS = [
-    {"lksup.errors"},
+    {"lksup.errors", "lksup.logs"},
     {"lksup.fleet", "lksup.protocol", "lksup.jobs", "lksup._pb"},
     {"lksup.reconcile"},
     {"lksup.control", "lksup.transport", "lksup.pool", "lksup.monitors", "lksup.devserver"},
     {"lksup.daemon"},
-    {"lksup.cli"},
+    {"lksup.cli", "lksup.__main__"},
 ]
 
 
@@ -150,3 +150,109 @@ def test_supervisor_side_never_imports_the_child_runtime(module: str) -> None:
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_child_entries_are_never_imported_in_process(module: str) -> None:
     assert not _imports(MODULES[module]) & CHILD_ENTRIES, f"{module} imports a child entry point"
+
+
+def _load_time_imports(path: Path) -> set[str]:
+    """What a module imports when it is loaded: its top level, ``if TYPE_CHECKING`` and
+    ``try`` blocks included, function bodies (deliberately lazy imports) not."""
+    found: set[str] = set()
+    pending: list[ast.AST] = [ast.parse(path.read_text(), filename=str(path))]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            continue
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        pending.extend(ast.iter_child_nodes(node))
+    return found
+
+
+def _internal_imports(module: str) -> set[str]:
+    """The lksup modules ``module`` imports when loaded (a name imported from a package counts
+    when it is a module of its own), TYPE_CHECKING imports included."""
+    found = set()
+    for name in _load_time_imports(MODULES[module]):
+        while name and name not in MODULES:
+            name = name.rpartition(".")[0]
+        if name and name != "lksup" and name != module:
+            found.add(name)
+    return found
+
+
+def test_no_import_cycles() -> None:
+    graph = {module: _internal_imports(module) for module in MODULES}
+    packages = {name for name, path in MODULES.items() if path.name == "__init__.py"}
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+    cycles: list[list[str]] = []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for other in sorted(graph[module] - packages):  # a package's __init__ re-exports
+            if state.get(other) == 1:
+                cycles.append([*path[path.index(other) :], other])
+            elif other not in state:
+                visit(other, [*path, other])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+#: The only modules outside the dev server that may import it (it is a tool of its own).
+DEVSERVER_ENTRIES = {"lksup.cli.dev", "lksup.daemon.main"}
+
+
+def test_the_dev_server_stands_apart() -> None:
+    for module in MODULES:
+        imports = {
+            name
+            for name in _imports(MODULES[module])  # lazy imports too: any use counts here
+            if name.startswith("lksup.") and name in MODULES
+        }
+        if module.startswith("lksup.devserver"):
+            outside = {m for m in imports if not m.startswith("lksup.devserver")}
+            assert outside <= {"lksup.errors"}, f"{module} imports {sorted(outside)}"
+        elif module not in DEVSERVER_ENTRIES:
+            inside = {m for m in imports if m.startswith("lksup.devserver")}
+            assert not inside, f"{module} imports the dev server: {sorted(inside)}"
+
+
+def test_every_module_is_in_a_layer() -> None:
+    loose = [m for m in MODULES if m != "lksup" and _layer(m) is None]
+    assert not loose, f"modules in no layer: {loose}"
+
+
+#: The one dependency inside layer 3: a pool watches memory through the monitor it is given.
+LAYER_3_EDGES = {("lksup.pool", "lksup.monitors")}
+
+
+def _package(module: str) -> str:
+    return ".".join(module.split(".")[:2])
+
+
+def test_layer_3_packages_are_independent() -> None:
+    layer = LAYERS[3]
+    for module in MODULES:
+        own = _package(module)
+        if own not in layer:
+            continue
+        for name in _imports(MODULES[module]):
+            other = _package(name)
+            if other in layer and other != own:
+                assert (own, other) in LAYER_3_EDGES, f"{module} imports {name}"
+
+
+def test_the_documented_layers_are_the_enforced_ones() -> None:
+    text = (PACKAGE.parent.parent / "docs" / "architecture.md").read_text()
+    section = text.split("## Layers", 1)[1].split("\n## ", 1)[0]
+    documented = [
+        {f"lksup.{name.strip(' `')}" for name in line.split(". ", 1)[1].split("|")}
+        for line in section.splitlines()
+        if line[:1].isdigit() and ". " in line
+    ]
+    assert documented == list(reversed(LAYERS))

@@ -17,21 +17,55 @@ Follows Twirp v8 as livekit-server serves it (reference §3.4):
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
-from livekit.protocol import agent_dispatch, room
+from livekit.protocol import agent_dispatch, models, room
 
 from lksup.devserver import http
 from lksup.devserver.auth import Grants
 from lksup.devserver.model import DevServerError, DispatchSpec
 from lksup.devserver.rooms import RoomOptions
 
-if TYPE_CHECKING:
-    from lksup.devserver.server import DevServer
+
+class Backend(Protocol):
+    """What the Twirp services call on the dev server (``DevServer`` is one)."""
+
+    async def create_dispatch(
+        self,
+        room: str,
+        agent_name: str,
+        metadata: str = "",
+        *,
+        deployment: str = "",
+        attributes: Mapping[str, str] | None = None,
+    ) -> agent_dispatch.AgentDispatch:
+        """Add a dispatch to ``room`` and launch its job."""
+        ...
+
+    async def delete_dispatch(self, room: str, dispatch_id: str) -> agent_dispatch.AgentDispatch:
+        """Delete a dispatch (its jobs end)."""
+        ...
+
+    def list_dispatch(self, room: str, dispatch_id: str = "") -> list[agent_dispatch.AgentDispatch]:
+        """The dispatches of ``room``."""
+        ...
+
+    async def create_room(self, name: str, options: RoomOptions | None = None) -> models.Room:
+        """Create ``name`` (or return it)."""
+        ...
+
+    def delete_room(self, name: str) -> None:
+        """Delete ``name``."""
+        ...
+
+    def list_rooms(self, names: Sequence[str] = ()) -> list[models.Room]:
+        """The rooms (all, or those named)."""
+        ...
+
 
 _PREFIX = "/twirp/"
 _JSON = "application/json"
@@ -90,7 +124,7 @@ def _ensure(grants: Grants | None, allowed: Callable[[Grants], bool]) -> None:
 
 
 async def _create_dispatch(
-    server: DevServer, req: agent_dispatch.CreateAgentDispatchRequest, grants: Grants | None
+    server: Backend, req: agent_dispatch.CreateAgentDispatchRequest, grants: Grants | None
 ) -> Message:
     _ensure_admin(grants, req.room)
     return await server.create_dispatch(
@@ -103,14 +137,14 @@ async def _create_dispatch(
 
 
 async def _delete_dispatch(
-    server: DevServer, req: agent_dispatch.DeleteAgentDispatchRequest, grants: Grants | None
+    server: Backend, req: agent_dispatch.DeleteAgentDispatchRequest, grants: Grants | None
 ) -> Message:
     _ensure_admin(grants, req.room)
     return await server.delete_dispatch(req.room, req.dispatch_id)
 
 
 async def _list_dispatch(
-    server: DevServer, req: agent_dispatch.ListAgentDispatchRequest, grants: Grants | None
+    server: Backend, req: agent_dispatch.ListAgentDispatchRequest, grants: Grants | None
 ) -> Message:
     _ensure_admin(grants, req.room)
     found = server.list_dispatch(req.room, req.dispatch_id)
@@ -118,7 +152,7 @@ async def _list_dispatch(
 
 
 async def _create_room(
-    server: DevServer, req: room.CreateRoomRequest, grants: Grants | None
+    server: Backend, req: room.CreateRoomRequest, grants: Grants | None
 ) -> Message:
     _ensure(grants, lambda g: g.room_create)
     agents = [
@@ -135,7 +169,7 @@ async def _create_room(
 
 
 async def _delete_room(
-    server: DevServer, req: room.DeleteRoomRequest, grants: Grants | None
+    server: Backend, req: room.DeleteRoomRequest, grants: Grants | None
 ) -> Message:
     _ensure(grants, lambda g: g.room_create)
     server.delete_room(req.room)
@@ -143,7 +177,7 @@ async def _delete_room(
 
 
 async def _list_rooms(
-    server: DevServer, req: room.ListRoomsRequest, grants: Grants | None
+    server: Backend, req: room.ListRoomsRequest, grants: Grants | None
 ) -> Message:
     _ensure(grants, lambda g: g.room_list)
     return room.ListRoomsResponse(rooms=server.list_rooms(list(req.names)))
@@ -152,7 +186,7 @@ async def _list_rooms(
 @dataclass(frozen=True)
 class _Method:
     request: type[Message]
-    call: Callable[[DevServer, Any, Grants | None], Awaitable[Message]]
+    call: Callable[[Backend, Any, Grants | None], Awaitable[Message]]
 
 
 _ROUTES: dict[str, _Method] = {
@@ -171,7 +205,7 @@ _ROUTES: dict[str, _Method] = {
 }
 
 
-async def handle(server: DevServer, request: http.Request, grants: Grants | None) -> http.Response:
+async def handle(server: Backend, request: http.Request, grants: Grants | None) -> http.Response:
     """Serve one request under ``/twirp/``."""
     try:
         return await _handle(server, request, grants)
@@ -181,7 +215,7 @@ async def handle(server: DevServer, request: http.Request, grants: Grants | None
         return TwirpError(exc.code, str(exc)).response()
 
 
-async def _handle(server: DevServer, request: http.Request, grants: Grants | None) -> http.Response:
+async def _handle(server: Backend, request: http.Request, grants: Grants | None) -> http.Response:
     route = f"{request.method} {request.path}"
     if request.method != "POST":
         msg = f"unsupported method {request.method!r} (only POST is allowed)"
