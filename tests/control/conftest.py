@@ -13,7 +13,7 @@ import pytest
 from lksup.control.api import (
     AgentStatus,
     ApplyRequest,
-    JobStatus,
+    JobRow,
     JournalQuery,
     SimulateRequest,
     StatusList,
@@ -67,7 +67,7 @@ class FakeApp:
                 memory_mb=120.5,
                 started_at="2025-01-02T03:04:05Z",
                 jobs_detail=[
-                    JobStatus(
+                    JobRow(
                         job_id="AJ_1",
                         room="room-1",
                         pid=4242,

@@ -4,7 +4,7 @@ import anyio
 import jwt
 import pytest
 
-from lksup.transport.websocket import ConnectionClosed, WebSocket, websocket_url
+from lksup.transport.websocket import SocketClosed, WebSocket, websocket_url
 from tests.transport.fake_server import SECRET, fake_server
 
 
@@ -38,7 +38,7 @@ async def test_a_message_over_the_limit_closes_with_1009_and_says_so() -> None:
         )
         peer = await server.accept()
         await peer.connection.send(b"x" * 4096)
-        with anyio.fail_after(5), pytest.raises(ConnectionClosed) as closed:
+        with anyio.fail_after(5), pytest.raises(SocketClosed) as closed:
             await ws.recv()
         assert closed.value.code == 1009
         assert "exceeds limit of 1024 bytes" in str(closed.value)

@@ -39,7 +39,7 @@ __all__ = [
     "ControlApp",
     "FleetStatus",
     "Health",
-    "JobStatus",
+    "JobRow",
     "JournalQuery",
     "Match",
     "Route",
@@ -90,7 +90,7 @@ class _Document(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
 
-class JobStatus(_Document):
+class JobRow(_Document):
     """One running or recently ended job of an agent (``lksup status AGENT --jobs``)."""
 
     job_id: str
@@ -152,7 +152,7 @@ class AgentStatus(_Document):
     last_failure_at: str | None = None
     """RFC 3339 wall-clock time that job ended."""
     conditions: list[Condition] = Field(default_factory=list)
-    jobs_detail: list[JobStatus] = Field(default_factory=list)
+    jobs_detail: list[JobRow] = Field(default_factory=list)
 
     _check_started_at = field_validator("started_at")(_rfc3339)
     _check_last_failure_at = field_validator("last_failure_at")(_rfc3339)

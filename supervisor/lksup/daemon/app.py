@@ -26,7 +26,7 @@ from lksup.control.api import (
     Condition,
     FleetStatus,
     InferenceStatus,
-    JobStatus,
+    JobRow,
     JournalQuery,
     SimulateRequest,
     StatusList,
@@ -73,9 +73,9 @@ def dev_defaults(fleet: Fleet) -> Fleet:
     return fleet.model_copy(update={"agents": agents})
 
 
-def _ended_status(ended: EndedJob) -> JobStatus:
+def _ended_status(ended: EndedJob) -> JobRow:
     """A job that ended, as a ``status --jobs`` row."""
-    return JobStatus(
+    return JobRow(
         job_id=ended.job_id,
         room=ended.room,
         pid=ended.pid,
@@ -145,7 +145,7 @@ class DaemonApp:
         sup = self.supervisor
         runtime = slot.runtime
         state_name = sup.agent_state(slot)
-        jobs: list[JobStatus] = []
+        jobs: list[JobRow] = []
         memory = 0.0
         fields: dict[str, Any] = {}
         latest: EndedJob | None = None  # the agent's latest failed job, over all its runtimes
@@ -163,7 +163,7 @@ class DaemonApp:
                 job = live_machine.running_jobs.get(job_id)
                 sample = sup.monitor.sample(process.pid) if process.pid is not None else None
                 jobs.append(
-                    JobStatus(
+                    JobRow(
                         job_id=job_id,
                         room=job.room_name if job else "",
                         pid=process.pid,

@@ -345,8 +345,12 @@ class WorkerProcess:
                 self._tg = tg
                 tg.start_soon(self._reader)
                 drained = [anyio.Event(), anyio.Event()]
-                tg.start_soon(self._drain, process.stdout, logging.INFO, "stdout", drained[0])
-                tg.start_soon(self._drain, process.stderr, logging.WARNING, "stderr", drained[1])
+                tg.start_soon(
+                    self._forward_output, process.stdout, logging.INFO, "stdout", drained[0]
+                )
+                tg.start_soon(
+                    self._forward_output, process.stderr, logging.WARNING, "stderr", drained[1]
+                )
                 tg.start_soon(self._waiter)
                 failure = await self._initialize()
                 if failure is None:
@@ -544,7 +548,7 @@ class WorkerProcess:
                 error = f"no inference process serves {message.method!r}"
                 self._send_soon(ipc.InferenceResponse(request_id=message.request_id, error=error))
 
-    async def _drain(
+    async def _forward_output(
         self,
         stream: anyio.abc.ByteReceiveStream | None,
         level: int,
@@ -552,11 +556,11 @@ class WorkerProcess:
         done: anyio.Event,
     ) -> None:
         try:
-            await self._drain_lines(stream, level, name)
+            await self._forward_lines(stream, level, name)
         finally:
             done.set()
 
-    async def _drain_lines(
+    async def _forward_lines(
         self, stream: anyio.abc.ByteReceiveStream | None, level: int, name: str
     ) -> None:
         if stream is None:

@@ -45,10 +45,8 @@ from lksup.protocol.events import (
 )
 from lksup.protocol.machine import Options, State, WorkerMachine
 from lksup.transport.websocket import (
-    ConnectionClosed as SocketClosed,
-)
-from lksup.transport.websocket import (
     HandshakeError,
+    SocketClosed,
     TransportError,
     WebSocket,
     websocket_url,

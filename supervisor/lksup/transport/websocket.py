@@ -6,7 +6,7 @@ Every received chunk is followed by a flush, so pongs and close replies go out a
 are serialized by a lock. ``recv`` returns whole messages (fragments reassembled).
 
 Errors: ``HandshakeError`` (the server refused the upgrade, e.g. HTTP 401; ``status`` tells),
-``ConnectionClosed`` (with the close code, 1006 when the peer vanished without a close frame).
+``SocketClosed`` (with the close code, 1006 when the peer vanished without a close frame).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class HandshakeError(TransportError):
         self.status = status
 
 
-class ConnectionClosed(TransportError):
+class SocketClosed(TransportError):
     """The WebSocket is closed; ``code`` is the close code (1006: no close frame)."""
 
     def __init__(self, code: int, reason: str) -> None:
@@ -188,7 +188,7 @@ class WebSocket:
         """The next whole message (bytes for binary, str for text).
 
         Raises:
-            ConnectionClosed: the connection is closed (code 1006 when the peer vanished).
+            SocketClosed: the connection is closed (code 1006 when the peer vanished).
         """
         while not self._pending:
             if self._protocol.state is State.CLOSED:
@@ -208,29 +208,29 @@ class WebSocket:
                     self._protocol.receive_eof()
         return self._pending.pop(0)
 
-    def _closed(self) -> ConnectionClosed:
+    def _closed(self) -> SocketClosed:
         exc = self._protocol.close_exc
         received, sent = exc.rcvd, exc.sent
         if received is not None and not (sent is not None and exc.rcvd_then_sent is False):
-            return ConnectionClosed(received.code, received.reason)
+            return SocketClosed(received.code, received.reason)
         if sent is not None:  # we closed first (e.g. 1009, a message over the limit)
-            return ConnectionClosed(sent.code, sent.reason or "closed by lksup")
-        return ConnectionClosed(1006, "no close frame")
+            return SocketClosed(sent.code, sent.reason or "closed by lksup")
+        return SocketClosed(1006, "no close frame")
 
     async def send(self, data: bytes) -> None:
         """Send one binary message.
 
         Raises:
-            ConnectionClosed: the connection is closed.
+            SocketClosed: the connection is closed.
         """
         async with self._send_lock:
             if self._protocol.state is not State.OPEN:
-                raise ConnectionClosed(1006, "connection not open")
+                raise SocketClosed(1006, "connection not open")
             self._protocol.send_binary(data)
             try:
                 await self._flush()
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                raise ConnectionClosed(1006, str(exc)) from None
+                raise SocketClosed(1006, str(exc)) from None
 
     async def ping(self, payload: bytes = b"lksup") -> None:
         """Send a WebSocket ping (the answer shows up in ``pongs_received``)."""
@@ -269,7 +269,7 @@ class WebSocket:
             try:
                 while True:
                     await self.recv()
-            except ConnectionClosed:
+            except SocketClosed:
                 pass
         await anyio.aclose_forcefully(self._stream)
 
