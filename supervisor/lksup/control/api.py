@@ -1,9 +1,9 @@
-"""The control API, as data: request and response models, the route table and dispatch.
+"""The control API, as data: request and response models, routes and their handlers.
 
 The daemon's control socket speaks HTTP/1.1 with JSON bodies (so ``curl --unix-socket``
 works). This module owns everything about that API except the bytes: which routes exist,
 what their bodies look like, which ``ControlApp`` method answers each, and what the answer
-looks like on the wire. ``server`` parses HTTP and calls ``dispatch``; ``client`` builds the
+looks like on the wire. ``server`` parses HTTP and calls ``call``; ``client`` builds the
 same requests and parses the same models.
 
 Invariants:
@@ -46,7 +46,7 @@ __all__ = [
     "SimulateRequest",
     "StatusList",
     "SyncState",
-    "dispatch",
+    "call",
     "document",
     "parse_body",
     "resolve",
@@ -552,7 +552,7 @@ _HANDLERS: Final[dict[tuple[str, str], Handler]] = {
 }
 
 
-async def dispatch(app: ControlApp, match: Match, body: BaseModel | None) -> dict[str, Any]:
+async def call(app: ControlApp, match: Match, body: BaseModel | None) -> dict[str, Any]:
     """Call the app method behind ``match`` and return the response document.
 
     Raises:

@@ -58,7 +58,7 @@ import anyio.lowlevel
 import h11
 
 from lksup import __version__
-from lksup.control.api import ControlApp, Health, Match, dispatch, document, parse_body, resolve
+from lksup.control.api import ControlApp, Health, Match, call, document, parse_body, resolve
 from lksup.control.errors import (
     AlreadyRunning,
     ControlError,
@@ -419,7 +419,7 @@ class ControlServer:
                     )
                     result = document("Health", health)
                 else:
-                    result = await dispatch(self.app, match, body)
+                    result = await call(self.app, match, body)
             return 200, result, []
         except MethodNotAllowed as exc:
             return exc.status, exc.to_body(), [("allow", ", ".join(exc.allowed))]

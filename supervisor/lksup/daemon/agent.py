@@ -27,7 +27,7 @@ import anyio.abc
 from lksup import __version__
 from lksup.daemon.conditions import FullReason
 from lksup.errors import SecretError
-from lksup.fleet.imports import agent_environment, interpreter, working_dir
+from lksup.fleet.environment import agent_environment, interpreter, working_dir
 from lksup.fleet.schema import Agent, EnvRef, Fleet
 from lksup.fleet.secrets import Redactor, resolve
 from lksup.monitors.load import agent_load, at_capacity, is_full

@@ -100,7 +100,7 @@ class InferenceServer(IpcLoop):
     def _lost(self, reason: str) -> None:
         self._finish()
 
-    def _dispatch(self, payload: bytes) -> None:
+    def _on_message(self, payload: bytes) -> None:
         match self._decode(payload):
             case Ping(sent_at_ns=sent_at_ns):
                 self._outbox.send(Pong(sent_at_ns=sent_at_ns))

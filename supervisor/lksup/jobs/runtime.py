@@ -82,7 +82,7 @@ EXIT_TIMEOUT = 2.0
 class IpcLoop:
     """What every child loop shares: read frames, dispatch them, end on SIGTERM or EOF.
 
-    Subclasses implement ``_dispatch(payload)``, ``_shutdown(reason, job_id)`` (SIGTERM) and
+    Subclasses implement ``_on_message(payload)``, ``_shutdown(reason, job_id)`` (SIGTERM) and
     ``_lost(reason)`` (end of the stream, or a broken one); ``_finish()`` ends ``serve``.
     """
 
@@ -161,7 +161,7 @@ class IpcLoop:
         self, sock: socket.socket, decoder: FrameDecoder, received: list[bytes]
     ) -> None:
         for payload in received:
-            self._dispatch(payload)
+            self._on_message(payload)
         while True:
             try:
                 data = await receive(sock)
@@ -179,7 +179,7 @@ class IpcLoop:
                 self._lost("IPC protocol error")
                 return
             for payload in payloads:
-                self._dispatch(payload)
+                self._on_message(payload)
 
     def _decode(self, payload: bytes) -> Message | None:
         """The message in a frame, or None (logged) when this version cannot read it."""
@@ -242,7 +242,7 @@ class IpcLoop:
             logger.warning("Request function did not answer job %s; declining it.", job_id)
             await decline()
 
-    def _dispatch(self, payload: bytes) -> None:
+    def _on_message(self, payload: bytes) -> None:
         raise NotImplementedError
 
     def _shutdown(self, reason: str, job_id: str = "") -> None:
@@ -276,7 +276,7 @@ class ChildRuntime(IpcLoop):
         await walk()  # while idle: the job's start then finds its pages copied, caches filled
         return await super().serve(sock, decoder, received)
 
-    def _dispatch(self, payload: bytes) -> None:
+    def _on_message(self, payload: bytes) -> None:
         msg = self._decode(payload)
         match msg:
             case None:

@@ -137,7 +137,7 @@ class JobThread(abc.ABC, Generic[T]):
 class ThreadJobs:
     """What a job host adds to its child loop: jobs on threads, up to ``init.max_jobs``.
 
-    Mixed in ahead of an ``IpcLoop`` subclass whose ``_dispatch`` calls ``_start_job``,
+    Mixed in ahead of an ``IpcLoop`` subclass whose ``_on_message`` calls ``_start_job``,
     ``_outcome_reported``, ``_shutdown`` and ``_lost``; ``_new_job`` makes a job's thread.
     """
 

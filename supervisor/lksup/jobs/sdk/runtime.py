@@ -329,7 +329,7 @@ class SdkRuntime(IpcLoop):
         assert self._done is not None
         self._done.set()
 
-    def _dispatch(self, payload: bytes) -> None:
+    def _on_message(self, payload: bytes) -> None:
         msg = self._decode(payload)
         match msg:
             case None:
