@@ -7,7 +7,7 @@ detector load its model once. Job processes report the runners their imports reg
 are idle, as under the SDK), and every ``InferenceRequest`` a job sends is relayed to it under a
 request id of the supervisor's own, and its ``InferenceResponse`` back to the job that asked.
 
-The process (``python -m lksup.jobs.inference``) is a ``WorkerProcess`` with another first
+The process (``python -m lksup.jobs.inference``) is a ``JobProcessHandle`` with another first
 message: own session, output and log forwarding with the agent's secrets masked, pings, the
 stop sequence, memory watched by the monitor under the name ``INFERENCE_OWNER`` (the policy of
 the agent that first needed it) and killed over its limit. When it exits or cannot start, the
@@ -34,7 +34,7 @@ from lksup.jobs import ipc
 from lksup.monitors.events import MemoryLimitExceeded, MonitorEvent
 from lksup.monitors.memory_policy import MemoryPolicy
 from lksup.monitors.monitor import Monitor
-from lksup.pool.process import InitFailed, ProcessSpec, WorkerProcess, child_command
+from lksup.pool.process import InitFailed, JobProcessHandle, ProcessSpec, child_command
 from lksup.protocol.backoff import Backoff
 
 __all__ = ["INFERENCE_OWNER", "MAX_WAITING", "InferenceProcess", "InferenceService"]
@@ -48,8 +48,8 @@ INFERENCE_OWNER = "(inference)"
 MAX_WAITING = 1000
 
 
-class InferenceProcess(WorkerProcess):
-    """A ``WorkerProcess`` that runs ``lksup.jobs.inference`` for a set of runners."""
+class InferenceProcess(JobProcessHandle):
+    """A ``JobProcessHandle`` that runs ``lksup.jobs.inference`` for a set of runners."""
 
     def __init__(self, spec: ProcessSpec, runners: tuple[str, ...]) -> None:
         super().__init__(spec)
@@ -69,7 +69,7 @@ class InferenceProcess(WorkerProcess):
 class _Relay:
     """A request in flight: who asked, under which id."""
 
-    requester: WorkerProcess
+    requester: JobProcessHandle
     request_id: str
 
 
@@ -165,19 +165,19 @@ class InferenceService:
             self._tg.start_soon(self._supervise, group, name=f"inference {runners}")
         return group
 
-    def attach(self, process: WorkerProcess, memory: MemoryPolicy) -> None:
+    def attach(self, process: JobProcessHandle, memory: MemoryPolicy) -> None:
         """Route ``process``'s inference requests (call once it is ready)."""
         group = self.register(process.spec, process.inference_runners, memory)
         if group is None:
             return
 
-        def submit(requester: WorkerProcess, request: ipc.InferenceRequest) -> None:
+        def submit(requester: JobProcessHandle, request: ipc.InferenceRequest) -> None:
             self._submit(group, requester, request)
 
         process.on_inference = submit
 
     def _submit(
-        self, group: InferenceGroup, requester: WorkerProcess, request: ipc.InferenceRequest
+        self, group: InferenceGroup, requester: JobProcessHandle, request: ipc.InferenceRequest
     ) -> None:
         relay_id = f"inf_{next(self._ids)}"
         if self._closed:
@@ -222,10 +222,10 @@ class InferenceService:
         )
         self._send(relay.requester, answer)
 
-    def _answer(self, requester: WorkerProcess, request_id: str, error: str) -> None:
+    def _answer(self, requester: JobProcessHandle, request_id: str, error: str) -> None:
         self._send(requester, ipc.InferenceResponse(request_id=request_id, error=error))
 
-    def _send(self, requester: WorkerProcess, response: ipc.InferenceResponse) -> None:
+    def _send(self, requester: JobProcessHandle, response: ipc.InferenceResponse) -> None:
         if self._tg is not None and requester.alive:
             self._tg.start_soon(requester.send, response)
 

@@ -40,7 +40,7 @@ from lksup.monitors.events import BudgetChanged, MemoryLimitExceeded, MonitorEve
 from lksup.monitors.memory_policy import MemoryPolicy
 from lksup.monitors.monitor import Monitor
 from lksup.pool.inference import InferenceService
-from lksup.pool.process import InitFailed, JobOutcome, ProcessSpec, ProcessState, WorkerProcess
+from lksup.pool.process import InitFailed, JobOutcome, JobProcessHandle, ProcessSpec, ProcessState
 from lksup.pool.zygote import ZygoteLauncher
 from lksup.protocol.backoff import Backoff
 from lksup.protocol.events import Accept, Answer, Decline, Job, JobAssigned, OfferReceived
@@ -240,15 +240,15 @@ class AgentPool:
             launcher.on_failure = self._record_failure
             launcher.on_stale = self._recycle
         self.stats = PoolStats()
-        self.idle: list[WorkerProcess] = []
+        self.idle: list[JobProcessHandle] = []
         self.starting = 0
-        self.reserved: dict[str, WorkerProcess] = {}
-        self.running: dict[str, WorkerProcess] = {}
+        self.reserved: dict[str, JobProcessHandle] = {}
+        self.running: dict[str, JobProcessHandle] = {}
         self._accepted: dict[str, _Accepted] = {}
         self.early: dict[str, _EarlyStart] = {}
         """Accepted offers whose process is still starting (``_start_early``), by job id."""
         self._assignment_delays: deque[float] = deque(maxlen=ASSIGNMENT_DELAYS_KEPT)
-        self.ending: set[WorkerProcess] = set()
+        self.ending: set[JobProcessHandle] = set()
         """Processes whose job reported its outcome and that are still shutting down (their
         callbacks run): closing the pool waits for them too."""
         self.consecutive_failures = 0
@@ -279,7 +279,7 @@ class AgentPool:
         return max(0.0, self._backoff_until - anyio.current_time())
 
     @property
-    def processes(self) -> list[WorkerProcess]:
+    def processes(self) -> list[JobProcessHandle]:
         """Every live process: idle, reserved, running, and ending after its job."""
         found = [*self.idle, *self.reserved.values(), *self.running.values(), *self.ending]
         return list(dict.fromkeys(found))  # a thread host can hold several jobs
@@ -347,13 +347,13 @@ class AgentPool:
                 self._recycle(self.launcher.zygotes.generation)
             self._changed()
 
-    async def _start_process(self) -> WorkerProcess | None:
+    async def _start_process(self) -> JobProcessHandle | None:
         """Start one process (bounded by the fleet-wide limiter); None when it failed."""
         assert self._tg is not None
         try:
             async with self.limiter:
-                process: WorkerProcess = await self._tg.start(
-                    WorkerProcess(self.spec, launcher=self.launcher).run
+                process: JobProcessHandle = await self._tg.start(
+                    JobProcessHandle(self.spec, launcher=self.launcher).run
                 )
         except InitFailed as exc:
             self._record_failure(str(exc))
@@ -390,7 +390,7 @@ class AgentPool:
             self._changed()
             self.wake()
 
-    def _watch_memory(self, process: WorkerProcess, *, job_id: str | None) -> None:
+    def _watch_memory(self, process: JobProcessHandle, *, job_id: str | None) -> None:
         if self.monitor is not None and process.pid is not None:
             self.monitor.watch(
                 process.pid, agent=self.spec.agent_name, job_id=job_id, policy=self.memory
@@ -438,7 +438,7 @@ class AgentPool:
         )
         self._changed()
 
-    async def _watch(self, process: WorkerProcess) -> None:
+    async def _watch(self, process: JobProcessHandle) -> None:
         """Drop a process from the pool's sets when it exits on its own."""
         try:
             await process.wait_exited()
@@ -477,12 +477,12 @@ class AgentPool:
 
     # --- offers -------------------------------------------------------------------------------
 
-    def _load(self, process: WorkerProcess) -> int:
+    def _load(self, process: JobProcessHandle) -> int:
         """Jobs a process holds: reserved for it or running in it."""
         tables = (self.reserved, self.running)
         return sum(1 for table in tables for owner in table.values() if owner is process)
 
-    def _has_room(self, process: WorkerProcess) -> bool:
+    def _has_room(self, process: JobProcessHandle) -> bool:
         return self._load(process) < self.spec.max_jobs
 
     def _may_start_early(self) -> bool:
@@ -511,7 +511,7 @@ class AgentPool:
         self.starting += 1
 
         async def start() -> None:
-            process: WorkerProcess | None = None
+            process: JobProcessHandle | None = None
             try:
                 process = await self._start_process()
             finally:
@@ -525,7 +525,7 @@ class AgentPool:
 
         self._tg.start_soon(start, name=f"process for job {job_id}")
 
-    async def _acquire(self) -> WorkerProcess | None:
+    async def _acquire(self) -> JobProcessHandle | None:
         """A READY process for an offer: an idle one, or a new one (the caller bounds the wait)."""
         if self.spec.max_jobs > 1:  # thread hosts stay in the idle set while they have room
             hosts = [
@@ -620,7 +620,7 @@ class AgentPool:
             return 0.0  # assignments come later than a poll lasts
         return self.assignment_poll
 
-    async def _await_job(self, process: WorkerProcess, job_id: str) -> None:
+    async def _await_job(self, process: JobProcessHandle, job_id: str) -> None:
         poll = self.poll_for()
         if poll > 0:
             await process.send(ipc.AwaitJob(job_id=job_id, poll_s=poll))
@@ -649,7 +649,7 @@ class AgentPool:
         return failed[-1] if failed else None
 
     def _log_end(
-        self, job: Job, process: WorkerProcess, outcome: JobOutcome, duration: float
+        self, job: Job, process: JobProcessHandle, outcome: JobOutcome, duration: float
     ) -> None:
         """One line per job end: where it ran, how it ended and why, and how long it took."""
         failed = outcome.error is not None

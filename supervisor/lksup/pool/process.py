@@ -1,6 +1,6 @@
 """One job process, seen from the supervisor: spawn, handshake, messages, health, stop.
 
-A ``WorkerProcess`` is a fresh interpreter (``python -m lksup.jobs.child``) in its own session
+A ``JobProcessHandle`` is a fresh interpreter (``python -m lksup.jobs.child``) in its own session
 (signals sent to the supervisor's process group never reach it), in the agent's working
 directory and environment, connected by a socketpair. ``run`` spawns it, sends ``Initialize``
 and reports the handle through ``task_status`` once ``Ready`` arrives within the
@@ -72,7 +72,7 @@ class InitFailed(Exception):
 
 
 class ProcessHandle(Protocol):
-    """The OS process behind a ``WorkerProcess``.
+    """The OS process behind a ``JobProcessHandle``.
 
     Spawned (``anyio.abc.Process``) or forked from a template (``lksup.pool.zygote``).
     """
@@ -115,9 +115,9 @@ class ProcessHandle(Protocol):
 
 
 class Launcher(Protocol):
-    """Creates the OS process of a ``WorkerProcess`` whose IPC socket end is ``child``."""
+    """Creates the OS process of a ``JobProcessHandle`` whose IPC socket end is ``child``."""
 
-    async def launch(self, process: WorkerProcess, child: socket.socket) -> ProcessHandle:
+    async def launch(self, process: JobProcessHandle, child: socket.socket) -> ProcessHandle:
         """Start the process (raises ``InitFailed`` with the reason)."""
         ...
 
@@ -224,8 +224,11 @@ def describe_exit(code: int | None) -> str:
     return f"job process exited with code {code}"
 
 
-class WorkerProcess:
-    """One job process (see the module docstring)."""
+class JobProcessHandle:
+    """The supervisor's handle on one job process or job host (see the module docstring).
+
+    Not to be confused with ``lksup.JobProcess``, what an agent's prewarm is given.
+    """
 
     def __init__(self, spec: ProcessSpec, *, launcher: Launcher | None = None) -> None:
         self.spec = spec
@@ -238,7 +241,7 @@ class WorkerProcess:
         self.init_seconds = 0.0
         self.sdk_version = ""
         self.inference_runners: tuple[str, ...] = ()
-        self.on_inference: Callable[[WorkerProcess, ipc.InferenceRequest], None] | None = None
+        self.on_inference: Callable[[JobProcessHandle, ipc.InferenceRequest], None] | None = None
         self.on_inference_response: Callable[[ipc.InferenceResponse], None] | None = None
         self.on_local_models: Callable[[tuple[str, ...]], None] | None = None
         """Told which of the SDK's local models (``"eot"``, ``"vad"``) a job used."""
@@ -263,7 +266,7 @@ class WorkerProcess:
         self._stopping = False
 
     def __repr__(self) -> str:
-        return f"WorkerProcess({self.spec.agent_name}, pid={self.pid}, {self.state.value})"
+        return f"JobProcessHandle({self.spec.agent_name}, pid={self.pid}, {self.state.value})"
 
     @property
     def alive(self) -> bool:
@@ -300,7 +303,7 @@ class WorkerProcess:
     # --- life -----------------------------------------------------------------------------
 
     async def run(
-        self, *, task_status: anyio.abc.TaskStatus[WorkerProcess] = anyio.TASK_STATUS_IGNORED
+        self, *, task_status: anyio.abc.TaskStatus[JobProcessHandle] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Spawn, initialise, report ready, serve until exit; always reap.
 

@@ -3,7 +3,7 @@
 ``lksup.jobs.zygote`` describes the tree (a base template per interpreter, an agent template per
 agent, job processes forked from it). Here:
 
-* ``TemplateProcess`` is a ``WorkerProcess`` whose first message is ``ZygoteStart`` (a spawned
+* ``TemplateProcess`` is a ``JobProcessHandle`` whose first message is ``ZygoteStart`` (a spawned
   template) or none (a template forked with its request), whose ``Ready`` is ``ZygoteReady``,
   and which answers fork requests. It inherits everything a job process has: output and log
   forwarding with secrets masked, pings (an unresponsive template is killed), the stop sequence,
@@ -43,10 +43,10 @@ from lksup.monitors.memory_policy import MemoryPolicy
 from lksup.monitors.monitor import Monitor
 from lksup.pool.process import (
     InitFailed,
+    JobProcessHandle,
     ProcessHandle,
     ProcessSpec,
     ProcessState,
-    WorkerProcess,
     describe_exit,
     initialize_message,
 )
@@ -175,7 +175,7 @@ class ForkedProcess:
         await self._stderr.aclose()
 
 
-class TemplateProcess(WorkerProcess):
+class TemplateProcess(JobProcessHandle):
     """One template (see the module docstring)."""
 
     def __init__(
@@ -335,9 +335,9 @@ class TemplateProcess(WorkerProcess):
         return f"fork-{next(self._ids)}"
 
     async def run(
-        self, *, task_status: anyio.abc.TaskStatus[WorkerProcess] = anyio.TASK_STATUS_IGNORED
+        self, *, task_status: anyio.abc.TaskStatus[JobProcessHandle] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """As ``WorkerProcess.run``; descriptors nobody took are closed at the end."""
+        """As ``JobProcessHandle.run``; descriptors nobody took are closed at the end."""
         try:
             await super().run(task_status=task_status)
         finally:
@@ -357,7 +357,7 @@ class _ForkLauncher:
     template: TemplateProcess
     request: ipc.ForkTemplate | None = None  # None: a job process
 
-    async def launch(self, process: WorkerProcess, child: socket.socket) -> ProcessHandle:
+    async def launch(self, process: JobProcessHandle, child: socket.socket) -> ProcessHandle:
         request: ipc.ForkJob | ipc.ForkTemplate
         if self.request is None:
             request = ipc.ForkJob(request_id=self.template.next_id())
@@ -711,7 +711,7 @@ class ZygoteLauncher:
     def __post_init__(self) -> None:
         self.zygotes.acquire(self)
 
-    async def launch(self, process: WorkerProcess, child: socket.socket) -> ProcessHandle:
+    async def launch(self, process: JobProcessHandle, child: socket.socket) -> ProcessHandle:
         """Fork ``process`` from the agent's template (raises ``InitFailed``)."""
         template = await self.zygotes.template(
             self.spec, isolated=self.isolated, prepare=self.prepare
