@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
+import anyio.abc
 import psutil
 import pytest
 
@@ -28,6 +31,21 @@ def script_tool(script: str, failure: str) -> Path:
     if result.returncode != 0:
         pytest.fail(f"{failure}:\n{result.stderr[-2000:]}")
     return Path(result.stdout.strip())
+
+
+async def stop_process(
+    process: anyio.abc.Process, steps: tuple[tuple[signal.Signals, float], ...]
+) -> None:
+    """Send each signal in turn until ``process`` exits (waiting its grace after each), then
+    release it; shielded, so a cancelled test still leaves nothing behind."""
+    with anyio.CancelScope(shield=True):
+        for sig, grace in steps:
+            if process.returncode is not None:
+                break
+            process.send_signal(sig)
+            with anyio.move_on_after(grace):
+                await process.wait()
+        await process.aclose()
 
 
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:

@@ -28,7 +28,7 @@ import anyio.abc
 import httpx
 
 from tests.conftest import free_port as shared_free_port
-from tests.conftest import script_tool
+from tests.conftest import script_tool, stop_process
 
 API_KEY = "devkey"
 API_SECRET = "interop-secret-0123456789abcdef0123456789"
@@ -95,15 +95,9 @@ async def kill(server: RealServer) -> None:
 
 
 async def stop(server: RealServer) -> None:
-    process = server.process
     # a first SIGTERM right after start-up can be lost: repeat it, then kill
-    for sig, grace in ((signal.SIGTERM, 1.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        if process.returncode is not None:
-            break
-        process.send_signal(sig)
-        with anyio.move_on_after(grace):
-            await process.wait()
-    await process.aclose()
+    steps = ((signal.SIGTERM, 1.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0))
+    await stop_process(server.process, steps)
 
 
 @asynccontextmanager

@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
-from tests.conftest import free_port, script_tool
+from tests.conftest import free_port, script_tool, stop_process
 
 
 def redis_binary() -> Path:
@@ -91,11 +91,4 @@ async def real_redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
         await _wait_ready(server, timeout=30)
         yield server
     finally:
-        with anyio.CancelScope(shield=True):
-            for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-                if process.returncode is not None:
-                    break
-                process.send_signal(sig)
-                with anyio.move_on_after(grace):
-                    await process.wait()
-            await process.aclose()
+        await stop_process(process, ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)))

@@ -280,11 +280,12 @@ class DaemonApp:
         snapshots = {}
         for name, slot in list(self.supervisor.slots.items()):
             state_name = self.supervisor.agent_state(slot)
-            slot.conditions.observe(self._facts(slot, state_name), time.time())
-            snapshots[name] = self._snapshot(slot, state_name)
+            facts = self._facts(slot, state_name)
+            slot.conditions.observe(facts, time.time())
+            snapshots[name] = self._snapshot(slot, state_name, facts.message)
         self.recorder.observe(snapshots)
 
-    def _snapshot(self, slot: AgentSlot, state_name: str) -> Snapshot:
+    def _snapshot(self, slot: AgentSlot, state_name: str, message: str) -> Snapshot:
         running: dict[str, tuple[str, bool]] = {}
         ended: dict[str, tuple[str, str | None, str, str | None]] = {}
         for ended_job in slot.retired_ended:
@@ -310,7 +311,7 @@ class DaemonApp:
         runtime = slot.runtime
         return Snapshot(
             state=state_name,
-            message=self._message(slot),
+            message=message,
             worker_id=runtime.session.machine.worker_id if runtime is not None else None,
             restarts=slot.restarts,
             drained=slot.override_drained,
