@@ -17,6 +17,8 @@ from lksup.control.api import ApplyRequest, SimulateRequest
 from lksup.control.errors import ControlError
 from lksup.daemon.agent import AgentRuntime, Environment
 from lksup.daemon.app import DaemonApp
+from lksup.daemon.slot import Runtime
+from lksup.daemon.status import derive
 from lksup.daemon.supervisor import RESTART_BACKOFF, Supervisor
 from lksup.devserver.server import DevServer
 from lksup.fleet.loading import load_fleet
@@ -79,6 +81,12 @@ async def supervised(
             tg.cancel_scope.cancel()
 
 
+def real(runtime: Runtime | None) -> AgentRuntime:
+    """The supervisor's runtime, an ``AgentRuntime`` here (these tests look inside it)."""
+    assert isinstance(runtime, AgentRuntime)
+    return runtime
+
+
 def registered(server: DevServer, name: str) -> list[str]:
     return [w.id for w in server.workers() if w.agent_name == name]
 
@@ -92,7 +100,7 @@ async def test_apply_create_update_replace_remove(
         assert [a.action for a in plan.agents] == [Action.CREATE, Action.CREATE]
         with anyio.fail_after(30):
             await server.wait_workers(lambda ws: {w.agent_name for w in ws} == {"alpha", "beta"})
-        alpha = sup.slots["alpha"].runtime
+        alpha = real(sup.slots["alpha"].runtime)
         assert alpha is not None
         with anyio.fail_after(30):
             await alpha.pool.wait_until(lambda: len(alpha.pool.idle) == 1)
@@ -114,7 +122,7 @@ async def test_apply_create_update_replace_remove(
             fleet(tmp_path, {"alpha": "load_threshold: 0.5\nenv: {MODEL: large}\n", "beta": ""})
         )
         assert {a.name: a.action for a in plan.agents}["alpha"] is Action.REPLACE
-        new = sup.slots["alpha"].runtime
+        new = real(sup.slots["alpha"].runtime)
         assert new is not None
         assert new is not alpha
         with anyio.fail_after(30):
@@ -157,7 +165,7 @@ async def test_drain_one_agent_while_others_keep_accepting(tmp_path: Path) -> No
         assert sup.slots["alpha"].override_drained
         with anyio.fail_after(30):
             await sup.wait_until(lambda: sup.agent_state(sup.slots["alpha"]) == "drained")
-        beta = sup.slots["beta"].runtime
+        beta = real(sup.slots["beta"].runtime)
         assert beta is not None
         await server.create_dispatch("room-b", "beta")
         with anyio.fail_after(30):
@@ -170,7 +178,7 @@ async def test_drain_one_agent_while_others_keep_accepting(tmp_path: Path) -> No
 async def test_coordinated_drain_waits_for_jobs_and_reports_the_deadline(tmp_path: Path) -> None:
     async with supervised(tmp_path) as (sup, server):
         await sup.apply(fleet(tmp_path, {"alpha": ""}))
-        alpha = sup.slots["alpha"].runtime
+        alpha = real(sup.slots["alpha"].runtime)
         assert alpha is not None
         await alpha.session.wait_registered()
         await server.create_dispatch("room-hold", "alpha", metadata="hold")
@@ -230,7 +238,7 @@ async def test_an_agent_whose_connection_gave_up_comes_back_without_an_apply(
         with anyio.fail_after(10):  # the restart fails too: the agent stays in backoff
             await sup.wait_until(lambda: slot.restarts >= 1 and sup.agent_state(slot) == "backoff")
         assert slot.failures >= 2
-        beta = sup.slots["beta"].runtime
+        beta = real(sup.slots["beta"].runtime)
         assert beta is not None
         with anyio.fail_after(30):
             await beta.session.wait_registered()
@@ -240,7 +248,7 @@ async def test_an_agent_whose_connection_gave_up_comes_back_without_an_apply(
             await tg.start(late.run)
             with anyio.fail_after(30):
                 await late.wait_workers(lambda ws: bool(registered(late, "alpha")))
-            runtime = slot.runtime
+            runtime = real(slot.runtime)
             assert runtime is not None
             with anyio.fail_after(10):
                 await runtime.session.wait_registered()
@@ -310,7 +318,7 @@ async def test_reload_leaves_a_drained_agent_drained_and_undrain_brings_it_back(
         row = app.agent_status(sup.slots["alpha"])
         assert (row.state, row.sync) == ("drained", "override")
         sup.undrain("alpha")
-        runtime = sup.slots["alpha"].runtime
+        runtime = real(sup.slots["alpha"].runtime)
         assert runtime is not None
         with anyio.fail_after(30):  # registered, and the old worker's processes are gone
             await runtime.session.wait_registered()
@@ -326,7 +334,7 @@ async def test_a_replacement_that_cannot_register_leaves_the_old_worker_serving(
     dead = f"livekit: {{url: 'ws://127.0.0.1:{free_port()}'}}\n"
     async with supervised(tmp_path, restart_backoff=QUICK) as (sup, server):
         await sup.apply(fleet(tmp_path, {"alpha": ""}))
-        old = sup.slots["alpha"].runtime
+        old = real(sup.slots["alpha"].runtime)
         assert old is not None
         with anyio.fail_after(30):
             await old.session.wait_registered()
@@ -341,7 +349,7 @@ async def test_a_replacement_that_cannot_register_leaves_the_old_worker_serving(
         with anyio.fail_after(30):
             await old.pool.wait_until(lambda: old.pool.stats.jobs_succeeded == 1)
         plan = await sup.apply(fleet(tmp_path, {"alpha": "max_retry: 2\n"}))  # fixed
-        new = slot.runtime
+        new = real(slot.runtime)
         assert new is not None
         with anyio.fail_after(30):
             await new.session.wait_registered()
@@ -353,7 +361,7 @@ async def test_a_replacement_that_cannot_register_leaves_the_old_worker_serving(
 async def test_a_removed_agent_is_stopped_at_its_drain_timeout(tmp_path: Path) -> None:
     async with supervised(tmp_path) as (sup, server):
         await sup.apply(fleet(tmp_path, {"alpha": "drain_timeout: 1\n", "beta": ""}))
-        alpha = sup.slots["alpha"].runtime
+        alpha = real(sup.slots["alpha"].runtime)
         assert alpha is not None
         with anyio.fail_after(30):
             await alpha.session.wait_registered()
@@ -402,7 +410,7 @@ async def test_a_rotated_secret_file_replaces_the_agent_on_the_next_apply(
     agents = {"alpha": f"env: {{TOKEN: {{file: {token}}}}}\n", "beta": ""}
     async with supervised(tmp_path) as (sup, server):
         await sup.apply(fleet(tmp_path, agents))
-        old = sup.slots["alpha"].runtime
+        old = real(sup.slots["alpha"].runtime)
         assert old is not None
         with anyio.fail_after(30):
             await old.session.wait_registered()
@@ -414,7 +422,7 @@ async def test_a_rotated_secret_file_replaces_the_agent_on_the_next_apply(
         plan = await sup.apply(fleet(tmp_path, agents))
         assert {a.action for a in plan.agents} == {Action.UNCHANGED}
         assert sup.rotated == ["alpha"]
-        new = sup.slots["alpha"].runtime
+        new = real(sup.slots["alpha"].runtime)
         assert new is not None
         assert new is not old
         assert new.pool.spec.env["TOKEN"] == "rotated-token-value"
@@ -434,7 +442,7 @@ async def test_an_agent_whose_secret_cannot_be_read_fails_alone(tmp_path: Path) 
         row = app.agent_status(sup.slots["alpha"])
         assert row.state == "backoff"
         assert "LKSUP_TEST_NOT_SET" in row.message
-        beta = sup.slots["beta"].runtime
+        beta = real(sup.slots["beta"].runtime)
         assert beta is not None
         with anyio.fail_after(30):
             await beta.session.wait_registered()
@@ -442,7 +450,7 @@ async def test_an_agent_whose_secret_cannot_be_read_fails_alone(tmp_path: Path) 
 
 
 async def hold_a_job(sup: Supervisor, server: DevServer, name: str) -> AgentRuntime:
-    runtime = sup.slots[name].runtime
+    runtime = real(sup.slots[name].runtime)
     assert runtime is not None
     with anyio.fail_after(30):
         await runtime.session.wait_registered()
@@ -507,7 +515,7 @@ async def test_nothing_changes_once_the_supervisor_is_shutting_down(tmp_path: Pa
             assert await sup.drain_all(5) is True
         # a stop's drain is no operator's: SYNC does not turn "override" (regression)
         assert not sup.slots["alpha"].override_drained
-        assert DaemonApp.sync_state(sup.slots["alpha"]) != "override"
+        assert derive(sup.snapshot(sup.slots["alpha"])).sync != "override"
         request = ApplyRequest(
             fleet=fleet(tmp_path, {"alpha": "", "beta": ""}).model_dump(
                 mode="json", by_alias=True, context=REVEAL
@@ -533,7 +541,7 @@ async def test_relative_secret_files_resolve_from_the_applied_file(tmp_path: Pat
             source=str(conf / "fleet.yaml"),
         )
         await app.apply(request)
-        runtime = sup.slots["alpha"].runtime
+        runtime = real(sup.slots["alpha"].runtime)
         assert runtime is not None
         assert runtime.pool.spec.env["TOKEN"] == "from-the-fleet-folder"
         with anyio.fail_after(30):
@@ -548,21 +556,21 @@ async def test_reloads_of_a_replacement_that_cannot_warm_up_never_pile_up_worker
     async with supervised(tmp_path) as (sup, server):
         app = DaemonApp(sup, tmp_path / "state")
         await sup.apply(fleet(tmp_path, {"alpha": ""}))
-        old = sup.slots["alpha"].runtime
+        old = real(sup.slots["alpha"].runtime)
         assert old is not None
         with anyio.fail_after(30):
             await old.session.wait_registered()
         broken = "prewarm: pool_test_agent:prewarm\nenv: {FAIL_PREWARM: '1'}\n"
         await sup.apply(fleet(tmp_path, {"alpha": broken}))
         for _ in range(3):
-            new = sup.slots["alpha"].runtime
+            new = real(sup.slots["alpha"].runtime)
             assert new is not None
             with anyio.fail_after(30):
                 await new.session.wait_registered()  # registers, but never warms up
             sup.reload("alpha")
         slot = sup.slots["alpha"]
         assert slot.previous == [old]  # the one that works keeps serving
-        current = slot.runtime
+        current = real(slot.runtime)
         assert current is not None
         with anyio.fail_after(30):  # the unready replacements went away
             await current.session.wait_registered()

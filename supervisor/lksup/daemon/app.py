@@ -30,12 +30,10 @@ from lksup.control.api import (
     JournalQuery,
     SimulateRequest,
     StatusList,
-    SyncState,
     TemplateStatus,
 )
 from lksup.control.errors import ControlError
 from lksup.daemon import state
-from lksup.daemon.conditions import Facts
 from lksup.daemon.journal import (
     EVENTS_KEPT,
     Event,
@@ -44,6 +42,7 @@ from lksup.daemon.journal import (
     LogBuffer,
     Snapshot,
 )
+from lksup.daemon.status import AgentSnapshot, Derived, RuntimeSnapshot, derive
 from lksup.daemon.supervisor import AgentSlot, Supervisor
 from lksup.fleet.loading import fleet_path
 from lksup.fleet.normalize import normalize
@@ -84,6 +83,10 @@ def _ended_status(ended: EndedJob) -> JobRow:
         ended_at=_wall(ended.ended_at),
         reason=ended.error or ended.reason,
     )
+
+
+def _ended_fields(job: EndedJob) -> tuple[str, str | None, str, str | None]:
+    return job.room, job.error, job.reason, job.kind
 
 
 def _later_failure(latest: EndedJob | None, ended: list[EndedJob]) -> EndedJob | None:
@@ -140,39 +143,43 @@ class DaemonApp:
 
     # --- status --------------------------------------------------------------------------
 
+    def _live(self, slot: AgentSlot, view: AgentSnapshot) -> list[RuntimeSnapshot]:
+        """Every runtime of the agent still running, the current one first.
+
+        Jobs and memory count every runtime the agent has: old ones finishing their jobs
+        during a replace or a removal are still the agent's.
+        """
+        found = [view.runtime] if view.runtime is not None and not view.runtime.done else []
+        others = [r for r in slot.runtimes() if r is not slot.runtime and not r.done]
+        return found + [runtime.snapshot() for runtime in others]
+
     def agent_status(self, slot: AgentSlot) -> AgentStatus:
         """One agent's row."""
-        sup = self.supervisor
-        runtime = slot.runtime
-        state_name = sup.agent_state(slot)
+        monitor = self.supervisor.monitor
+        view = self.supervisor.snapshot(slot)
+        derived = derive(view)
         jobs: list[JobRow] = []
         memory = 0.0
         fields: dict[str, Any] = {}
         latest: EndedJob | None = None  # the agent's latest failed job, over all its runtimes
-        # jobs and memory count every runtime the agent has: old ones finishing their jobs
-        # during a replace or a removal are still the agent's
-        for live in slot.runtimes():
-            if live.done:
-                continue
-            live_machine = live.session.machine
-            for process in live.pool.processes:
-                sample = sup.monitor.sample(process.pid) if process.pid is not None else None
+        for live in self._live(slot, view):
+            for pid in live.pids:
+                sample = monitor.sample(pid)
                 if sample is not None:
                     memory += sample.mb
-            for job_id, process in live.pool.running.items():
-                job = live_machine.running_jobs.get(job_id)
-                sample = sup.monitor.sample(process.pid) if process.pid is not None else None
+            for job in live.running:
+                sample = monitor.sample(job.pid) if job.pid is not None else None
                 jobs.append(
                     JobRow(
-                        job_id=job_id,
-                        room=job.room_name if job else "",
-                        pid=process.pid,
-                        state=process.state.value,
-                        started_at=_wall(process.job_started_at),
+                        job_id=job.job_id,
+                        room=job.room,
+                        pid=job.pid,
+                        state=job.process_state,
+                        started_at=_wall(job.started_at),
                         memory_mb=round(sample.mb, 1) if sample else 0.0,
                     )
                 )
-            ended_jobs = live.pool.recently_ended()
+            ended_jobs = recent(live.ended)
             jobs.extend(_ended_status(ended) for ended in ended_jobs)
             latest = _later_failure(latest, ended_jobs)
         retired = recent(slot.retired_ended)  # jobs of runtimes that ended (a restart)
@@ -181,7 +188,8 @@ class DaemonApp:
         failure: tuple[str, float] | None = None
         if latest is not None:
             failure = (latest.error or "", latest.ended_at)
-        inits = [slot.retired_init_failure, runtime.pool.last_init_failure if runtime else None]
+        runtime = view.runtime
+        inits = [slot.retired_init_failure, runtime.last_init_failure if runtime else None]
         for init in inits:
             if init is None or anyio.current_time() - init[1] > ENDED_FOR:
                 continue
@@ -191,30 +199,26 @@ class DaemonApp:
             fields["last_failure"], fields["last_failure_at"] = failure[0], _wall(failure[1])
         fields["jobs"] = slot.running_jobs()
         if runtime is not None:
-            machine = runtime.session.machine
-            pool = runtime.pool
-            versions = {p.sdk_version for p in pool.processes if p.sdk_version}
             fields |= {
-                "sdk_version": ", ".join(sorted(versions)) or None,
-                "registered": machine.worker_id is not None,
-                "worker_id": machine.worker_id,
-                "idle": len(pool.idle),
-                "idle_target": pool.target_idle,
+                "sdk_version": ", ".join(sorted(runtime.sdk_versions)) or None,
+                "registered": runtime.registered,
+                "worker_id": runtime.worker_id,
+                "idle": runtime.idle,
+                "idle_target": runtime.idle_target,
                 "load": round(runtime.load, 3),
-                "draining": machine.draining,
+                "draining": runtime.draining,
             }
-        facts = self._facts(slot, state_name)
-        conditions = slot.conditions.observe(facts, time.time())
+        conditions = slot.conditions.observe(derived.facts, time.time())
         return AgentStatus(
             name=slot.name,
-            state=state_name,
-            ready=facts.ready,
+            state=derived.state.value,
+            ready=derived.ready,
             threshold=slot.agent.load_threshold,
             memory_mb=round(memory, 1),
             restarts=slot.restarts,
             started_at=_wall(slot.started_at),
-            sync=facts.sync,
-            message=facts.message,
+            sync=derived.sync.value,
+            message=derived.message,
             conditions=[
                 Condition(
                     type=c.type,
@@ -231,122 +235,48 @@ class DaemonApp:
             **fields,
         )
 
-    def _message(self, slot: AgentSlot) -> str:
-        """The MESSAGE column: why the agent is not simply running, else empty."""
-        runtime = slot.runtime
-        message = slot.message
-        if slot.restart_at is not None:
-            remaining = max(0.0, slot.restart_at - anyio.current_time())
-            message = f"{slot.message}; restarting in {remaining:.0f}s"
-        elif runtime is not None:
-            machine, pool = runtime.session.machine, runtime.pool
-            if pool.in_backoff and pool.last_failure:
-                message = f"{pool.last_failure}; retry in {pool.backoff_remaining:.0f}s"
-            elif machine.last_error and not machine.connected:
-                message = machine.last_error
-        if slot.previous:
-            waiting = "the new worker is not ready yet; the old one keeps taking jobs"
-            message = f"{message}; {waiting}" if message else waiting
-        if slot.draining and not message:
-            message = f"{len(slot.draining)} old worker(s) draining"
-        return message
-
-    def _facts(self, slot: AgentSlot, state_name: str) -> Facts:
-        """What the conditions are computed from."""
-        runtime = slot.runtime
-        message, sync = self._message(slot), self.sync_state(slot)
-        if runtime is None or slot.restart_at is not None:
-            return Facts(state_name, False, False, "", "", 0, 0, "", sync, message)
-        machine, pool = runtime.session.machine, runtime.pool
-        reason, detail = runtime.full_reason()
-        return Facts(
-            state=state_name,
-            registered=machine.worker_id is not None,
-            draining=machine.draining,
-            full_reason=reason,
-            full_message=detail,
-            idle=len(pool.idle),
-            idle_target=pool.target_idle,
-            pool_failure=(pool.last_failure or "crashed") if pool.in_backoff else "",
-            sync=sync,
-            message=message,
-        )
-
     def observe(self) -> None:
         """Record every agent's conditions now, and the events since the last observation.
 
-        Observed at every change, so transition times stay precise.
+        Observed at every change (the supervisor's and its runtimes'), so transition times
+        stay precise.
         """
         snapshots = {}
+        now = time.time()
         for name, slot in list(self.supervisor.slots.items()):
-            state_name = self.supervisor.agent_state(slot)
-            facts = self._facts(slot, state_name)
-            slot.conditions.observe(facts, time.time())
-            snapshots[name] = self._snapshot(slot, state_name, facts.message)
+            view = self.supervisor.snapshot(slot)
+            derived = derive(view)
+            slot.conditions.observe(derived.facts, now)
+            snapshots[name] = self._journal_snapshot(slot, view, derived)
         self.recorder.observe(snapshots)
 
-    def _snapshot(self, slot: AgentSlot, state_name: str, message: str) -> Snapshot:
-        running: dict[str, tuple[str, bool]] = {}
+    def _journal_snapshot(self, slot: AgentSlot, view: AgentSnapshot, derived: Derived) -> Snapshot:
+        """What the event recorder compares from one observation to the next."""
         ended: dict[str, tuple[str, str | None, str, str | None]] = {}
+        running: dict[str, tuple[str, bool]] = {}
         for ended_job in slot.retired_ended:
-            ended[ended_job.job_id] = (
-                ended_job.room,
-                ended_job.error,
-                ended_job.reason,
-                ended_job.kind,
-            )
-        for live in slot.runtimes():
-            for job_id, process in live.pool.running.items():
-                job_slot = process.jobs.get(job_id)
-                running[job_id] = (
-                    (job_slot.room, job_slot.started.is_set()) if job_slot else ("", False)
-                )
-            for ended_job in live.pool.ended:
-                ended[ended_job.job_id] = (
-                    ended_job.room,
-                    ended_job.error,
-                    ended_job.reason,
-                    ended_job.kind,
-                )
-        runtime = slot.runtime
+            ended[ended_job.job_id] = _ended_fields(ended_job)
+        for live in self._live(slot, view):
+            for job in live.running:
+                running[job.job_id] = (job.room, job.entered)
+            for ended_job in live.ended:
+                ended[ended_job.job_id] = _ended_fields(ended_job)
         return Snapshot(
-            state=state_name,
-            message=message,
-            worker_id=runtime.session.machine.worker_id if runtime is not None else None,
+            state=derived.state.value,
+            message=derived.message,
+            worker_id=view.runtime.worker_id if view.runtime is not None else None,
             restarts=slot.restarts,
             drained=slot.override_drained,
             running=running,
             ended=ended,
         )
 
-    async def observe_forever(self, interval: float = 0.5) -> None:
-        """``observe`` every ``interval`` seconds and whenever the supervisor changes."""
+    async def observe_forever(self) -> None:
+        """``observe`` now and whenever the supervisor or one of its runtimes changes."""
         while True:
             changed = self.supervisor.change_event()
             self.observe()
-            with anyio.move_on_after(interval):
-                await changed.wait()
-
-    @staticmethod
-    def sync_state(slot: AgentSlot) -> SyncState:
-        """The SYNC column: ``override``, ``pending`` or ``synced``.
-
-        ``override``: drained by an operator. ``pending``: the applied configuration is not in
-        effect yet (not registered since it was started, a restart scheduled, or an old worker
-        still draining away).
-        """
-        if slot.override_drained:
-            return "override"
-        runtime = slot.runtime
-        if (
-            slot.restart_at is not None
-            or slot.draining
-            or slot.previous
-            or runtime is None
-            or runtime.session.registrations == 0
-        ):
-            return "pending"
-        return "synced"
+            await changed.wait()
 
     async def status(self, agent: str | None) -> StatusList:
         """Every agent's status, or one agent's."""
@@ -627,7 +557,7 @@ class DaemonApp:
         self._not_stopping()
         self._applied(agent)
         runtime = self.supervisor.slots[agent].runtime
-        if runtime is None or runtime.session.machine.worker_id is None:
+        if runtime is None or not runtime.registered:
             raise ControlError("not_ready", f"agent {agent!r} is not registered", 409)
-        runtime.session.simulate(request.room, request.participant)
+        runtime.simulate(request.room, request.participant)
         return {"simulated": agent, "room": request.room}

@@ -344,17 +344,12 @@ class Daemon:
         announces: its drain drains agents that never registered.
         """
         while not self._draining:
-            changed = supervisor.change_event()
+            changed = supervisor.change_event()  # registrations are notified
             slots = list(supervisor.slots.values())
-            registered = sum(
-                1
-                for slot in slots
-                if slot.runtime is not None and slot.runtime.session.machine.worker_id
-            )
+            registered = sum(1 for slot in slots if slot.runtime and slot.runtime.registered)
             drained = sum(1 for slot in slots if slot.override_drained)
             if all(
-                slot.override_drained
-                or (slot.runtime is not None and slot.runtime.session.machine.worker_id)
+                slot.override_drained or (slot.runtime is not None and slot.runtime.registered)
                 for slot in slots
             ):
                 self.notifier.ready(f"{registered} agent(s) registered")
@@ -364,8 +359,7 @@ class Daemon:
                     f"; {drained} drained" if drained else "",
                 )
                 return
-            with anyio.move_on_after(0.5):  # registrations are not supervisor changes
-                await changed.wait()
+            await changed.wait()
 
     async def _status_loop(self, supervisor: Supervisor) -> None:
         """STATUS= summaries for systemd; EXTEND_TIMEOUT_USEC again and again while draining."""

@@ -28,9 +28,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import anyio
 import anyio.abc
@@ -42,15 +40,18 @@ from lksup.daemon.agent import (
     for_fleet,
     resolved_fingerprint,
 )
-from lksup.daemon.conditions import ConditionTracker
+from lksup.daemon.slot import AgentSlot, Runtime, RuntimeFactory
+from lksup.daemon.status import AgentSnapshot, AgentState, state
 from lksup.fleet.schema import Agent, Fleet
 from lksup.monitors.monitor import Monitor
 from lksup.pool.inference import InferenceService
-from lksup.pool.pool import ENDED_KEPT, EndedJob, Histogram, auto_idle_processes
+from lksup.pool.pool import auto_idle_processes
 from lksup.pool.zygote import Zygotes
 from lksup.protocol.backoff import Backoff
 from lksup.protocol.machine import State
 from lksup.reconcile.diff import Action, Plan, diff
+
+__all__ = ["READY_TIMEOUT", "RESTART_BACKOFF", "AgentSlot", "Supervisor"]
 
 log = logging.getLogger("lksup.supervisor")
 
@@ -58,87 +59,6 @@ READY_TIMEOUT = 60.0  # how long a replacement may take to register and warm up
 
 #: Delay before a failed agent is started again: 5 s, doubling per consecutive failure, 5 min cap.
 RESTART_BACKOFF = Backoff(initial_delay=5.0, factor=2.0, max_delay=300.0, jitter=0.2)
-
-
-@dataclass
-class Totals:
-    """An agent's counters summed over runtimes (replaces and restarts never reset them)."""
-
-    offers: dict[str, int] = field(default_factory=dict)
-    declines: dict[str, int] = field(default_factory=dict)
-    """Offers not accepted, by ``Decline.cause``."""
-    jobs_succeeded: int = 0
-    jobs_failed: int = 0
-    failures: dict[str, int] = field(default_factory=dict)
-    """Failed jobs by ``JobOutcome.kind``."""
-    reconnects: int = 0
-    start_latency: Histogram = field(default_factory=Histogram)
-
-    def add(self, runtime: AgentRuntime) -> None:
-        """Add one runtime's counters."""
-        for answer, count in runtime.session.offers.items():
-            self.offers[answer] = self.offers.get(answer, 0) + count
-        for cause, count in runtime.session.declines.items():
-            self.declines[cause] = self.declines.get(cause, 0) + count
-        stats = runtime.pool.stats
-        self.jobs_succeeded += stats.jobs_succeeded
-        self.jobs_failed += stats.jobs_failed
-        for kind, count in stats.failures.items():
-            self.failures[kind] = self.failures.get(kind, 0) + count
-        self.reconnects += runtime.session.reconnects
-        self.start_latency.add(stats.start_latency)
-
-
-@dataclass
-class AgentSlot:
-    """One agent name: its current runtime, and the ones draining away."""
-
-    name: str
-    agent: Agent
-    runtime: AgentRuntime | None = None
-    previous: list[AgentRuntime] = field(default_factory=list)  # serving until the new registers
-    draining: list[AgentRuntime] = field(default_factory=list)
-    state: str = "pending"
-    message: str = ""
-    restarts: int = 0
-    started_at: float | None = None
-    override_drained: bool = False
-    removed: bool = False
-    failures: int = 0  # consecutive failures without a registration in between
-    restart_at: float | None = None  # a restart is scheduled (state "backoff")
-    restart_scope: anyio.CancelScope | None = None
-    conditions: ConditionTracker = field(default_factory=ConditionTracker)
-    retired: Totals = field(default_factory=Totals)  # the counters of runtimes that ended
-    retired_ended: deque[EndedJob] = field(default_factory=lambda: deque(maxlen=ENDED_KEPT))
-    """The latest jobs that ended in runtimes that ended (a restart or a replace keeps
-    them for ``status --jobs`` and the latest failure)."""
-    retired_init_failure: tuple[str, float] | None = None
-    """The latest job process that failed to start in a runtime that ended."""
-
-    def totals(self) -> Totals:
-        """Counters over every runtime this agent had: ended ones and live ones."""
-        retired = self.retired
-        totals = Totals(
-            offers=dict(retired.offers),
-            declines=dict(retired.declines),
-            jobs_succeeded=retired.jobs_succeeded,
-            jobs_failed=retired.jobs_failed,
-            failures=dict(retired.failures),
-            reconnects=retired.reconnects,
-        )
-        totals.start_latency.add(retired.start_latency)
-        for runtime in self.runtimes():
-            if not runtime.done:  # an ended one is in ``retired`` already
-                totals.add(runtime)
-        return totals
-
-    def running_jobs(self) -> int:
-        """Jobs running on this agent, old runtimes included."""
-        return sum(len(r.session.machine.running_jobs) for r in self.runtimes())
-
-    def runtimes(self) -> list[AgentRuntime]:
-        """The current runtime, the old ones still serving, and the ones draining away."""
-        return [r for r in [self.runtime, *self.previous, *self.draining] if r is not None]
 
 
 class Supervisor:
@@ -152,8 +72,10 @@ class Supervisor:
         restart_backoff: Backoff = RESTART_BACKOFF,
         rand: Callable[[], float] = random.random,
         zygotes: Zygotes | None = None,
+        runtime_factory: RuntimeFactory = AgentRuntime,
     ) -> None:
         self.env = env
+        self.runtime_factory = runtime_factory
         self.monitor = monitor
         self.restart_backoff = restart_backoff
         self._rand = rand
@@ -181,6 +103,7 @@ class Supervisor:
             await anyio.sleep_forever()
 
     def _notify(self) -> None:
+        """Something changed: the supervisor's record, or a runtime (its ``on_change``)."""
         changed, self._changed = self._changed, anyio.Event()
         changed.set()
 
@@ -287,10 +210,10 @@ class Supervisor:
         runtime = self._start_runtime(slot)
         slot.runtime = runtime
 
-    def _start_runtime(self, slot: AgentSlot) -> AgentRuntime | None:
+    def _start_runtime(self, slot: AgentSlot) -> Runtime | None:
         self._cancel_restart(slot)
         try:
-            runtime = AgentRuntime(
+            runtime = self.runtime_factory(
                 slot.name,
                 slot.agent,
                 self.env,
@@ -298,17 +221,18 @@ class Supervisor:
                 init_limiter=self.limiter,
                 inference=self.inference,
                 zygotes=self.zygotes,
+                on_change=self._notify,
             )
         except AgentConfigError as exc:
             log.error("Agent %s cannot start: %s", slot.name, exc, extra={"agent": slot.name})
             self._schedule_restart(slot, str(exc))
             return None
-        slot.state, slot.message = "starting", ""
+        slot.state, slot.message = AgentState.STARTING, ""
         slot.started_at = anyio.current_time()
         self._require_tg().start_soon(self._guard, slot, runtime)
         return runtime
 
-    async def _guard(self, slot: AgentSlot, runtime: AgentRuntime) -> None:
+    async def _guard(self, slot: AgentSlot, runtime: Runtime) -> None:
         """Run one runtime; whatever happens to it stays with this agent."""
         error: str | None = None
         try:
@@ -318,19 +242,16 @@ class Supervisor:
             error = f"{type(exc).__name__}: {exc}"
         finally:
             runtime.done = True
-            slot.retired.add(runtime)
-            slot.retired_ended.extend(runtime.pool.ended)
-            if runtime.pool.last_init_failure is not None:
-                slot.retired_init_failure = runtime.pool.last_init_failure
+            slot.retire(runtime)
             for old in (slot.draining, slot.previous):
                 if runtime in old:
                     old.remove(runtime)
             if slot.runtime is runtime:
-                machine = runtime.session.machine
-                if machine.state is State.FAILED and error is None:
-                    error = f"connection gave up after {machine.attempts} attempt(s): "
-                    error += machine.last_error
-                if runtime.session.registrations:
+                ended = runtime.snapshot()
+                if ended.connection is State.FAILED and error is None:
+                    error = f"connection gave up after {ended.attempts} attempt(s): "
+                    error += ended.last_error
+                if ended.registrations:
                     slot.failures = 0  # it worked for a while: start the backoff over
                 if slot.removed:
                     slot.runtime = None
@@ -340,7 +261,7 @@ class Supervisor:
                     # nobody asked it to stop: level-triggered, it comes back
                     self._schedule_restart(slot, "the worker stopped")
                 else:
-                    slot.state = "drained" if machine.draining else "stopped"
+                    slot.state = AgentState.DRAINED if ended.draining else AgentState.STOPPED
             if slot.removed and not slot.runtimes() and self.slots.get(slot.name) is slot:
                 del self.slots[slot.name]  # only this slot: a newer one may have the name now
             self._notify()
@@ -349,7 +270,7 @@ class Supervisor:
 
     def _schedule_restart(self, slot: AgentSlot, reason: str) -> None:
         """Record the failure; start the agent again after the backoff (level-triggered)."""
-        slot.state, slot.message = "failed", reason
+        slot.state, slot.message = AgentState.FAILED, reason
         self._cancel_restart(slot)  # one pending restart per agent at most
         if self.stopping or slot.removed or slot.override_drained or self._tg is None:
             return
@@ -390,7 +311,7 @@ class Supervisor:
         if (
             not slot.override_drained
             and not self.stopping
-            and (runtime is None or runtime.session.machine.draining)
+            and (runtime is None or runtime.draining)
         ):
             self.undrain(name)  # its drain override was just cleared
 
@@ -409,7 +330,7 @@ class Supervisor:
         slot.runtime = new
         if old is None or old.done:
             return
-        if old.session.machine.worker_id is None or slot.previous:
+        if not old.registered or slot.previous:
             # not registered, or itself a replacement still not ready while an older worker
             # serves: nothing to hand over, so it goes now (a storm of reloads never piles up
             # workers)
@@ -418,22 +339,21 @@ class Supervisor:
         slot.previous.append(old)
         self._require_tg().start_soon(self._retire_when_ready, slot, old)
 
-    async def _retire_when_ready(self, slot: AgentSlot, old: AgentRuntime) -> None:
+    async def _retire_when_ready(self, slot: AgentSlot, old: Runtime) -> None:
         """Drain ``old`` once the agent's current runtime is registered and warm.
 
         Never on a timer: while the new worker cannot register (wrong URL, server down, a
         restart backoff), the old one keeps taking jobs, so no offer is missed; a warning says
-        so after ``READY_TIMEOUT``.
+        so after ``READY_TIMEOUT``. Registration and warm-up are notified (``on_change``).
         """
-        started, warned = anyio.current_time(), False
+        warn_at: float | None = anyio.current_time() + READY_TIMEOUT
         while old in slot.previous and not (slot.removed or self.stopping):
+            changed = self._changed  # before the check: no change slips in between
             current = slot.runtime
-            if current is not None and current.session.machine.worker_id is not None:
-                pool = current.pool
-                if len(pool.idle) >= min(1, pool.target_idle):
-                    break
-            if not warned and anyio.current_time() - started > READY_TIMEOUT:
-                warned = True
+            if current is not None and current.warm():
+                break
+            if warn_at is not None and anyio.current_time() >= warn_at:
+                warn_at = None
                 log.warning(
                     "Agent %s: the new worker is not ready after %.0fs; the old one keeps "
                     "taking jobs",
@@ -441,23 +361,24 @@ class Supervisor:
                     READY_TIMEOUT,
                     extra={"agent": slot.name},
                 )
-            with anyio.move_on_after(0.5):  # registration and warm-up are not notified
-                await self._changed.wait()
+            with anyio.move_on_after(
+                float("inf") if warn_at is None else warn_at - anyio.current_time()
+            ):
+                await changed.wait()
         if old in slot.previous:
             slot.previous.remove(old)
             self._retire(slot, old, "agent replaced")
         self._notify()
 
-    def _retire(self, slot: AgentSlot, runtime: AgentRuntime, reason: str) -> None:
+    def _retire(self, slot: AgentSlot, runtime: Runtime, reason: str) -> None:
         """Drain a runtime away: it ends with its last job, or at the agent's drain deadline."""
         if runtime.done or runtime in slot.draining:
             return
-        runtime.stop_reason = reason
         slot.draining.append(runtime)
-        runtime.session.drain()
+        runtime.drain(reason)
         self._start_drain_deadline(slot, runtime)
 
-    def _start_drain_deadline(self, slot: AgentSlot, runtime: AgentRuntime) -> None:
+    def _start_drain_deadline(self, slot: AgentSlot, runtime: Runtime) -> None:
         if runtime.drain_deadline is None and runtime.agent.drain_timeout:
             runtime.drain_deadline = anyio.CancelScope()
             self._require_tg().start_soon(
@@ -465,7 +386,7 @@ class Supervisor:
             )
 
     async def _drain_deadline(
-        self, slot: AgentSlot, runtime: AgentRuntime, scope: anyio.CancelScope
+        self, slot: AgentSlot, runtime: Runtime, scope: anyio.CancelScope
     ) -> None:
         """At the agent's ``drain_timeout`` the jobs still running get the stop sequence.
 
@@ -473,11 +394,11 @@ class Supervisor:
         """
         with scope:
             with anyio.move_on_after(runtime.agent.drain_timeout):
-                await runtime.session.wait_finished()
+                await runtime.wait_finished()
                 return
         if scope.cancel_called:
             return
-        jobs = len(runtime.session.machine.running_jobs)
+        jobs = runtime.jobs
         if jobs:
             self.deadline_stops += jobs
         log.warning(
@@ -487,8 +408,8 @@ class Supervisor:
             jobs,
             extra={"agent": slot.name},
         )
-        runtime.session.stop()
-        await runtime.pool.aclose(reason="drain deadline reached")
+        runtime.stop("drain deadline reached")
+        await runtime.aclose()
 
     def _remove(self, name: str) -> None:
         slot = self.slots.get(name)
@@ -501,7 +422,7 @@ class Supervisor:
                 self._retire(slot, runtime, "agent removed")
         slot.previous.clear()
         slot.runtime = None
-        slot.state = "draining"
+        slot.state = AgentState.DRAINING
         if not slot.runtimes():
             self.slots.pop(name, None)
 
@@ -519,9 +440,8 @@ class Supervisor:
             slot.override_drained = slot.override_drained or override
             self._cancel_restart(slot)
             for runtime in [*slot.previous, slot.runtime]:
-                if runtime is not None and not runtime.session.machine.draining:
-                    runtime.stop_reason = "agent drained"
-                    runtime.session.drain()
+                if runtime is not None and not runtime.draining:
+                    runtime.drain("agent drained")
                     self._start_drain_deadline(slot, runtime)
         self._notify()
         return names
@@ -531,15 +451,12 @@ class Supervisor:
         slot = self.slots[name]
         slot.override_drained = False
         runtime = slot.runtime
-        if runtime is None or runtime.session.machine.state in (State.CLOSED, State.FAILED):
+        if runtime is None or runtime.ended:
             if runtime is not None and not runtime.done and runtime not in slot.draining:
                 slot.draining.append(runtime)  # still stopping its processes: keep it tracked
             slot.runtime = self._start_runtime(slot)
         else:
-            runtime.session.undrain()
-            if runtime.drain_deadline is not None:  # the drain is called off, its deadline too
-                runtime.drain_deadline.cancel()
-                runtime.drain_deadline = None
+            runtime.undrain()  # the drain is called off, its deadline too
         self._notify()
 
     def reload(self, name: str) -> bool:
@@ -576,7 +493,7 @@ class Supervisor:
         with anyio.move_on_after(timeout if timeout else None) as scope:
             async with anyio.create_task_group() as tg:
                 for runtime in runtimes:
-                    tg.start_soon(runtime.session.wait_finished)
+                    tg.start_soon(runtime.wait_finished)
         if scope.cancelled_caught:
             await self.stop_all()
             return False
@@ -595,39 +512,16 @@ class Supervisor:
             async with anyio.create_task_group() as tg:
                 for slot in self.slots.values():
                     for runtime in slot.runtimes():
-                        runtime.session.stop()
-                        runtime.stop_reason = "supervisor stopping"
-                        tg.start_soon(functools.partial(runtime.pool.aclose, force=force))
+                        runtime.stop("supervisor stopping")
+                        tg.start_soon(functools.partial(runtime.aclose, force=force))
             await self.inference.aclose()
             if self.zygotes is not None:
                 await self.zygotes.aclose()
 
-    def agent_state(self, slot: AgentSlot) -> str:
-        """The agent's state for status.
+    def snapshot(self, slot: AgentSlot) -> AgentSnapshot:
+        """One agent now, as status derives from it (``daemon.status``)."""
+        return slot.snapshot(anyio.current_time())
 
-        One of pending, starting, connecting, running, full, draining, drained, backoff,
-        failed, stopped.
-        """
-        if slot.restart_at is not None:
-            return "backoff"
-        runtime = slot.runtime
-        if runtime is None:
-            return "draining" if slot.draining else slot.state
-        machine = runtime.session.machine
-        if machine.state is State.FAILED:
-            return "failed"
-        if machine.state is State.CLOSED:
-            return "drained" if machine.draining else "stopped"
-        if machine.draining:
-            return "draining"
-        if runtime.pool.in_backoff:
-            return "backoff"
-        if machine.state is State.READY:
-            return "full" if runtime.full else "running"
-        if machine.state is State.BACKOFF:
-            return "backoff"  # waiting to reconnect (the message says why and how long)
-        if machine.state in (State.CONNECTING, State.REGISTERING):
-            return "connecting"
-        if machine.state is State.IDLE and not runtime.pool.processes:
-            return "pending"  # waiting for its turn to start (the initialisation cap)
-        return "starting"
+    def agent_state(self, slot: AgentSlot) -> AgentState:
+        """The agent's STATE (``daemon.status.state`` of its snapshot)."""
+        return state(self.snapshot(slot))

@@ -20,6 +20,7 @@ initialisations across agents.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import fnmatch
 import functools
 import logging
@@ -293,6 +294,24 @@ class AgentPool:
 
     def wake(self) -> None:
         """Re-check the pool's targets now (after a change of settings)."""
+        self._changed()
+
+    def reconfigure(
+        self,
+        *,
+        target_idle: int,
+        memory: MemoryPolicy,
+        policy: RequestPolicy,
+        shutdown_timeout: float,
+        initialize_timeout: float,
+    ) -> None:
+        """Take settings that need no new process (an update in place), and re-check now."""
+        self.target_idle = target_idle
+        self.memory = memory
+        self.policy = policy
+        self.spec = dataclasses.replace(
+            self.spec, shutdown_timeout=shutdown_timeout, initialize_timeout=initialize_timeout
+        )
         self._changed()
 
     async def wait_changed(self) -> None:

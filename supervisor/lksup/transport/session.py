@@ -14,6 +14,7 @@ Job tasks live in the session's own task group, so jobs keep running across reco
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Callable
@@ -127,8 +128,11 @@ class AgentSession:
         *,
         timeouts: Timeouts | None = None,
         rand: Callable[[], float] = random.random,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.options = options
+        self.on_change = on_change
+        """Called when the connection's state, registration or drain changes."""
         self.credentials = credentials
         self.hooks = hooks
         self.timeouts = timeouts or Timeouts()
@@ -145,6 +149,7 @@ class AgentSession:
         self.offers: dict[str, int] = {"accepted": 0, "declined": 0, "terminated": 0}
         self.declines: dict[str, int] = {}
         """Offers not accepted (declined or terminated), by ``Decline.cause``."""
+        self._seen: tuple[State, str | None, bool] = (State.IDLE, None, False)
 
     # --- the agent's calls (all safe from any task on the event loop) ----------------------
 
@@ -223,6 +228,7 @@ class AgentSession:
     def _registration_changed(self) -> None:
         self._registration.set()
         self._registration = anyio.Event()
+        self._observe()
 
     async def flushed(self) -> None:
         """Wait until what is queued for the server was written (or there is no connection)."""
@@ -239,8 +245,24 @@ class AgentSession:
         await self._finished.wait()
         return self.machine.state
 
+    def reconfigure(self, *, max_jobs: int | None, max_retry: int) -> None:
+        """Take new job and retry limits (no new registration needed)."""
+        self.options = dataclasses.replace(self.options, max_jobs=max_jobs, max_retry=max_retry)
+        self.machine.options = self.options
+        self._poke()
+
     def _poke(self) -> None:
         self._wake.set()
+        self._observe()
+
+    def _observe(self) -> None:
+        """Tell ``on_change`` when the state, the registration or the drain changed."""
+        machine = self.machine
+        seen = (machine.state, machine.worker_id, machine.draining)
+        if seen != self._seen:
+            self._seen = seen
+            if self.on_change is not None:
+                self.on_change()
 
     # --- the driver -------------------------------------------------------------------------
 
@@ -258,6 +280,9 @@ class AgentSession:
             finally:
                 self._finished.set()
                 self._registration_changed()  # waiters for a registration: there will be none
+                self._observe()
+                if self.on_change is not None:
+                    self.on_change()  # it ended (the state may have been CLOSED already)
                 if self._socket is not None:
                     await self._socket.aclose()
 
@@ -361,6 +386,7 @@ class AgentSession:
         """Send queued frames, act on events and commands; a new socket if one was opened."""
         opened: WebSocket | None = None
         while True:
+            self._observe()
             frames = self.machine.data_to_send()
             if frames and self._socket is not None:
                 try:

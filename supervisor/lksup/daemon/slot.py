@@ -1,0 +1,227 @@
+"""One agent name in the supervisor: its runtimes, its record, and what the runtimes counted.
+
+``Runtime`` is what the supervisor uses of an ``AgentRuntime``, and ``RuntimeFactory`` how it
+makes one; tests give the supervisor fakes of both. ``AgentSlot.snapshot`` is the immutable
+view status is derived from (``daemon.status``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import anyio
+
+from lksup.daemon.agent import Counters, Environment
+from lksup.daemon.conditions import ConditionTracker
+from lksup.daemon.status import AgentSnapshot, AgentState, RuntimeSnapshot
+from lksup.fleet.schema import Agent
+from lksup.monitors.monitor import Monitor
+from lksup.pool.inference import InferenceService
+from lksup.pool.pool import ENDED_KEPT, EndedJob, Histogram
+from lksup.pool.zygote import Zygotes
+
+__all__ = ["AgentSlot", "Runtime", "RuntimeFactory", "Totals"]
+
+
+class Runtime(Protocol):
+    """One run of an agent, as the supervisor drives it (``daemon.agent.AgentRuntime``)."""
+
+    agent: Agent
+    fingerprint: str  # of the secrets it resolved when it started
+    done: bool  # its run ended (set by the supervisor)
+    drain_deadline: anyio.CancelScope | None  # a drain's deadline is running
+
+    @property
+    def registered(self) -> bool:
+        """Registered with the server now."""
+        ...
+
+    @property
+    def draining(self) -> bool:
+        """Drained or draining: it takes no new job."""
+        ...
+
+    @property
+    def ended(self) -> bool:
+        """Its connection is over for good (closed, or gave up)."""
+        ...
+
+    @property
+    def jobs(self) -> int:
+        """Jobs running on it."""
+        ...
+
+    def warm(self) -> bool:
+        """Registered and warm: ready to take over from the runtime it replaces."""
+        ...
+
+    def snapshot(self) -> RuntimeSnapshot:
+        """What it is now."""
+        ...
+
+    def counters(self) -> Counters:
+        """What it counted so far."""
+        ...
+
+    async def run(self) -> None:
+        """Run until its connection ends (drained, stopped, gave up) and its jobs closed."""
+        ...
+
+    def reconfigure(self, agent: Agent) -> None:
+        """Take settings that need no new process or registration."""
+        ...
+
+    def drain(self, reason: str) -> None:
+        """Take no new job; end with the last one (``reason``: told to idle processes)."""
+        ...
+
+    def undrain(self) -> None:
+        """Take jobs again; a running drain deadline is called off."""
+        ...
+
+    def stop(self, reason: str) -> None:
+        """Close the connection now."""
+        ...
+
+    def simulate(self, room: str, participant: str | None) -> None:
+        """Ask the server for a job on this connection."""
+        ...
+
+    async def wait_finished(self) -> None:
+        """Wait until the connection ended."""
+        ...
+
+    async def aclose(self, *, force: bool = False, reason: str | None = None) -> None:
+        """The stop sequence for every job process (short when ``force``)."""
+        ...
+
+
+class RuntimeFactory(Protocol):
+    """Makes the runtime of an agent (``AgentRuntime`` itself is one).
+
+    Raises ``daemon.agent.AgentConfigError`` when the agent cannot be started as configured.
+    """
+
+    def __call__(
+        self,
+        name: str,
+        agent: Agent,
+        env: Environment,
+        *,
+        monitor: Monitor,
+        init_limiter: anyio.CapacityLimiter,
+        inference: InferenceService | None,
+        zygotes: Zygotes | None,
+        on_change: Callable[[], None] | None,
+    ) -> Runtime:
+        """A runtime of ``name``; it calls ``on_change`` whenever it changes."""
+        ...
+
+
+@dataclass
+class Totals:
+    """An agent's counters summed over runtimes (replaces and restarts never reset them)."""
+
+    offers: dict[str, int] = field(default_factory=dict)
+    declines: dict[str, int] = field(default_factory=dict)
+    """Offers not accepted, by ``Decline.cause``."""
+    jobs_succeeded: int = 0
+    jobs_failed: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    """Failed jobs by ``JobOutcome.kind``."""
+    reconnects: int = 0
+    start_latency: Histogram = field(default_factory=Histogram)
+
+    def add(self, counters: Counters) -> None:
+        """Add one runtime's counters."""
+        for answer, count in counters.offers.items():
+            self.offers[answer] = self.offers.get(answer, 0) + count
+        for cause, count in counters.declines.items():
+            self.declines[cause] = self.declines.get(cause, 0) + count
+        self.jobs_succeeded += counters.jobs_succeeded
+        self.jobs_failed += counters.jobs_failed
+        for kind, count in counters.failures.items():
+            self.failures[kind] = self.failures.get(kind, 0) + count
+        self.reconnects += counters.reconnects
+        self.start_latency.add(counters.start_latency)
+
+    def copy(self) -> Totals:
+        """An independent copy."""
+        totals = Totals(
+            offers=dict(self.offers),
+            declines=dict(self.declines),
+            jobs_succeeded=self.jobs_succeeded,
+            jobs_failed=self.jobs_failed,
+            failures=dict(self.failures),
+            reconnects=self.reconnects,
+        )
+        totals.start_latency.add(self.start_latency)
+        return totals
+
+
+@dataclass
+class AgentSlot:
+    """One agent name: its current runtime, and the ones draining away."""
+
+    name: str
+    agent: Agent
+    runtime: Runtime | None = None
+    previous: list[Runtime] = field(default_factory=list)  # serving until the new one is ready
+    draining: list[Runtime] = field(default_factory=list)
+    state: AgentState = AgentState.PENDING  # what it was started as, or how it ended
+    message: str = ""  # why it failed
+    restarts: int = 0
+    started_at: float | None = None
+    override_drained: bool = False
+    removed: bool = False
+    failures: int = 0  # consecutive failures without a registration in between
+    restart_at: float | None = None  # a restart is scheduled (state "backoff")
+    restart_scope: anyio.CancelScope | None = None
+    conditions: ConditionTracker = field(default_factory=ConditionTracker)
+    retired: Totals = field(default_factory=Totals)  # the counters of runtimes that ended
+    retired_ended: deque[EndedJob] = field(default_factory=lambda: deque(maxlen=ENDED_KEPT))
+    """The latest jobs that ended in runtimes that ended (a restart or a replace keeps
+    them for ``status --jobs`` and the latest failure)."""
+    retired_init_failure: tuple[str, float] | None = None
+    """The latest job process that failed to start in a runtime that ended."""
+
+    def snapshot(self, now: float) -> AgentSnapshot:
+        """This agent at ``now`` (``anyio.current_time()``), as status derives from it."""
+        runtime = self.runtime
+        return AgentSnapshot(
+            name=self.name,
+            recorded=self.state,
+            reason=self.message,
+            restart_in=None if self.restart_at is None else max(0.0, self.restart_at - now),
+            overridden=self.override_drained,
+            replacing=bool(self.previous),
+            draining_runtimes=len(self.draining),
+            runtime=runtime.snapshot() if runtime is not None else None,
+        )
+
+    def retire(self, runtime: Runtime) -> None:
+        """Keep what an ended runtime counted and the jobs it ended."""
+        snapshot = runtime.snapshot()
+        self.retired.add(runtime.counters())
+        self.retired_ended.extend(snapshot.ended)
+        if snapshot.last_init_failure is not None:
+            self.retired_init_failure = snapshot.last_init_failure
+
+    def totals(self) -> Totals:
+        """Counters over every runtime this agent had: ended ones and live ones."""
+        totals = self.retired.copy()
+        for runtime in self.runtimes():
+            if not runtime.done:  # an ended one is in ``retired`` already
+                totals.add(runtime.counters())
+        return totals
+
+    def running_jobs(self) -> int:
+        """Jobs running on this agent, old runtimes included."""
+        return sum(r.jobs for r in self.runtimes())
+
+    def runtimes(self) -> list[Runtime]:
+        """The current runtime, the old ones still serving, and the ones draining away."""
+        return [r for r in [self.runtime, *self.previous, *self.draining] if r is not None]
