@@ -8,18 +8,12 @@ from typing import get_args
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lksup.control.api import AgentState, SyncState
-from lksup.daemon.conditions import (
-    TYPES,
-    ConditionTracker,
-    Facts,
-    FullReason,
-    evaluate,
-    is_ready,
-)
+from lksup.control import api
+from lksup.daemon.conditions import ConditionTracker
+from lksup.daemon.status import TYPES, AgentState, Facts, FullReason, Sync, evaluate, is_ready
 
 RUNNING = Facts(
-    state="running",
+    state=AgentState.RUNNING,
     registered=True,
     draining=False,
     full_reason="",
@@ -27,7 +21,7 @@ RUNNING = Facts(
     idle=1,
     idle_target=1,
     pool_failure="",
-    sync="synced",
+    sync=Sync.SYNCED,
     message="",
 )
 
@@ -49,7 +43,7 @@ def test_a_running_agent_is_true_everywhere() -> None:
 
 def test_full_is_ready_but_not_accepting_with_the_reason() -> None:
     full = dataclasses.replace(
-        RUNNING, state="full", full_reason="AtMaxJobs", full_message="2/2 jobs"
+        RUNNING, state=AgentState.FULL, full_reason="AtMaxJobs", full_message="2/2 jobs"
     )
     conditions = {c[0]: c for c in evaluate(full)}
     assert conditions["Ready"][1] is True
@@ -57,7 +51,9 @@ def test_full_is_ready_but_not_accepting_with_the_reason() -> None:
 
 
 def test_draining_by_an_operator() -> None:
-    drained = dataclasses.replace(RUNNING, state="draining", draining=True, sync="override")
+    drained = dataclasses.replace(
+        RUNNING, state=AgentState.DRAINING, draining=True, sync=Sync.OVERRIDE
+    )
     result = table(drained)
     assert result["Ready"] == (False, "Draining")
     assert result["Accepting"] == (False, "NotReady")
@@ -68,9 +64,9 @@ def test_draining_by_an_operator() -> None:
 def test_a_failed_connection_carries_its_message() -> None:
     failed = dataclasses.replace(
         RUNNING,
-        state="backoff",
+        state=AgentState.BACKOFF,
         registered=False,
-        sync="pending",
+        sync=Sync.PENDING,
         idle=0,
         message="connection gave up after 3 attempt(s): HTTP 401; restarting in 20s",
     )
@@ -85,9 +81,11 @@ def test_a_failed_connection_carries_its_message() -> None:
 def test_pool_backoff_and_connecting() -> None:
     crashed = dataclasses.replace(RUNNING, pool_failure="prewarm raised ValueError", idle=0)
     assert table(crashed)["PoolWarm"] == (False, "Backoff")
-    starting = dataclasses.replace(RUNNING, state="connecting", registered=False)
+    starting = dataclasses.replace(RUNNING, state=AgentState.CONNECTING, registered=False)
     assert table(starting)["Registered"] == (False, "Connecting")
-    stopped = dataclasses.replace(RUNNING, state="drained", registered=False, draining=True)
+    stopped = dataclasses.replace(
+        RUNNING, state=AgentState.DRAINED, registered=False, draining=True
+    )
     assert table(stopped)["Registered"] == (False, "Stopped")
 
 
@@ -112,28 +110,30 @@ def test_last_transition_moves_only_when_the_status_changes() -> None:
     assert fourth["Ready"].last_transition == 100.0
 
 
-STATES = get_args(AgentState)
+def test_the_api_documents_every_state_and_sync_value() -> None:
+    assert set(get_args(api.AgentState)) == {state.value for state in AgentState}
+    assert set(get_args(api.SyncState)) == {sync.value for sync in Sync}
 
 
 @given(
-    state=st.sampled_from(STATES),
+    state=st.sampled_from(AgentState),
     registered=st.booleans(),
     draining=st.booleans(),
     full_reason=st.sampled_from(["", "LoadAboveThreshold", "AtMaxJobs", "OverMemoryBudget"]),
     idle=st.integers(0, 4),
     idle_target=st.integers(0, 4),
     pool_failure=st.sampled_from(["", "ImportError: no module named agent"]),
-    sync=st.sampled_from(get_args(SyncState)),
+    sync=st.sampled_from(Sync),
 )
 def test_conditions_never_contradict_the_state(
-    state: str,
+    state: AgentState,
     registered: bool,
     draining: bool,
     full_reason: FullReason,
     idle: int,
     idle_target: int,
     pool_failure: str,
-    sync: str,
+    sync: Sync,
 ) -> None:
     """Regression: an agent in backoff (READY 0/1, /readyz 503) showed Registered, Ready and
     Accepting all True. READY, /readyz and the Ready condition are one definition."""

@@ -25,8 +25,7 @@ import anyio
 import anyio.abc
 
 from lksup import __version__
-from lksup.daemon.conditions import FullReason
-from lksup.daemon.status import JobView, RuntimeSnapshot
+from lksup.daemon.status import FullReason, JobView, RuntimeSnapshot
 from lksup.errors import SecretError
 from lksup.fleet.environment import agent_environment, interpreter, working_dir
 from lksup.fleet.schema import Agent, EnvRef, Fleet

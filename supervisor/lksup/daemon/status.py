@@ -16,19 +16,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Literal
 
-from lksup.daemon.conditions import Facts, FullReason
 from lksup.pool.pool import EndedJob
 from lksup.protocol.machine import State
 
 __all__ = [
+    "READY_STATES",
+    "TYPES",
     "AgentSnapshot",
     "AgentState",
     "Derived",
+    "Facts",
+    "FullReason",
     "JobView",
     "RuntimeSnapshot",
     "Sync",
     "derive",
+    "evaluate",
+    "is_ready",
     "message",
     "state",
     "sync",
@@ -56,6 +62,86 @@ class Sync(StrEnum):
     SYNCED = "synced"
     PENDING = "pending"  # not registered since it started, a restart scheduled, old workers
     OVERRIDE = "override"  # drained by an operator
+
+
+TYPES = ("Registered", "Ready", "Accepting", "PoolWarm", "Synced")
+#: The states in which a registered agent is ready (takes jobs).
+READY_STATES = (AgentState.RUNNING, AgentState.FULL)
+
+
+def is_ready(state: AgentState, registered: bool) -> bool:
+    """The one definition of ready: the READY column, ``/readyz`` and the Ready condition."""
+    return registered and state in READY_STATES
+
+
+FullReason = Literal["", "LoadAboveThreshold", "AtMaxJobs", "OverMemoryBudget"]
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What is observed of one agent at one moment."""
+
+    state: AgentState  # the STATE column
+    registered: bool
+    draining: bool
+    full_reason: FullReason  # "" when not full
+    full_message: str
+    idle: int
+    idle_target: int
+    pool_failure: str  # non-empty while the pool backs off after crashes
+    sync: Sync
+    message: str  # the MESSAGE column
+
+    @property
+    def ready(self) -> bool:
+        """``is_ready`` of these facts."""
+        return is_ready(self.state, self.registered)
+
+
+def evaluate(facts: Facts) -> list[tuple[str, bool, str, str]]:
+    """``(type, status, reason, message)`` for every type in ``TYPES``, in that order."""
+    if facts.registered:
+        registered = (True, "Registered", "")
+    elif facts.state in ("failed", "backoff"):
+        registered = (False, "ConnectionFailed", facts.message)
+    elif facts.state in ("drained", "stopped"):
+        registered = (False, "Stopped", facts.message)
+    else:
+        registered = (False, "Connecting", facts.message)
+
+    if facts.ready:
+        ready = (True, "Ready", "")
+    elif facts.draining:
+        ready = (False, "Draining", "not taking new jobs; running jobs finish")
+    elif facts.registered:  # registered, yet its state keeps it from taking jobs
+        ready = (False, facts.state.capitalize(), facts.message)
+    else:
+        ready = (False, "NotRegistered", "")
+
+    if not facts.ready:
+        accepting = (False, "NotReady", "")
+    elif facts.full_reason:
+        accepting = (False, str(facts.full_reason), facts.full_message)
+    else:
+        accepting = (True, "BelowThreshold", facts.full_message)
+
+    counts = f"{facts.idle}/{facts.idle_target} idle processes"
+    if facts.pool_failure:
+        warm = (False, "Backoff", facts.pool_failure)
+    elif facts.idle >= facts.idle_target:
+        warm = (True, "Warm", counts)
+    else:
+        warm = (False, "Warming", counts)
+
+    if facts.sync == "override":
+        synced = (False, "Override", "drained by an operator; `lksup undrain` clears it")
+    elif facts.sync == "pending":
+        synced = (False, "Pending", "the applied configuration is not registered yet")
+    else:
+        synced = (True, "Synced", "")
+
+    values = (registered, ready, accepting, warm, synced)
+    return [(kind, *value) for kind, value in zip(TYPES, values, strict=True)]
 
 
 @dataclass(frozen=True)
