@@ -196,7 +196,9 @@ class AgentSnapshot:
     """One agent at one moment: the supervisor's record and its current runtime."""
 
     name: str
-    recorded: AgentState  # the supervisor's last word: what it started, or how it ended
+    recorded: AgentState
+    """The supervisor's last word: what it started, or how it ended (pending, starting,
+    failed, draining, drained or stopped)."""
     reason: str  # why it failed, when it did
     restart_in: float | None  # a restart is scheduled in this many seconds
     overridden: bool  # drained by an operator
@@ -248,7 +250,8 @@ def message(agent: AgentSnapshot) -> str:
     runtime = agent.runtime
     text = agent.reason
     if agent.restart_in is not None:
-        text = f"{agent.reason}; restarting in {agent.restart_in:.0f}s"
+        countdown = f"restarting in {agent.restart_in:.0f}s"
+        text = f"{agent.reason}; {countdown}" if agent.reason else countdown
     elif runtime is not None:
         if runtime.pool_backoff and runtime.pool_failure:
             text = f"{runtime.pool_failure}; retry in {runtime.pool_retry_in:.0f}s"
