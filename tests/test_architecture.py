@@ -38,6 +38,8 @@ PURE = {
     "lksup.control.errors",
     "lksup.control.paths",
     "lksup.daemon.conditions",
+    "lksup.daemon.status",
+    "lksup.pool.ended",
 }
 FORBIDDEN = {
     "anyio",

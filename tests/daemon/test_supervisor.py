@@ -17,7 +17,7 @@ from lksup.control.api import ApplyRequest, SimulateRequest
 from lksup.control.errors import ControlError
 from lksup.daemon.agent import AgentRuntime, Environment
 from lksup.daemon.app import DaemonApp
-from lksup.daemon.slot import Runtime
+from lksup.daemon.runtime import Runtime
 from lksup.daemon.status import derive
 from lksup.daemon.supervisor import RESTART_BACKOFF, Supervisor
 from lksup.devserver.server import DevServer

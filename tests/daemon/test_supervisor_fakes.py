@@ -20,7 +20,7 @@ from trio.testing import MockClock
 
 from lksup.daemon.agent import AgentConfigError, Counters, Environment
 from lksup.daemon.app import DaemonApp
-from lksup.daemon.slot import Runtime
+from lksup.daemon.runtime import Runtime
 from lksup.daemon.status import AgentState, RuntimeSnapshot, Sync, derive
 from lksup.daemon.supervisor import READY_TIMEOUT, Supervisor
 from lksup.fleet.loading import load_fleet

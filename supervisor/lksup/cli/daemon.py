@@ -526,7 +526,7 @@ def _status_table(items: list[Any], *, wide: bool, show_jobs: bool) -> str:
                 for job in running
             )
             if ended:
-                from lksup.pool.pool import ENDED_FOR
+                from lksup.pool.ended import ENDED_FOR
 
                 lines.append(f"{item.name}: ended in the last {ENDED_FOR / 60:.0f} minutes")
                 lines.extend(

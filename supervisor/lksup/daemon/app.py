@@ -47,7 +47,8 @@ from lksup.daemon.supervisor import AgentSlot, Supervisor
 from lksup.fleet.loading import fleet_path
 from lksup.fleet.normalize import normalize
 from lksup.fleet.schema import Fleet
-from lksup.pool.pool import ENDED_FOR, EndedJob, recent
+from lksup.pool.ended import ENDED_FOR, EndedJob
+from lksup.pool.pool import recent
 from lksup.reconcile import render as plan_render
 from lksup.reconcile.diff import Action, diff, value_changes
 

@@ -1,173 +1,92 @@
-"""One agent name in the supervisor: its runtimes, its record, and what the runtimes counted.
+"""One agent name in the supervisor: its runtimes over time, and what happens to them.
 
-``Runtime`` is what the supervisor uses of an ``AgentRuntime``, and ``RuntimeFactory`` how it
-makes one; tests give the supervisor fakes of both. ``AgentSlot.snapshot`` is the immutable
-view status is derived from (``daemon.status``).
+An ``AgentSlot`` is the supervisor's record of one agent (its current runtime, an old one
+still serving while a replacement warms up, old ones draining away, restarts, an operator's
+drain) and the agent's lifecycle:
+
+- ``start``: a runtime from the ``Host``'s factory, run in a guarded task: whatever happens
+  to it stays with this agent. An agent that cannot start, whose connection gives up or whose
+  runtime fails is recorded with its reason and started again after the host's restart
+  backoff (reset once a restarted agent registers). Nobody needs to apply anything for it
+  to come back; an agent drained by an operator, removed, or part of a fleet being stopped
+  is not restarted.
+- ``replace``: the new runtime first; the current one keeps serving until the new one is
+  registered and warm (notified, never polled), then drains away;
+- ``retire``: a runtime drains away; it ends with its last job, or at the agent's drain
+  deadline, when its remaining jobs get the stop sequence.
+
+``snapshot`` is the immutable view status is derived from (``daemon.status``).
 """
 
 from __future__ import annotations
 
+import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 
-from lksup.daemon.agent import Counters, Environment
+from lksup.daemon.agent import AgentConfigError
 from lksup.daemon.conditions import ConditionTracker
-from lksup.daemon.status import AgentSnapshot, AgentState, RuntimeSnapshot
+from lksup.daemon.runtime import Runtime, Totals
+from lksup.daemon.status import AgentSnapshot, AgentState
 from lksup.fleet.schema import Agent
-from lksup.monitors.monitor import Monitor
-from lksup.pool.inference import InferenceService
-from lksup.pool.pool import ENDED_KEPT, EndedJob, Histogram
-from lksup.pool.zygote import Zygotes
+from lksup.pool.ended import ENDED_KEPT, EndedJob
+from lksup.protocol.machine import State
 
-__all__ = ["AgentSlot", "Runtime", "RuntimeFactory", "Totals"]
+__all__ = ["READY_TIMEOUT", "AgentSlot", "Host"]
+
+log = logging.getLogger("lksup.supervisor")
+
+READY_TIMEOUT = 60.0  # how long a replacement may take to register and warm up
 
 
-class Runtime(Protocol):
-    """One run of an agent, as the supervisor drives it (``daemon.agent.AgentRuntime``)."""
+class Host(Protocol):
+    """What an agent's lifecycle needs of its supervisor."""
 
-    agent: Agent
-    fingerprint: str  # of the secrets it resolved when it started
-    done: bool  # its run ended (set by the supervisor)
-    drain_deadline: anyio.CancelScope | None  # a drain's deadline is running
+    stopping: bool
+    """A coordinated drain or stop began: nothing is restarted."""
+    deadline_stops: int
+    """Jobs stopped because an agent's drain deadline passed."""
 
-    @property
-    def registered(self) -> bool:
-        """Registered with the server now."""
+    def make_runtime(self, name: str, agent: Agent) -> Runtime:
+        """A new runtime for the agent (raises ``AgentConfigError``)."""
         ...
 
-    @property
-    def draining(self) -> bool:
-        """Drained or draining: it takes no new job."""
+    def start_soon(self, task: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        """Run ``task(*args)`` in the supervisor's task group."""
         ...
 
-    @property
-    def ended(self) -> bool:
-        """Its connection is over for good (closed, or gave up)."""
+    def restart_delay(self, failures: int) -> float:
+        """Seconds before a restart after ``failures`` consecutive failures."""
         ...
 
-    @property
-    def jobs(self) -> int:
-        """Jobs running on it."""
+    def notify(self) -> None:
+        """Something changed."""
         ...
 
-    def warm(self) -> bool:
-        """Registered and warm: ready to take over from the runtime it replaces."""
+    def change_event(self) -> anyio.Event:
+        """The event the next change sets."""
         ...
 
-    def snapshot(self) -> RuntimeSnapshot:
-        """What it is now."""
+    def holds(self, slot: AgentSlot) -> bool:
+        """``slot`` is still the supervisor's record of its name."""
         ...
 
-    def counters(self) -> Counters:
-        """What it counted so far."""
+    def forget(self, slot: AgentSlot) -> None:
+        """The agent is gone (removed, and its last runtime ended)."""
         ...
-
-    async def run(self) -> None:
-        """Run until its connection ends (drained, stopped, gave up) and its jobs closed."""
-        ...
-
-    def reconfigure(self, agent: Agent) -> None:
-        """Take settings that need no new process or registration."""
-        ...
-
-    def drain(self, reason: str) -> None:
-        """Take no new job; end with the last one (``reason``: told to idle processes)."""
-        ...
-
-    def undrain(self) -> None:
-        """Take jobs again; a running drain deadline is called off."""
-        ...
-
-    def stop(self, reason: str) -> None:
-        """Close the connection now."""
-        ...
-
-    def simulate(self, room: str, participant: str | None) -> None:
-        """Ask the server for a job on this connection."""
-        ...
-
-    async def wait_finished(self) -> None:
-        """Wait until the connection ended."""
-        ...
-
-    async def aclose(self, *, force: bool = False, reason: str | None = None) -> None:
-        """The stop sequence for every job process (short when ``force``)."""
-        ...
-
-
-class RuntimeFactory(Protocol):
-    """Makes the runtime of an agent (``AgentRuntime`` itself is one).
-
-    Raises ``daemon.agent.AgentConfigError`` when the agent cannot be started as configured.
-    """
-
-    def __call__(
-        self,
-        name: str,
-        agent: Agent,
-        env: Environment,
-        *,
-        monitor: Monitor,
-        init_limiter: anyio.CapacityLimiter,
-        inference: InferenceService | None,
-        zygotes: Zygotes | None,
-        on_change: Callable[[], None] | None,
-    ) -> Runtime:
-        """A runtime of ``name``; it calls ``on_change`` whenever it changes."""
-        ...
-
-
-@dataclass
-class Totals:
-    """An agent's counters summed over runtimes (replaces and restarts never reset them)."""
-
-    offers: dict[str, int] = field(default_factory=dict)
-    declines: dict[str, int] = field(default_factory=dict)
-    """Offers not accepted, by ``Decline.cause``."""
-    jobs_succeeded: int = 0
-    jobs_failed: int = 0
-    failures: dict[str, int] = field(default_factory=dict)
-    """Failed jobs by ``JobOutcome.kind``."""
-    reconnects: int = 0
-    start_latency: Histogram = field(default_factory=Histogram)
-
-    def add(self, counters: Counters) -> None:
-        """Add one runtime's counters."""
-        for answer, count in counters.offers.items():
-            self.offers[answer] = self.offers.get(answer, 0) + count
-        for cause, count in counters.declines.items():
-            self.declines[cause] = self.declines.get(cause, 0) + count
-        self.jobs_succeeded += counters.jobs_succeeded
-        self.jobs_failed += counters.jobs_failed
-        for kind, count in counters.failures.items():
-            self.failures[kind] = self.failures.get(kind, 0) + count
-        self.reconnects += counters.reconnects
-        self.start_latency.add(counters.start_latency)
-
-    def copy(self) -> Totals:
-        """An independent copy."""
-        totals = Totals(
-            offers=dict(self.offers),
-            declines=dict(self.declines),
-            jobs_succeeded=self.jobs_succeeded,
-            jobs_failed=self.jobs_failed,
-            failures=dict(self.failures),
-            reconnects=self.reconnects,
-        )
-        totals.start_latency.add(self.start_latency)
-        return totals
 
 
 @dataclass
 class AgentSlot:
-    """One agent name: its current runtime, and the ones draining away."""
+    """One agent name: its runtimes and its lifecycle (see the module docstring)."""
 
     name: str
     agent: Agent
+    host: Host = field(repr=False)
     runtime: Runtime | None = None
     previous: list[Runtime] = field(default_factory=list)  # serving until the new one is ready
     draining: list[Runtime] = field(default_factory=list)
@@ -188,6 +107,214 @@ class AgentSlot:
     retired_init_failure: tuple[str, float] | None = None
     """The latest job process that failed to start in a runtime that ended."""
 
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> Runtime | None:
+        """Start a runtime (not yet the slot's current one); None if it cannot start."""
+        self.cancel_restart()
+        try:
+            runtime = self.host.make_runtime(self.name, self.agent)
+        except AgentConfigError as exc:
+            log.error("Agent %s cannot start: %s", self.name, exc, extra={"agent": self.name})
+            self.schedule_restart(str(exc))
+            return None
+        self.state, self.message = AgentState.STARTING, ""
+        self.started_at = anyio.current_time()
+        self.host.start_soon(self._guard, runtime)
+        return runtime
+
+    async def _guard(self, runtime: Runtime) -> None:
+        """Run one runtime; whatever happens to it stays with this agent."""
+        error: str | None = None
+        try:
+            await runtime.run()
+        except Exception as exc:
+            log.exception("Agent %s stopped: %s", self.name, exc, extra={"agent": self.name})
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            runtime.done = True
+            self.retire_counters(runtime)
+            for old in (self.draining, self.previous):
+                if runtime in old:
+                    old.remove(runtime)
+            if self.runtime is runtime:
+                self._ended(runtime, error)
+            if self.removed and not self.runtimes() and self.host.holds(self):
+                self.host.forget(self)  # only this slot: a newer one may have the name now
+            self.host.notify()
+
+    def _ended(self, runtime: Runtime, error: str | None) -> None:
+        """The current runtime ended: restart it, unless someone asked it to stop."""
+        ended = runtime.snapshot()
+        if ended.connection is State.FAILED and error is None:
+            error = f"connection gave up after {ended.attempts} attempt(s): {ended.last_error}"
+        if ended.registrations:
+            self.failures = 0  # it worked for a while: start the backoff over
+        if self.removed:
+            self.runtime = None
+        elif error is not None:
+            self.schedule_restart(error)
+        elif not (self.override_drained or self.host.stopping):
+            self.schedule_restart("the worker stopped")  # nobody asked: it comes back
+        else:
+            self.state = AgentState.DRAINED if ended.draining else AgentState.STOPPED
+
+    def schedule_restart(self, reason: str) -> None:
+        """Record the failure; start the agent again after the backoff (level-triggered)."""
+        self.state, self.message = AgentState.FAILED, reason
+        self.cancel_restart()  # one pending restart per agent at most
+        if self.host.stopping or self.removed or self.override_drained:
+            return
+        delay = self.host.restart_delay(self.failures)
+        self.failures += 1
+        self.restart_at = anyio.current_time() + delay
+        self.restart_scope = anyio.CancelScope()
+        log.warning(
+            "Agent %s failed (%s); restarting in %.1fs",
+            self.name,
+            reason,
+            delay,
+            extra={"agent": self.name},
+        )
+        self.host.start_soon(self._restart_later, self.restart_scope, delay)
+
+    def cancel_restart(self) -> None:
+        """Call off a scheduled restart."""
+        if self.restart_scope is not None:
+            self.restart_scope.cancel()
+        self.restart_scope, self.restart_at = None, None
+
+    async def _restart_later(self, scope: anyio.CancelScope, delay: float) -> None:
+        with scope:
+            await anyio.sleep(delay)
+            self.restart_scope, self.restart_at = None, None
+            if self.host.stopping or self.removed or not self.host.holds(self):
+                return
+            self.restarts += 1
+            self.swap_in()
+            self.host.notify()
+
+    def swap_in(self) -> None:
+        """Start a new runtime; the current one keeps serving until the new one is ready."""
+        old = self.runtime
+        new = self.start()
+        if new is None:
+            return  # the old one (if any) keeps serving; a restart is scheduled
+        self.runtime = new
+        if old is None or old.done:
+            return
+        if not old.registered or self.previous:
+            # not registered, or itself a replacement still not ready while an older worker
+            # serves: nothing to hand over, so it goes now (a storm of reloads never piles up
+            # workers)
+            self.retire(old, "agent replaced")
+            return
+        self.previous.append(old)
+        self.host.start_soon(self._retire_when_ready, old)
+
+    async def _retire_when_ready(self, old: Runtime) -> None:
+        """Drain ``old`` once the agent's current runtime is registered and warm.
+
+        Never on a timer: while the new worker cannot register (wrong URL, server down, a
+        restart backoff), the old one keeps taking jobs, so no offer is missed; a warning says
+        so after ``READY_TIMEOUT``. Registration and warm-up are notified (``on_change``).
+        """
+        warn_at: float | None = anyio.current_time() + READY_TIMEOUT
+        while old in self.previous and not (self.removed or self.host.stopping):
+            changed = self.host.change_event()  # before the check: no change slips in between
+            current = self.runtime
+            if current is not None and current.warm():
+                break
+            if warn_at is not None and anyio.current_time() >= warn_at:
+                warn_at = None
+                log.warning(
+                    "Agent %s: the new worker is not ready after %.0fs; the old one keeps "
+                    "taking jobs",
+                    self.name,
+                    READY_TIMEOUT,
+                    extra={"agent": self.name},
+                )
+            with anyio.move_on_after(
+                float("inf") if warn_at is None else warn_at - anyio.current_time()
+            ):
+                await changed.wait()
+        if old in self.previous:
+            self.previous.remove(old)
+            self.retire(old, "agent replaced")
+        self.host.notify()
+
+    def retire(self, runtime: Runtime, reason: str) -> None:
+        """Drain a runtime away: it ends with its last job, or at the agent's drain deadline."""
+        if runtime.done or runtime in self.draining:
+            return
+        self.draining.append(runtime)
+        runtime.drain(reason)
+        self.start_drain_deadline(runtime)
+
+    def drain(self, *, override: bool) -> None:
+        """Take no new job on any runtime (``override``: an operator's drain)."""
+        self.override_drained = self.override_drained or override
+        self.cancel_restart()
+        for runtime in [*self.previous, self.runtime]:
+            if runtime is not None and not runtime.draining:
+                runtime.drain("agent drained")
+                self.start_drain_deadline(runtime)
+
+    def undrain(self) -> None:
+        """Take jobs again (clears the override); a stopped or failed agent starts again."""
+        self.override_drained = False
+        runtime = self.runtime
+        if runtime is None or runtime.ended:
+            if runtime is not None and not runtime.done and runtime not in self.draining:
+                self.draining.append(runtime)  # still stopping its processes: keep it tracked
+            self.runtime = self.start()
+        else:
+            runtime.undrain()  # the drain is called off, its deadline too
+
+    def remove(self) -> None:
+        """Drain every runtime away; the slot goes once the last one ended."""
+        self.removed = True
+        self.cancel_restart()
+        for runtime in [*self.previous, self.runtime]:
+            if runtime is not None:
+                self.retire(runtime, "agent removed")
+        self.previous.clear()
+        self.runtime = None
+        self.state = AgentState.DRAINING
+        if not self.runtimes():
+            self.host.forget(self)
+
+    def start_drain_deadline(self, runtime: Runtime) -> None:
+        """Stop the jobs still running on ``runtime`` at the agent's ``drain_timeout``."""
+        if runtime.drain_deadline is None and runtime.agent.drain_timeout:
+            runtime.drain_deadline = anyio.CancelScope()
+            self.host.start_soon(self._drain_deadline, runtime, runtime.drain_deadline)
+
+    async def _drain_deadline(self, runtime: Runtime, scope: anyio.CancelScope) -> None:
+        """At the agent's ``drain_timeout`` the jobs still running get the stop sequence.
+
+        Unless the drain was called off: ``undrain`` cancels ``runtime.drain_deadline``.
+        """
+        with scope:
+            with anyio.move_on_after(runtime.agent.drain_timeout):
+                await runtime.wait_finished()
+                return
+        if scope.cancel_called:
+            return
+        jobs = runtime.jobs
+        self.host.deadline_stops += jobs
+        log.warning(
+            "Agent %s: drain deadline (%.0fs) reached; stopping %d job(s)",
+            self.name,
+            runtime.agent.drain_timeout,
+            jobs,
+            extra={"agent": self.name},
+        )
+        runtime.stop("drain deadline reached")
+        await runtime.aclose()
+
+    # --- what it is -------------------------------------------------------------------------
+
     def snapshot(self, now: float) -> AgentSnapshot:
         """This agent at ``now`` (``anyio.current_time()``), as status derives from it."""
         runtime = self.runtime
@@ -202,7 +329,7 @@ class AgentSlot:
             runtime=runtime.snapshot() if runtime is not None else None,
         )
 
-    def retire(self, runtime: Runtime) -> None:
+    def retire_counters(self, runtime: Runtime) -> None:
         """Keep what an ended runtime counted and the jobs it ended."""
         snapshot = runtime.snapshot()
         self.retired.add(runtime.counters())

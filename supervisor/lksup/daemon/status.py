@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-from lksup.pool.pool import EndedJob
+from lksup.pool.ended import EndedJob
 from lksup.protocol.machine import State
 
 __all__ = [

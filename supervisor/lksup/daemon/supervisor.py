@@ -1,26 +1,28 @@
 """The supervisor: the running fleet, reconciled to the applied fleet, drained as one.
 
 ``Supervisor.apply(fleet)`` diffs the normalized fleet against the one applied before (the
-pure ``reconcile.diff``) and carries out the plan per agent:
+pure ``reconcile.diff``) and carries out the plan per agent, each agent's lifecycle being its
+``AgentSlot``'s (``daemon.slot``):
 
-- ``create``: start an ``AgentRuntime`` (pool, connection, load loop);
+- ``create``: start a runtime (``daemon.agent.AgentRuntime``, or what the injected
+  ``runtime_factory`` makes: tests give fakes);
 - ``update-in-place``: hand the running agent its new settings (thresholds, load policy, pool
   size, limits, timeouts, request policy); no process is restarted, no job disturbed;
-- ``replace``: start the new runtime next to the old one, wait until it is registered and its
-  pool is warm, then drain the old one (no offer is missed, no running job is disturbed);
+- ``replace``: start the new runtime next to the old one; the old one drains once the new one
+  is registered and warm (no offer is missed, no running job is disturbed);
 - ``drain-and-remove``: drain the agent; it disappears once its last job ended (or at its drain
   deadline, when its remaining jobs get the stop sequence).
 
-Each agent runs in a guarded task: an agent that cannot start (no URL, an unresolvable secret),
-whose connection gives up (``max_retry`` failed attempts) or whose runtime fails is recorded
-with its reason and started again after a delay that doubles with each consecutive failure
-(``RESTART_BACKOFF``: 5 s up to 5 min; reset once a restarted agent registers). The loop is
-level-triggered: no apply is needed for a failed agent to come back, and the others never
-notice. An agent drained by an operator, removed, or part of a fleet being stopped is not
-restarted.
-Drains never block ``apply`` or ``status``: they run in their own tasks. A coordinated drain
-(``drain_all``) drains every agent at once against one deadline and reports whether every job
-finished in time.
+Beyond the plan, every apply re-reads the secrets agents reference and replaces an agent
+whose secrets changed. A failed agent is restarted by its slot after ``RESTART_BACKOFF`` (5 s
+doubling up to 5 min), level-triggered: no apply is needed for it to come back, and the others
+never notice. Drains never block ``apply`` or ``status``: they run in their own tasks. A
+coordinated drain (``drain_all``) drains every agent at once against one deadline and reports
+whether every job finished in time.
+
+Runtimes report every change of their connection, pool or fullness (``on_change``), and so
+does the supervisor of its own (``notify``): whoever waits for a state (a replacement's
+hand-over, READY=1, the events) waits on ``change_event`` and never polls.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from __future__ import annotations
 import functools
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -40,7 +43,8 @@ from lksup.daemon.agent import (
     for_fleet,
     resolved_fingerprint,
 )
-from lksup.daemon.slot import AgentSlot, Runtime, RuntimeFactory
+from lksup.daemon.runtime import Runtime, RuntimeFactory
+from lksup.daemon.slot import READY_TIMEOUT, AgentSlot
 from lksup.daemon.status import AgentSnapshot, AgentState, state
 from lksup.fleet.schema import Agent, Fleet
 from lksup.monitors.monitor import Monitor
@@ -48,14 +52,11 @@ from lksup.pool.inference import InferenceService
 from lksup.pool.pool import auto_idle_processes
 from lksup.pool.zygote import Zygotes
 from lksup.protocol.backoff import Backoff
-from lksup.protocol.machine import State
 from lksup.reconcile.diff import Action, Plan, diff
 
 __all__ = ["READY_TIMEOUT", "RESTART_BACKOFF", "AgentSlot", "Supervisor"]
 
 log = logging.getLogger("lksup.supervisor")
-
-READY_TIMEOUT = 60.0  # how long a replacement may take to register and warm up
 
 #: Delay before a failed agent is started again: 5 s, doubling per consecutive failure, 5 min cap.
 RESTART_BACKOFF = Backoff(initial_delay=5.0, factor=2.0, max_delay=300.0, jitter=0.2)
@@ -102,7 +103,7 @@ class Supervisor:
             task_status.started()
             await anyio.sleep_forever()
 
-    def _notify(self) -> None:
+    def notify(self) -> None:
         """Something changed: the supervisor's record, or a runtime (its ``on_change``)."""
         changed, self._changed = self._changed, anyio.Event()
         changed.set()
@@ -150,7 +151,7 @@ class Supervisor:
             elif item.action is Action.DRAIN_AND_REMOVE:
                 self._remove(item.name)
         self.rotated = self._replace_rotated(plan)
-        self._notify()
+        self.notify()
         return plan
 
     def _replace_rotated(self, plan: Plan) -> list[str]:
@@ -198,109 +199,47 @@ class Supervisor:
             and self.slots[item.name].override_drained
         ]
 
-    def _require_tg(self) -> anyio.abc.TaskGroup:
+    # --- what an agent's lifecycle needs (``slot.Host``) ---------------------------------------
+
+    def make_runtime(self, name: str, agent: Agent) -> Runtime:
+        """A new runtime of the agent, from the factory (raises ``AgentConfigError``)."""
+        return self.runtime_factory(
+            name,
+            agent,
+            self.env,
+            monitor=self.monitor,
+            init_limiter=self.limiter,
+            inference=self.inference,
+            zygotes=self.zygotes,
+            on_change=self.notify,
+        )
+
+    def start_soon(self, task: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        """Run ``task(*args)`` in the supervisor's task group."""
         if self._tg is None:
             raise RuntimeError("the supervisor is not running")
-        return self._tg
+        self._tg.start_soon(task, *args)
+
+    def restart_delay(self, failures: int) -> float:
+        """Seconds before a restart after ``failures`` consecutive failures."""
+        return self.restart_backoff.delay(failures, self._rand())
+
+    def holds(self, slot: AgentSlot) -> bool:
+        """``slot`` is still the record of its agent name."""
+        return self.slots.get(slot.name) is slot
+
+    def forget(self, slot: AgentSlot) -> None:
+        """A removed agent is gone."""
+        if self.holds(slot):
+            del self.slots[slot.name]
+
+    # --- the plan's actions -----------------------------------------------------------------
 
     def _create(self, name: str, agent: Agent) -> None:
-        slot = self.slots.get(name) or AgentSlot(name, agent)
+        slot = self.slots.get(name) or AgentSlot(name, agent, self)
         slot.agent, slot.removed, slot.override_drained = agent, False, False
         self.slots[name] = slot
-        runtime = self._start_runtime(slot)
-        slot.runtime = runtime
-
-    def _start_runtime(self, slot: AgentSlot) -> Runtime | None:
-        self._cancel_restart(slot)
-        try:
-            runtime = self.runtime_factory(
-                slot.name,
-                slot.agent,
-                self.env,
-                monitor=self.monitor,
-                init_limiter=self.limiter,
-                inference=self.inference,
-                zygotes=self.zygotes,
-                on_change=self._notify,
-            )
-        except AgentConfigError as exc:
-            log.error("Agent %s cannot start: %s", slot.name, exc, extra={"agent": slot.name})
-            self._schedule_restart(slot, str(exc))
-            return None
-        slot.state, slot.message = AgentState.STARTING, ""
-        slot.started_at = anyio.current_time()
-        self._require_tg().start_soon(self._guard, slot, runtime)
-        return runtime
-
-    async def _guard(self, slot: AgentSlot, runtime: Runtime) -> None:
-        """Run one runtime; whatever happens to it stays with this agent."""
-        error: str | None = None
-        try:
-            await runtime.run()
-        except Exception as exc:
-            log.exception("Agent %s stopped: %s", slot.name, exc, extra={"agent": slot.name})
-            error = f"{type(exc).__name__}: {exc}"
-        finally:
-            runtime.done = True
-            slot.retire(runtime)
-            for old in (slot.draining, slot.previous):
-                if runtime in old:
-                    old.remove(runtime)
-            if slot.runtime is runtime:
-                ended = runtime.snapshot()
-                if ended.connection is State.FAILED and error is None:
-                    error = f"connection gave up after {ended.attempts} attempt(s): "
-                    error += ended.last_error
-                if ended.registrations:
-                    slot.failures = 0  # it worked for a while: start the backoff over
-                if slot.removed:
-                    slot.runtime = None
-                elif error is not None:
-                    self._schedule_restart(slot, error)
-                elif not (slot.override_drained or self.stopping):
-                    # nobody asked it to stop: level-triggered, it comes back
-                    self._schedule_restart(slot, "the worker stopped")
-                else:
-                    slot.state = AgentState.DRAINED if ended.draining else AgentState.STOPPED
-            if slot.removed and not slot.runtimes() and self.slots.get(slot.name) is slot:
-                del self.slots[slot.name]  # only this slot: a newer one may have the name now
-            self._notify()
-
-    # --- restarts ------------------------------------------------------------------------------
-
-    def _schedule_restart(self, slot: AgentSlot, reason: str) -> None:
-        """Record the failure; start the agent again after the backoff (level-triggered)."""
-        slot.state, slot.message = AgentState.FAILED, reason
-        self._cancel_restart(slot)  # one pending restart per agent at most
-        if self.stopping or slot.removed or slot.override_drained or self._tg is None:
-            return
-        delay = self.restart_backoff.delay(slot.failures, self._rand())
-        slot.failures += 1
-        slot.restart_at = anyio.current_time() + delay
-        slot.restart_scope = anyio.CancelScope()
-        log.warning(
-            "Agent %s failed (%s); restarting in %.1fs",
-            slot.name,
-            reason,
-            delay,
-            extra={"agent": slot.name},
-        )
-        self._tg.start_soon(self._restart_later, slot, slot.restart_scope, delay)
-
-    def _cancel_restart(self, slot: AgentSlot) -> None:
-        if slot.restart_scope is not None:
-            slot.restart_scope.cancel()
-        slot.restart_scope, slot.restart_at = None, None
-
-    async def _restart_later(self, slot: AgentSlot, scope: anyio.CancelScope, delay: float) -> None:
-        with scope:
-            await anyio.sleep(delay)
-            slot.restart_scope, slot.restart_at = None, None
-            if self.stopping or slot.removed or self.slots.get(slot.name) is not slot:
-                return
-            slot.restarts += 1
-            self._swap_in(slot)
-            self._notify()
+        slot.runtime = slot.start()
 
     def _update(self, name: str, agent: Agent) -> None:
         slot = self.slots[name]
@@ -319,112 +258,12 @@ class Supervisor:
         slot = self.slots[name]
         slot.agent = agent
         slot.restarts += 1
-        self._swap_in(slot)
-
-    def _swap_in(self, slot: AgentSlot) -> None:
-        """Start a new runtime; the current one keeps serving until the new one is ready."""
-        old = slot.runtime
-        new = self._start_runtime(slot)
-        if new is None:
-            return  # the old one (if any) keeps serving; a restart is scheduled
-        slot.runtime = new
-        if old is None or old.done:
-            return
-        if not old.registered or slot.previous:
-            # not registered, or itself a replacement still not ready while an older worker
-            # serves: nothing to hand over, so it goes now (a storm of reloads never piles up
-            # workers)
-            self._retire(slot, old, "agent replaced")
-            return
-        slot.previous.append(old)
-        self._require_tg().start_soon(self._retire_when_ready, slot, old)
-
-    async def _retire_when_ready(self, slot: AgentSlot, old: Runtime) -> None:
-        """Drain ``old`` once the agent's current runtime is registered and warm.
-
-        Never on a timer: while the new worker cannot register (wrong URL, server down, a
-        restart backoff), the old one keeps taking jobs, so no offer is missed; a warning says
-        so after ``READY_TIMEOUT``. Registration and warm-up are notified (``on_change``).
-        """
-        warn_at: float | None = anyio.current_time() + READY_TIMEOUT
-        while old in slot.previous and not (slot.removed or self.stopping):
-            changed = self._changed  # before the check: no change slips in between
-            current = slot.runtime
-            if current is not None and current.warm():
-                break
-            if warn_at is not None and anyio.current_time() >= warn_at:
-                warn_at = None
-                log.warning(
-                    "Agent %s: the new worker is not ready after %.0fs; the old one keeps "
-                    "taking jobs",
-                    slot.name,
-                    READY_TIMEOUT,
-                    extra={"agent": slot.name},
-                )
-            with anyio.move_on_after(
-                float("inf") if warn_at is None else warn_at - anyio.current_time()
-            ):
-                await changed.wait()
-        if old in slot.previous:
-            slot.previous.remove(old)
-            self._retire(slot, old, "agent replaced")
-        self._notify()
-
-    def _retire(self, slot: AgentSlot, runtime: Runtime, reason: str) -> None:
-        """Drain a runtime away: it ends with its last job, or at the agent's drain deadline."""
-        if runtime.done or runtime in slot.draining:
-            return
-        slot.draining.append(runtime)
-        runtime.drain(reason)
-        self._start_drain_deadline(slot, runtime)
-
-    def _start_drain_deadline(self, slot: AgentSlot, runtime: Runtime) -> None:
-        if runtime.drain_deadline is None and runtime.agent.drain_timeout:
-            runtime.drain_deadline = anyio.CancelScope()
-            self._require_tg().start_soon(
-                self._drain_deadline, slot, runtime, runtime.drain_deadline
-            )
-
-    async def _drain_deadline(
-        self, slot: AgentSlot, runtime: Runtime, scope: anyio.CancelScope
-    ) -> None:
-        """At the agent's ``drain_timeout`` the jobs still running get the stop sequence.
-
-        Unless the drain was called off: ``undrain`` cancels ``runtime.drain_deadline``.
-        """
-        with scope:
-            with anyio.move_on_after(runtime.agent.drain_timeout):
-                await runtime.wait_finished()
-                return
-        if scope.cancel_called:
-            return
-        jobs = runtime.jobs
-        if jobs:
-            self.deadline_stops += jobs
-        log.warning(
-            "Agent %s: drain deadline (%.0fs) reached; stopping %d job(s)",
-            slot.name,
-            runtime.agent.drain_timeout,
-            jobs,
-            extra={"agent": slot.name},
-        )
-        runtime.stop("drain deadline reached")
-        await runtime.aclose()
+        slot.swap_in()
 
     def _remove(self, name: str) -> None:
         slot = self.slots.get(name)
-        if slot is None:
-            return
-        slot.removed = True
-        self._cancel_restart(slot)
-        for runtime in [*slot.previous, slot.runtime]:
-            if runtime is not None:
-                self._retire(slot, runtime, "agent removed")
-        slot.previous.clear()
-        slot.runtime = None
-        slot.state = AgentState.DRAINING
-        if not slot.runtimes():
-            self.slots.pop(name, None)
+        if slot is not None:
+            slot.remove()
 
     # --- operations --------------------------------------------------------------------------
 
@@ -436,28 +275,14 @@ class Supervisor:
         """
         names = [name] if name is not None else list(self.slots)
         for agent_name in names:
-            slot = self.slots[agent_name]
-            slot.override_drained = slot.override_drained or override
-            self._cancel_restart(slot)
-            for runtime in [*slot.previous, slot.runtime]:
-                if runtime is not None and not runtime.draining:
-                    runtime.drain("agent drained")
-                    self._start_drain_deadline(slot, runtime)
-        self._notify()
+            self.slots[agent_name].drain(override=override)
+        self.notify()
         return names
 
     def undrain(self, name: str) -> None:
         """Take jobs again (clears the override); a stopped or failed agent starts again."""
-        slot = self.slots[name]
-        slot.override_drained = False
-        runtime = slot.runtime
-        if runtime is None or runtime.ended:
-            if runtime is not None and not runtime.done and runtime not in slot.draining:
-                slot.draining.append(runtime)  # still stopping its processes: keep it tracked
-            slot.runtime = self._start_runtime(slot)
-        else:
-            runtime.undrain()  # the drain is called off, its deadline too
-        self._notify()
+        self.slots[name].undrain()
+        self.notify()
 
     def reload(self, name: str) -> bool:
         """Rolling replace with the same configuration (new worker first, then drain).
@@ -471,7 +296,7 @@ class Supervisor:
         if self.zygotes is not None:  # the new worker's processes import the code anew
             self.zygotes.refresh(name)
         self._replace(name, slot.agent)
-        self._notify()
+        self.notify()
         return True
 
     def jobs_by_agent(self) -> dict[str, int]:
@@ -487,7 +312,7 @@ class Supervisor:
         self.stopping = True
         stopped_before = self.deadline_stops
         for slot in self.slots.values():
-            self._cancel_restart(slot)
+            slot.cancel_restart()
         self.drain(override=False)
         runtimes = [r for slot in self.slots.values() for r in slot.runtimes()]
         with anyio.move_on_after(timeout if timeout else None) as scope:
@@ -507,7 +332,7 @@ class Supervisor:
         """The stop sequence for every job process (short when ``force``); close connections."""
         self.stopping = True
         for slot in self.slots.values():
-            self._cancel_restart(slot)
+            slot.cancel_restart()
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as tg:
                 for slot in self.slots.values():

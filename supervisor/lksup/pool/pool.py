@@ -40,6 +40,7 @@ from lksup.jobs import ipc
 from lksup.monitors.events import BudgetChanged, MemoryLimitExceeded, MonitorEvent
 from lksup.monitors.memory_policy import MemoryPolicy
 from lksup.monitors.monitor import Monitor
+from lksup.pool.ended import ENDED_FOR, ENDED_KEPT, EndedJob
 from lksup.pool.inference import InferenceService
 from lksup.pool.process import InitFailed, JobOutcome, JobProcessHandle, ProcessSpec, ProcessState
 from lksup.pool.zygote import ZygoteLauncher
@@ -167,27 +168,6 @@ class Histogram:
             running += count
             buckets.append((bound, running))
         return buckets
-
-
-#: How many ended jobs a pool remembers for ``status --jobs``, and for how long (seconds).
-ENDED_KEPT, ENDED_FOR = 20, 600.0
-
-
-@dataclass(frozen=True)
-class EndedJob:
-    """A job that ended, as ``status --jobs`` lists it for a while."""
-
-    job_id: str
-    room: str
-    pid: int | None
-    error: str | None
-    """None: it succeeded."""
-    reason: str
-    started_at: float
-    """``anyio.current_time()`` seconds (as the ended_at)."""
-    ended_at: float
-    kind: str | None = None
-    """Why it failed, as a class (``JobOutcome.kind``); None when it succeeded."""
 
 
 @dataclass
