@@ -241,16 +241,12 @@ def apply(
 
 def _plan_text(plan: dict[str, Any]) -> str:
     """The daemon's plan as ``lksup diff`` prints a plan, then what only an apply knows."""
-    text = plan_render.to_text(plan_render.from_json(plan), colour=_colour())
+    values = plan_render.changes_from_json(plan.get("values"))
+    text = plan_render.to_text(plan_render.from_json(plan), colour=_colour(), values=values)
     summary, _, rest = text.partition("\n")
     if plan.get("dryRun"):
         summary = summary.removesuffix(".") + " (dry run: nothing changed)."
     lines = [summary + ("\n" + rest if rest else "")]
-    lines.extend(
-        f"  template value {c['path']}: {plan_render.format_value(c['old'])} -> "
-        f"{plan_render.format_value(c['new'])}"
-        for c in plan.get("values", [])
-    )
     renamed = plan.get("fleetRenamed")
     if renamed:
         old, new = renamed["from"], renamed["to"]
