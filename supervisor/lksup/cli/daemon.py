@@ -7,6 +7,7 @@ import dataclasses
 import json
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import anyio
 import click
 import yaml
 
+from lksup.cli import present
 from lksup.cli.common import (
     DURATION,
     EXIT_FAILED,
@@ -37,7 +39,6 @@ from lksup.errors import FleetError, LksupError
 from lksup.fleet.checks import validate_file
 from lksup.fleet.loading import fleet_path
 from lksup.fleet.schema import check_host_port
-from lksup.reconcile import render as plan_render
 
 
 def _host_port(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -233,35 +234,10 @@ def apply(
     if output == "json":
         _emit(plan)
     else:
-        click.echo(_plan_text(plan))
+        click.echo(present.plan_text(plan, colour=_colour()))
     if wait and not dry_run:
         removed = [a["name"] for a in plan["agents"] if a["action"] == "drain-and-remove"]
         _wait_converged(socket_path, timeout, removed)
-
-
-def _plan_text(plan: dict[str, Any]) -> str:
-    """The daemon's plan as ``lksup diff`` prints a plan, then what only an apply knows."""
-    values = plan_render.changes_from_json(plan.get("values"))
-    text = plan_render.to_text(plan_render.from_json(plan), colour=_colour(), values=values)
-    summary, _, rest = text.partition("\n")
-    if plan.get("dryRun"):
-        summary = summary.removesuffix(".") + " (dry run: nothing changed)."
-    lines = [summary + ("\n" + rest if rest else "")]
-    renamed = plan.get("fleetRenamed")
-    if renamed:
-        old, new = renamed["from"], renamed["to"]
-        lines.append(f"  fleet {old!r} -> {new!r} (replaces the running fleet)")
-    lines.extend(
-        f"  {name}: the apply changes it, so its drain override is cleared"
-        for name in plan.get("overridesCleared", [])
-    )
-    lines.extend(
-        f"  {name}: a secret it references changed: replaced"
-        for name in plan.get("secretsChanged", [])
-    )
-    if plan.get("revision"):
-        lines.append(f"applied revision {plan['revision']}")
-    return "\n".join(lines)
 
 
 def _converged(item: Any, removed: list[str]) -> bool:
@@ -358,13 +334,11 @@ def status(
         document = result.model_dump(mode="json", by_alias=True)
         click.echo(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), nl=False)
     else:
-        click.echo(_status_table(result.items, wide=output == "wide", show_jobs=show_jobs))
-        if result.inference:
-            click.echo("\n" + _inference_table(result.inference))
-        if output == "wide" and result.templates:
-            click.echo("\n" + _template_table(result.templates))
-        if result.fleet is not None:
-            click.echo("\n" + _fleet_lines(result.fleet))
+        wide = output == "wide"
+        view = present.status_view(
+            result, wide=wide, show_jobs=show_jobs, show_templates=wide, now=datetime.now(UTC)
+        )
+        click.echo(view)
     if check and not all(item.ready for item in result.items):
         raise SystemExit(EXIT_NOT_READY)
 
@@ -399,11 +373,9 @@ def _watch_status(
     async def call(client: Any) -> Any:
         while True:
             result = await client.status(agent)
-            table = _status_table(result.items, wide=wide, show_jobs=show_jobs)
-            if result.inference:
-                table += "\n\n" + _inference_table(result.inference)
-            if result.fleet is not None:
-                table += "\n\n" + _fleet_lines(result.fleet)
+            table = present.status_view(
+                result, wide=wide, show_jobs=show_jobs, show_templates=False, now=datetime.now(UTC)
+            )
             if sys.stdout.isatty():
                 click.clear()
             click.echo(table + ("\n" if not sys.stdout.isatty() else ""))
@@ -411,136 +383,6 @@ def _watch_status(
 
     with contextlib.suppress(KeyboardInterrupt):
         _control(socket_path, call)
-
-
-def _age(started_at: str | None) -> str:
-    if not started_at:
-        return "-"
-    from datetime import UTC, datetime
-
-    from lksup.fleet.durations import format_duration
-
-    seconds = (datetime.now(UTC) - datetime.fromisoformat(started_at)).total_seconds()
-    text = format_duration(max(0.0, seconds))
-    return text[: text.find("m") + 1] if "h" in text or "d" in text else text
-
-
-def _fleet_lines(fleet: Any) -> str:
-    """``fleet NAME revision R from SOURCE``, and the last failed re-apply when there is one."""
-    line = f"fleet {fleet.name}"
-    if fleet.revision:
-        line += f", revision {fleet.revision}"
-    if fleet.source:
-        line += f", from {fleet.source}"
-    if fleet.watching:
-        line += " (watched for changes)"
-    if fleet.last_error:
-        line += f"\nlast re-apply failed {_age(fleet.last_error_at)} ago, nothing changed: "
-        line += fleet.last_error
-    return line
-
-
-def _columns(rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-
-
-def _template_table(items: list[Any]) -> str:
-    header = ["TEMPLATE", "PID", "FORKS", "MEM"]
-    rows = [
-        [
-            item.agent or "(base)",
-            str(item.pid or "-"),
-            str(item.children),
-            f"{item.memory_mb:.0f}Mi",
-        ]
-        for item in items
-    ]
-    return "\n".join(_columns([header, *rows]))
-
-
-def _inference_table(items: list[Any]) -> str:
-    header = ["INFERENCE", "STATE", "PID", "MEM", "RESTARTS", "MESSAGE"]
-    rows = [
-        [
-            ",".join(r.split(":")[-1] for r in item.runners),
-            item.state,
-            str(item.pid or "-"),
-            f"{item.memory_mb:.0f}Mi",
-            str(item.restarts),
-            item.message or "-",
-        ]
-        for item in items
-    ]
-    return "\n".join(_columns([header, *rows]))
-
-
-def _status_table(items: list[Any], *, wide: bool, show_jobs: bool) -> str:
-    header = [
-        "AGENT",
-        "STATE",
-        "READY",
-        "JOBS",
-        "IDLE",
-        "LOAD/THR",
-        "MEM",
-        "RESTARTS",
-        "AGE",
-        "SYNC",
-        "MESSAGE",
-    ]
-    if wide:
-        header[-1:-1] = ["WORKER_ID"]
-    rows = []
-    for item in items:
-        row = [
-            item.name,
-            item.state,
-            "1/1" if item.ready else "0/1",
-            str(item.jobs),
-            f"{item.idle}/{item.idle_target}",
-            f"{item.load:.2f}/{item.threshold:.2f}",
-            f"{item.memory_mb:.0f}Mi",
-            str(item.restarts),
-            _age(item.started_at),
-            item.sync,
-            item.message or _recent_failure(item) or "-",
-        ]
-        if wide:
-            row[-1:-1] = [item.worker_id or "-"]
-        rows.append(row)
-    lines = _columns([header, *rows])
-    if show_jobs:
-        for item in items:
-            lines.append("")
-            running = [job for job in item.jobs_detail if job.ended_at is None]
-            ended = [job for job in item.jobs_detail if job.ended_at is not None]
-            lines.append(f"{item.name}: {len(running)} job(s)")
-            lines.extend(
-                f"  {job.job_id}  room={job.room}  pid={job.pid}  {job.state}  "
-                f"age={_age(job.started_at)}  mem={job.memory_mb:.0f}Mi"
-                for job in running
-            )
-            if ended:
-                from lksup.pool.pool import ENDED_FOR
-
-                lines.append(f"{item.name}: ended in the last {ENDED_FOR / 60:.0f} minutes")
-                lines.extend(
-                    f"  {job.job_id}  room={job.room}  pid={job.pid}  {job.state}  "
-                    f"{_age(job.ended_at)} ago: {job.reason or '-'}"
-                    for job in reversed(ended)
-                )
-    return "\n".join(lines)
-
-
-def _recent_failure(item: Any) -> str:
-    """``last failure 2m ago: <why>`` while a failure is recent (the MESSAGE column).
-
-    A job that failed, or a job process that did not start.
-    """
-    if not item.last_failure:
-        return ""
-    return f"last failure {_age(item.last_failure_at)} ago: {item.last_failure}"
 
 
 @main.command()
@@ -794,11 +636,7 @@ def events(
             if output == "json":
                 click.echo(json.dumps(item, separators=(",", ":")))
             else:
-                where = "/".join(x for x in (item.get("agent"), item.get("job_id")) if x) or "-"
-                click.echo(
-                    f"{item['time']}  {item['type']:<7}  {item['reason']:<13}  {where}  "
-                    f"{item['message']}"
-                )
+                click.echo(present.event_line(item))
         sys.stdout.flush()
 
     _follow(socket_path, "events", _journal_query(agent, job_id, since), watch, emit)
@@ -841,12 +679,8 @@ def logs(
             if output == "json":
                 click.echo(json.dumps(item, ensure_ascii=False, separators=(",", ":")))
                 continue
-            tags = " ".join(str(item[k]) for k in ("agent", "job_id", "pid") if item.get(k))
-            line = f"{item['ts']} {item['level']:<7} " + (f"[{tags}] " if tags else "")
-            click.echo(line + item["msg"])
-            for extra in (item.get("traceback"), item.get("exc")):
-                if extra:
-                    click.echo(extra)
+            for line in present.log_lines(item):
+                click.echo(line)
         sys.stdout.flush()
 
     _follow(socket_path, "logs", query, follow, emit)
