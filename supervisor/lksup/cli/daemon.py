@@ -15,7 +15,7 @@ import anyio
 import click
 import yaml
 
-from lksup.cli import present
+from lksup.cli import converge, present
 from lksup.cli.common import (
     DURATION,
     EXIT_FAILED,
@@ -237,46 +237,7 @@ def apply(
         click.echo(present.plan_text(plan, colour=_colour()))
     if wait and not dry_run:
         removed = [a["name"] for a in plan["agents"] if a["action"] == "drain-and-remove"]
-        _wait_converged(socket_path, timeout, removed)
-
-
-def _converged(item: Any, removed: list[str]) -> bool:
-    if item.name in removed:
-        return False  # still draining away
-    return bool(item.sync == "override" or (item.ready and item.sync == "synced"))
-
-
-def _wait_converged(socket_path: str | None, timeout: float, removed: list[str]) -> None:
-    """Print what is still converging whenever it changes, until nothing is (or timeout)."""
-
-    async def call(client: Any) -> Any:
-        last = ""
-        with anyio.move_on_after(timeout):
-            while True:
-                items = (await client.status()).items
-                waiting = [item for item in items if not _converged(item, removed)]
-                if not waiting:
-                    return items
-                line = "; ".join(
-                    f"{item.name} {'draining away' if item.name in removed else item.state}"
-                    + (f" ({item.message})" if item.message else "")
-                    for item in waiting
-                )
-                if line != last:
-                    click.echo(f"waiting for {len(waiting)} agent(s): {line}")
-                    last = line
-                await anyio.sleep(0.2)  # polling the daemon's status, the CLI's only view
-        return None
-
-    items = _control(socket_path, call)
-    if items is None:
-        fail(f"not converged within {timeout:g}s (see lksup status)")
-    drained = sum(1 for item in items if item.sync == "override")
-    ready = len(items) - drained
-    click.echo(
-        f"converged: {ready} agent(s) ready"
-        + (f", {drained} drained by an operator" if drained else "")
-    )
+        converge.wait_converged(socket_path, timeout, removed)
 
 
 @main.command()
@@ -322,10 +283,10 @@ def status(
         return await client.status(agent)
 
     if watch and output in ("json", "yaml"):
-        _stream_status(socket_path, agent, output)
+        converge.stream_status(socket_path, agent, output)
         return
     if watch:
-        _watch_status(socket_path, agent, wide=output == "wide", show_jobs=show_jobs)
+        converge.watch_status(socket_path, agent, wide=output == "wide", show_jobs=show_jobs)
         return
     result = _control(socket_path, call)
     if output == "json":
@@ -341,48 +302,6 @@ def status(
         click.echo(view)
     if check and not all(item.ready for item in result.items):
         raise SystemExit(EXIT_NOT_READY)
-
-
-def _stream_status(socket_path: str | None, agent: str | None, output: str) -> None:
-    """``status -w -o json|yaml``: the status document each time it changes.
-
-    Checked every second; JSON as one line each, YAML as ``---``-separated documents; Ctrl+C
-    ends it.
-    """
-
-    async def call(client: Any) -> Any:
-        last: dict[str, Any] | None = None
-        while True:
-            document = (await client.status(agent)).model_dump(mode="json", by_alias=True)
-            if document != last:
-                if output == "json":
-                    click.echo(json.dumps(document, separators=(",", ":")))
-                else:
-                    click.echo("---\n" + yaml.safe_dump(document, sort_keys=False), nl=False)
-                sys.stdout.flush()
-                last = document
-            await anyio.sleep(1.0)  # the refresh interval of the stream
-
-    with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):
-        _control(socket_path, call)
-
-
-def _watch_status(
-    socket_path: str | None, agent: str | None, *, wide: bool, show_jobs: bool
-) -> None:
-    async def call(client: Any) -> Any:
-        while True:
-            result = await client.status(agent)
-            table = present.status_view(
-                result, wide=wide, show_jobs=show_jobs, show_templates=False, now=datetime.now(UTC)
-            )
-            if sys.stdout.isatty():
-                click.clear()
-            click.echo(table + ("\n" if not sys.stdout.isatty() else ""))
-            await anyio.sleep(2.0)  # the refresh interval of the view
-
-    with contextlib.suppress(KeyboardInterrupt):
-        _control(socket_path, call)
 
 
 @main.command()
@@ -415,27 +334,7 @@ def drain(
     result = _control(socket_path, call)
     click.echo(f"draining {', '.join(result['draining'])} ({result['jobs']} job(s) running)")
     if wait:
-        from lksup.fleet.durations import format_duration
-
-        names = set(result["draining"])
-
-        async def until_drained(client: Any) -> Any:
-            last = None
-            with anyio.move_on_after(timeout):
-                while True:
-                    items = [i for i in (await client.status()).items if i.name in names]
-                    left = sum(i.jobs for i in items)
-                    if left == 0:
-                        return True
-                    if left != last:
-                        click.echo(f"  {left} job(s) left")
-                        last = left
-                    await anyio.sleep(0.5)  # polling the daemon's status, the CLI's only view
-            return False
-
-        if not _control(socket_path, until_drained):
-            fail(f"jobs were still running after {format_duration(timeout)}")
-        click.echo("drained")
+        converge.wait_drained(socket_path, result["draining"], timeout)
 
 
 @main.command()
