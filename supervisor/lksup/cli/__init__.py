@@ -11,6 +11,7 @@ Exit codes (shared by every command): 0 success / valid / no changes; 1 invalid 
 from __future__ import annotations
 
 from lksup.cli import (  # each registers its commands on ``main``
+    agents,
     daemon,
     dev,
     fleet,
@@ -20,4 +21,4 @@ from lksup.cli import (  # each registers its commands on ``main``
 from lksup.cli.common import main
 from lksup.cli.fleet import rendered_document
 
-__all__ = ["daemon", "dev", "fleet", "journal", "main", "migrate", "rendered_document"]
+__all__ = ["agents", "daemon", "dev", "fleet", "journal", "main", "migrate", "rendered_document"]
