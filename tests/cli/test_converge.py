@@ -4,9 +4,6 @@ once per change, and the end is told in one line."""
 from __future__ import annotations
 
 import functools
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +23,6 @@ FLEET = str(Path(__file__).parents[2] / "fleets" / "dev.yaml")
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-def socket_path() -> Iterator[Path]:
-    directory = Path(tempfile.mkdtemp(prefix="lkv", dir="/tmp"))
-    try:
-        yield directory / "lksup.sock"
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 class ScriptedApp(FakeApp):

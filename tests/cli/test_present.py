@@ -12,10 +12,10 @@ from lksup.control.api import (
     AgentStatus,
     FleetStatus,
     InferenceStatus,
-    JobRow,
     StatusList,
     TemplateStatus,
 )
+from tests.control.conftest import FakeApp
 
 NOW = datetime(2025, 1, 2, 12, 0, 0, tzinfo=UTC)
 
@@ -53,40 +53,20 @@ def test_columns_are_padded_to_the_widest_cell_and_trimmed() -> None:
 
 
 def agents() -> list[AgentStatus]:
+    """The control tests' two agents: alpha runs a job (and one ended), beta failed lately."""
+    alpha, beta = FakeApp().agents
+    running = alpha.jobs_detail[0].model_copy(update={"started_at": ago(95)})
+    ended = running.model_copy(
+        update={"job_id": "AJ_2", "room": "r2", "pid": 77, "state": "failed", "memory_mb": 0}
+        | {"started_at": ago(200), "ended_at": ago(130), "reason": "boom"}
+    )
     return [
-        AgentStatus(
-            name="alpha",
-            state="running",
-            ready=True,
-            worker_id="AW_1",
-            jobs=1,
-            idle=2,
-            idle_target=2,
-            load=0.25,
-            threshold=0.7,
-            memory_mb=120.5,
-            started_at=ago(3 * 3600 + 125),
-            jobs_detail=[
-                JobRow(
-                    job_id="AJ_1",
-                    room="room-1",
-                    pid=4242,
-                    state="running",
-                    started_at=ago(95),
-                    memory_mb=80.0,
-                ),
-                JobRow(
-                    job_id="AJ_2",
-                    room="r2",
-                    pid=77,
-                    state="failed",
-                    started_at=ago(200),
-                    ended_at=ago(130),
-                    reason="boom",
-                ),
-            ],
+        alpha.model_copy(
+            update={"started_at": ago(3 * 3600 + 125), "jobs_detail": [running, ended]}
         ),
-        AgentStatus(name="beta", state="backoff", last_failure="exit 1", last_failure_at=ago(65)),
+        beta.model_copy(
+            update={"message": "", "last_failure": "exit 1", "last_failure_at": ago(65)}
+        ),
     ]
 
 

@@ -4,10 +4,6 @@ on the socket: a daemon that is slow to answer is not one to start again."""
 from __future__ import annotations
 
 import functools
-import shutil
-import socket
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,15 +14,6 @@ from tests.cli.helpers import run_cli
 HINT = "hint: start one with `lksup run FLEET`"
 
 
-@pytest.fixture
-def socket_path() -> Iterator[Path]:
-    directory = Path(tempfile.mkdtemp(prefix="lku", dir="/tmp"))
-    try:
-        yield directory / "lksup.sock"
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
 def test_a_missing_socket_gets_the_hint_to_start_a_daemon(socket_path: Path) -> None:
     result = run_cli("status", "--socket", str(socket_path))
     assert result.exit_code == 4
@@ -35,16 +22,13 @@ def test_a_missing_socket_gets_the_hint_to_start_a_daemon(socket_path: Path) -> 
 
 
 def test_a_daemon_that_does_not_answer_in_time_gets_no_hint(
-    socket_path: Path, monkeypatch: pytest.MonkeyPatch
+    mute_socket: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Regression: the hint to start a daemon followed every unreachable error."""
     short = functools.partial(client.ControlClient, timeout=0.2)
     monkeypatch.setattr(client, "ControlClient", short)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
-        listener.bind(str(socket_path))
-        listener.listen(4)  # takes the connection into its backlog, never answers
-        result = run_cli("drain", "--all", "--socket", str(socket_path))
+    result = run_cli("drain", "--all", "--socket", str(mute_socket))
     assert result.exit_code == 4
     assert result.stderr == (
-        f"lksup: error: the lksup daemon on {socket_path} did not answer in time\n"
+        f"lksup: error: the lksup daemon on {mute_socket} did not answer in time\n"
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -15,16 +14,6 @@ from lksup.control.client import ControlClient, _unreachable
 from lksup.control.errors import DaemonUnreachable, Unreachable
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def mute_socket(socket_path: Path) -> Iterator[Path]:
-    """A socket that takes connections into its backlog but never accepts or answers them."""
-    socket_path.parent.mkdir(mode=0o700)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
-        listener.bind(str(socket_path))
-        listener.listen(4)
-        yield socket_path
 
 
 async def test_a_missing_socket_is_nothing_listening(socket_path: Path) -> None:

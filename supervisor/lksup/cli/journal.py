@@ -20,6 +20,7 @@ import click
 from lksup.cli import present
 from lksup.cli.common import (
     DURATION,
+    F,
     _control,
     _emit,
     _output_option,
@@ -31,6 +32,23 @@ from lksup.cli.common import (
 if TYPE_CHECKING:
     from lksup.control.api import JournalQuery
     from lksup.control.client import ControlClient
+
+
+def _filters(what: str) -> Callable[[F], F]:
+    """``[AGENT]``, ``--job ID`` and ``--since DURATION``: which of the journal's ``what``."""
+
+    def decorate(func: F) -> F:
+        func = click.option(
+            "--since", type=DURATION, metavar="DURATION", help="Only the last DURATION."
+        )(func)
+        func = click.option("--job", "job_id", metavar="ID", help=f"Only the {what} of this job.")(
+            func
+        )
+        return click.argument(
+            "agent", required=False, metavar="[AGENT]", shell_complete=complete_agents
+        )(func)
+
+    return decorate
 
 
 def _journal_query(agent: str | None, job_id: str | None, since: float | None) -> JournalQuery:
@@ -69,9 +87,7 @@ def _follow(
 
 
 @main.command()
-@click.argument("agent", required=False, metavar="[AGENT]", shell_complete=complete_agents)
-@click.option("--job", "job_id", metavar="ID", help="Only the events of this job.")
-@click.option("--since", type=DURATION, metavar="DURATION", help="Only the last DURATION.")
+@_filters("events")
 @click.option("-w", "--watch", is_flag=True, help="Then print new events as they happen.")
 @_socket_option
 @_output_option(["text", "json"], "text")
@@ -112,9 +128,7 @@ def events(
 
 
 @main.command()
-@click.argument("agent", required=False, metavar="[AGENT]", shell_complete=complete_agents)
-@click.option("--job", "job_id", metavar="ID", help="Only the records of this job.")
-@click.option("--since", type=DURATION, metavar="DURATION", help="Only the last DURATION.")
+@_filters("records")
 @click.option("--tail", type=click.IntRange(min=0), metavar="N", help="Only the last N records.")
 @click.option("-f", "--follow", is_flag=True, help="Then print new records as they come.")
 @_socket_option
