@@ -39,6 +39,7 @@ PURE = {
     "lksup.control.paths",
     "lksup.daemon.conditions",
     "lksup.daemon.status",
+    "lksup.cli.present",
     "lksup.pool.ended",
 }
 FORBIDDEN = {

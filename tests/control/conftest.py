@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -133,6 +134,16 @@ class FakeApp:
     async def logs(self, query: JournalQuery) -> dict[str, Any]:
         self.calls.append(("logs", query))
         return {"items": [], "last": query.after}
+
+
+@pytest.fixture
+def mute_socket(socket_path: Path) -> Iterator[Path]:
+    """A socket that takes connections into its backlog but never accepts or answers them."""
+    socket_path.parent.mkdir(mode=0o700)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(socket_path))
+        listener.listen(4)
+        yield socket_path
 
 
 @pytest.fixture

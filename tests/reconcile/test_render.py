@@ -49,3 +49,20 @@ def test_counts_read_as_the_summary_does() -> None:
     line = "1 to create, 2 to update in place, 0 to replace, 0 to drain and remove, 0 unchanged"
     assert render.summary(plan) == f"Plan: {line}."
     assert render.counts(render.to_json(plan)["summary"]) == line
+
+
+def test_template_value_changes_come_last_in_the_words_of_a_change() -> None:
+    plan = Plan((AgentPlan("a", Action.UPDATE_IN_PLACE, (FieldChange("max_jobs", 1, 2),)),))
+    values = (FieldChange("region", "eu", "us"), FieldChange("replicas", None, 3.0))
+    assert render.to_text(plan, values=values).splitlines()[-3:] == [
+        "      max_jobs: 1 -> 2",
+        "  template value region: eu -> us",
+        "  template value replicas: (unset) -> 3",
+    ]
+
+
+@given(changes)
+def test_value_changes_survive_their_json_form(items: tuple[FieldChange, ...]) -> None:
+    document = json.loads(json.dumps([render.change_to_json(c) for c in items]))
+    assert render.changes_from_json(document) == items
+    assert render.changes_from_json(None) == ()

@@ -10,8 +10,15 @@ Exit codes (shared by every command): 0 success / valid / no changes; 1 invalid 
 
 from __future__ import annotations
 
-from lksup.cli import daemon, dev, fleet, migrate  # each registers its commands on ``main``
+from lksup.cli import (  # each registers its commands on ``main``
+    agents,
+    daemon,
+    dev,
+    fleet,
+    journal,
+    migrate,
+)
 from lksup.cli.common import main
 from lksup.cli.fleet import rendered_document
 
-__all__ = ["daemon", "dev", "fleet", "main", "migrate", "rendered_document"]
+__all__ = ["agents", "daemon", "dev", "fleet", "journal", "main", "migrate", "rendered_document"]

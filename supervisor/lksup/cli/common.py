@@ -129,7 +129,7 @@ def _socket(explicit: str | None) -> Any:
 def _control(explicit: str | None, call: Any) -> Any:
     """Run ``call(client)`` against the daemon; unreachable -> exit 4, errors -> exit 1/4."""
     from lksup.control.client import ControlClient
-    from lksup.control.errors import ControlError, DaemonUnreachable
+    from lksup.control.errors import ControlError, DaemonUnreachable, Unreachable
 
     path = _socket(explicit)
 
@@ -141,11 +141,12 @@ def _control(explicit: str | None, call: Any) -> Any:
         return anyio.run(run)
     except DaemonUnreachable as exc:
         click.echo(f"lksup: error: {exc}", err=True)
-        click.echo(
-            "hint: start one with `lksup run FLEET`, or point at another daemon's socket with "
-            "--socket PATH or LKSUP_SOCKET=PATH",
-            err=True,
-        )
+        if exc.reason is Unreachable.NOT_LISTENING:
+            click.echo(
+                "hint: start one with `lksup run FLEET`, or point at another daemon's socket "
+                "with --socket PATH or LKSUP_SOCKET=PATH",
+                err=True,
+            )
         raise SystemExit(EXIT_UNKNOWN) from None
     except ControlError as exc:
         fail(exc.message, EXIT_UNKNOWN if exc.code == "not_found" else EXIT_FAILED)

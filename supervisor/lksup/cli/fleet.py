@@ -333,14 +333,8 @@ def diff(
     if output == "json":
         document = plan_render.to_json(plan)
         if old is None and applied:
-            document["values"] = [
-                {"path": c.path, "old": c.old, "new": c.new} for c in values_changed
-            ]
+            document["values"] = [plan_render.change_to_json(c) for c in values_changed]
         _emit(document)
     else:
-        click.echo(plan_render.to_text(plan, colour=_colour()))
-        for change in values_changed:
-            old_text = plan_render.format_value(change.old)
-            new_text = plan_render.format_value(change.new)
-            click.echo(f"  template value {change.path}: {old_text} -> {new_text}")
+        click.echo(plan_render.to_text(plan, colour=_colour(), values=values_changed))
     raise SystemExit(EXIT_FAILED if plan.has_changes else EXIT_OK)

@@ -4,8 +4,9 @@
 ``lksup.control.api`` defines over httpx with a Unix-socket transport and turn the answers
 back into models and exceptions:
 
-* nothing listening, no socket file, or the daemon vanishing mid-request →
-  ``DaemonUnreachable`` (the CLI exits 4);
+* nothing listening, no socket file, no permission, no answer in time, or the daemon
+  vanishing mid-request → ``DaemonUnreachable``, whose ``reason`` says which (the CLI exits 4,
+  and suggests starting a daemon only when nothing listens);
 * a JSON error ``{code, message}`` → ``ControlError(code, message, status)``.
 
 Both clients build requests and decode answers with the same functions, so they cannot
@@ -15,6 +16,7 @@ handler is reported by the server (503 ``timeout``) rather than by the client.
 
 from __future__ import annotations
 
+import errno
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,7 @@ import anyio
 import httpx
 
 from lksup.control.api import ApplyRequest, Health, JournalQuery, SimulateRequest, StatusList
-from lksup.control.errors import ControlError, DaemonUnreachable
+from lksup.control.errors import ControlError, DaemonUnreachable, Unreachable
 
 __all__ = ["DEFAULT_TIMEOUT", "ControlClient", "SyncControlClient"]
 
@@ -87,14 +89,35 @@ def _simulate(agent: str, room: str, participant: str | None) -> _Call:
 
 def _unreachable(path: Path, exc: httpx.TransportError) -> DaemonUnreachable:
     if isinstance(exc, httpx.TimeoutException):
-        return DaemonUnreachable(f"the lksup daemon on {path} did not answer in time")
-    if isinstance(exc, httpx.ConnectError):
-        if isinstance(exc.__cause__, PermissionError) or "Permission denied" in str(exc):
-            return DaemonUnreachable(
-                f"permission denied on {path}: only the daemon's user and root may use it"
-            )
-        return DaemonUnreachable(f"no lksup daemon is listening on {path} ({exc})")
-    return DaemonUnreachable(f"lost the connection to the lksup daemon on {path} ({exc})")
+        return DaemonUnreachable(
+            f"the lksup daemon on {path} did not answer in time", Unreachable.TIMEOUT
+        )
+    if not isinstance(exc, httpx.ConnectError):
+        return DaemonUnreachable(
+            f"lost the connection to the lksup daemon on {path} ({exc})", Unreachable.DISCONNECTED
+        )
+    code = _os_errno(exc)
+    if code in (errno.EACCES, errno.EPERM):
+        return DaemonUnreachable(
+            f"permission denied on {path}: only the daemon's user and root may use it",
+            Unreachable.PERMISSION_DENIED,
+        )
+    reason = (
+        Unreachable.NOT_LISTENING
+        if code in (errno.ENOENT, errno.ECONNREFUSED)
+        else Unreachable.CONNECT_FAILED
+    )
+    return DaemonUnreachable(f"no lksup daemon is listening on {path} ({exc})", reason)
+
+
+def _os_errno(exc: BaseException) -> int | None:
+    """The errno of the OS error that caused ``exc`` (httpx wraps httpcore's, which wraps it)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno is not None:
+            return cause.errno
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _decode(response: httpx.Response) -> dict[str, Any]:

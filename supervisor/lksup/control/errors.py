@@ -7,7 +7,8 @@
     |   |                    HTTP status. Raised by ``ControlApp`` methods (the server answers
     |   |                    with it) and by ``ControlClient`` (the daemon answered with it).
     |   +-- MethodNotAllowed the path exists but not for this method (405, ``Allow`` header)
-    +-- DaemonUnreachable    nothing answers on the control socket (the CLI exits 4)
+    +-- DaemonUnreachable    nothing answers on the control socket (the CLI exits 4); its
+    |                        ``reason`` (``Unreachable``) tells a missing daemon from a slow one
     +-- SocketPathError      no socket path can be chosen (non-root without XDG_RUNTIME_DIR)
     +-- UnsafeSocketDirectory the socket's directory is not ours alone (the daemon refuses to
     |                        start rather than listen where others could replace the socket)
@@ -18,6 +19,8 @@ This module is pure: no I/O, so both the server and the client (and the CLI) sha
 
 from __future__ import annotations
 
+import enum
+
 from lksup.errors import LksupError
 
 __all__ = [
@@ -26,6 +29,7 @@ __all__ = [
     "DaemonUnreachable",
     "MethodNotAllowed",
     "SocketPathError",
+    "Unreachable",
     "UnsafeSocketDirectory",
 ]
 
@@ -65,8 +69,32 @@ class MethodNotAllowed(ControlError):
         self.allowed = allowed
 
 
+class Unreachable(enum.Enum):
+    """Why the control socket gave no answer, decided where the failure is caught."""
+
+    NOT_LISTENING = "not_listening"
+    """No socket file, or nothing accepts on it (connection refused): no daemon runs there."""
+    PERMISSION_DENIED = "permission_denied"
+    """The socket exists but this user may not connect to it."""
+    CONNECT_FAILED = "connect_failed"
+    """Connecting failed for another reason."""
+    TIMEOUT = "timeout"
+    """A daemon took the connection but did not answer in time."""
+    DISCONNECTED = "disconnected"
+    """The connection was lost in the middle of a request."""
+
+
 class DaemonUnreachable(LksupError):
-    """Nothing answers on the control socket: no daemon runs, or the socket is missing."""
+    """Nothing answers on the control socket; ``reason`` says why (``Unreachable``).
+
+    Args:
+        message: One human sentence naming the socket.
+        reason: Why: only ``NOT_LISTENING`` means that no daemon runs on the socket.
+    """
+
+    def __init__(self, message: str, reason: Unreachable) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class SocketPathError(LksupError):

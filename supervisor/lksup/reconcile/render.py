@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from lksup.fleet.schema import API_VERSION
@@ -74,8 +74,17 @@ def _change_line(change: FieldChange, *, mark_replace: bool = False) -> str:
     return line
 
 
-def to_text(plan: Plan, *, colour: bool = False, show_unchanged: bool = True) -> str:
-    """The plan as lines a person reads, one block per agent."""
+def to_text(
+    plan: Plan,
+    *,
+    colour: bool = False,
+    show_unchanged: bool = True,
+    values: Iterable[FieldChange] = (),
+) -> str:
+    """The plan as lines a person reads, one block per agent.
+
+    ``values`` are the template values that changed (``value_changes``), listed last.
+    """
     lines = [summary(plan)]
     if plan.fleet:
         lines.append("")
@@ -92,6 +101,9 @@ def to_text(plan: Plan, *, colour: bool = False, show_unchanged: bool = True) ->
         lines.append(f"  {head}")
         replace = agent.action is Action.REPLACE
         lines.extend(_change_line(c, mark_replace=replace) for c in agent.changes)
+    lines.extend(
+        f"  template value {c.path}: {format_value(c.old)} -> {format_value(c.new)}" for c in values
+    )
     return "\n".join(lines)
 
 
@@ -102,12 +114,12 @@ def to_json(plan: Plan) -> dict[str, Any]:
         "kind": "Plan",
         "changed": plan.has_changes,
         "summary": {a.value: plan.count(a) for a in Action},
-        "fleet": [_change_json(c) for c in plan.fleet],
+        "fleet": [change_to_json(c) for c in plan.fleet],
         "agents": [
             {
                 "name": a.name,
                 "action": a.action.value,
-                "changes": [_change_json(c) for c in a.changes],
+                "changes": [change_to_json(c) for c in a.changes],
             }
             for a in plan.agents
         ],
@@ -116,18 +128,20 @@ def to_json(plan: Plan) -> dict[str, Any]:
 
 def from_json(document: Mapping[str, Any]) -> Plan:
     """The plan of a ``to_json`` document (``lksup apply`` prints the daemon's plan with it)."""
-
-    def changes(items: Any) -> tuple[FieldChange, ...]:
-        return tuple(FieldChange(c["path"], c.get("old"), c.get("new")) for c in items or ())
-
     return Plan(
         agents=tuple(
-            AgentPlan(a["name"], Action(a["action"]), changes(a.get("changes")))
+            AgentPlan(a["name"], Action(a["action"]), changes_from_json(a.get("changes")))
             for a in document.get("agents") or ()
         ),
-        fleet=changes(document.get("fleet")),
+        fleet=changes_from_json(document.get("fleet")),
     )
 
 
-def _change_json(change: FieldChange) -> dict[str, Any]:
+def change_to_json(change: FieldChange) -> dict[str, Any]:
+    """One change as JSON: ``{"path", "old", "new"}`` (a plan's and a value change's form)."""
     return {"path": change.path, "old": change.old, "new": change.new}
+
+
+def changes_from_json(items: Iterable[Mapping[str, Any]] | None) -> tuple[FieldChange, ...]:
+    """The changes of a list of ``change_to_json`` documents (None: none)."""
+    return tuple(FieldChange(c["path"], c.get("old"), c.get("new")) for c in items or ())
