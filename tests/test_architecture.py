@@ -38,6 +38,7 @@ PURE = {
     "lksup.control.errors",
     "lksup.control.paths",
     "lksup.daemon.conditions",
+    "lksup.daemon.intents",
 }
 FORBIDDEN = {
     "anyio",
