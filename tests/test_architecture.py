@@ -41,6 +41,7 @@ PURE = {
     "lksup.daemon.status",
     "lksup.cli.present",
     "lksup.pool.ended",
+    "lksup.daemon.intents",
 }
 FORBIDDEN = {
     "anyio",

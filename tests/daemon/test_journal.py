@@ -49,11 +49,20 @@ async def test_a_reader_waits_for_the_next_item_and_gives_up_in_time() -> None:
             await anyio.wait_all_tasks_blocked()
             journal.append("first")  # on the loop's thread: the reader wakes at once
         assert found == [(1, "first")]
-        # appended from another thread (a logging call there): seen within RECHECK
-        thread = threading.Thread(target=journal.append, args=("second",))
-        thread.start()
-        thread.join()
-        assert await journal.after(1, 5) == [(2, "second")]
+        # appended from another thread (a logging call there) while a reader waits: the
+        # reader wakes (through the loop's thread-safe call)
+        later: list[tuple[int, str]] = []
+
+        async def read_later() -> None:
+            later.extend(await journal.after(1, 5))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read_later)
+            await anyio.wait_all_tasks_blocked()
+            thread = threading.Thread(target=journal.append, args=("second",))
+            thread.start()
+            await anyio.to_thread.run_sync(thread.join)
+        assert later == [(2, "second")]
 
 
 def snapshot(state: str = "running", **changes: object) -> Snapshot:

@@ -1,10 +1,13 @@
-"""The daemon's own duties around the supervisor: systemd readiness."""
+"""The daemon's own duties around the supervisor: systemd notifications, its exit."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -24,21 +27,31 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-async def test_ready_follows_a_restarted_agent_and_waits_for_it(tmp_path: Path) -> None:
-    """Regression: READY=1 waited on the first worker of an agent; once that worker gave up
-    and a restart registered instead, READY=1 never came (systemd killed the service)."""
+@contextlib.contextmanager
+def notified_daemon(tmp_path: Path, **settings: Any) -> Iterator[tuple[Daemon, socket.socket]]:
+    """A daemon (not started) whose systemd notifications ``receiver`` gets (non-blocking)."""
     notify = tmp_path / "notify.sock"
-    port = free_port()
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
         receiver.bind(str(notify))
         receiver.setblocking(False)
-        daemon = Daemon(
-            DaemonSettings(
-                socket=tmp_path / "ctl.sock",
-                state_dir=tmp_path / "state",
-                environ={"NOTIFY_SOCKET": str(notify)},
-            )
+        yield (
+            Daemon(
+                DaemonSettings(
+                    socket=tmp_path / "ctl.sock",
+                    state_dir=tmp_path / "state",
+                    environ={"NOTIFY_SOCKET": str(notify)},
+                    **settings,
+                )
+            ),
+            receiver,
         )
+
+
+async def test_ready_follows_a_restarted_agent_and_waits_for_it(tmp_path: Path) -> None:
+    """Regression: READY=1 waited on the first worker of an agent; once that worker gave up
+    and a restart registered instead, READY=1 never came (systemd killed the service)."""
+    port = free_port()
+    with notified_daemon(tmp_path) as (daemon, receiver):
         async with supervised(tmp_path, restart_backoff=QUICK) as (sup, _server):
             await sup.apply(
                 fleet(
@@ -47,7 +60,7 @@ async def test_ready_follows_a_restarted_agent_and_waits_for_it(tmp_path: Path) 
                 )
             )
             async with anyio.create_task_group() as tg:
-                tg.start_soon(daemon._announce_ready, sup)
+                tg.start_soon(daemon.systemd.announce_ready, sup)
                 with anyio.fail_after(10):  # its first worker gave up: not ready
                     await sup.wait_until(lambda: sup.slots["alpha"].restarts >= 1)
                 with pytest.raises(BlockingIOError):
@@ -78,3 +91,21 @@ async def test_a_failure_once_running_says_stopped_because(
         await daemon.run()
     (record,) = [r for r in caplog.records if r.getMessage().startswith("lksup stopped")]
     assert record.exc_info is not None  # the traceback is in the log
+
+
+async def test_systemd_notifications(tmp_path: Path) -> None:
+    """READY=1, then STATUS= every ``status_interval`` (a drain's notifications: the e2e test
+    ``test_dev_fleet_runs_takes_jobs_and_drains_on_sigterm``)."""
+    with notified_daemon(tmp_path, status_interval=0.05) as (daemon, receiver):
+
+        async def received() -> str:
+            await anyio.wait_readable(receiver)
+            return receiver.recv(4096).decode()
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(daemon.run)
+                assert await received() == "READY=1\nSTATUS=0 agent(s) registered"
+                for _ in range(2):
+                    assert await received() == "STATUS=0 agents (); 0 job(s)"
+                tg.cancel_scope.cancel()

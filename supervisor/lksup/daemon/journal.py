@@ -5,8 +5,9 @@
 
 * ``Journal``: a bounded buffer of items numbered from 1 (``seq``); readers ask for the items
   after the last ``seq`` they saw, and may wait a little for the next ones. Appends may come
-  from any thread (logging); only appends on the event loop's thread wake waiters at once,
-  others are seen within ``RECHECK`` seconds.
+  from any thread (logging); one off the event loop's thread wakes the waiters through the
+  loop's own thread-safe call (``call_soon_threadsafe``, trio's ``run_sync_soon``), never by
+  polling.
 * ``Event``: a Kubernetes-style event (``Normal``/``Warning``, a CamelCase reason, the agent
   and job it is about, a message), recorded by ``EventRecorder`` from the supervisor's state.
 * ``LogBuffer``: a ``logging.Handler`` keeping every record as the JSON formatter shapes it,
@@ -15,6 +16,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import logging
 import threading
@@ -26,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any, Generic, Literal, TypeVar
 
 import anyio
+import sniffio
 
 from lksup.logs import record_fields
 
@@ -33,8 +37,6 @@ __all__ = ["Event", "EventRecorder", "Journal", "LogBuffer", "Snapshot"]
 
 T = TypeVar("T")
 
-#: How often a waiting reader looks again for items appended off the event loop's thread.
-RECHECK = 0.25
 #: Events kept for the fleet.
 EVENTS_KEPT = 2000
 #: Log records kept per agent (and for the records about no agent).
@@ -56,6 +58,8 @@ class Journal(Generic[T]):
         self._lock = threading.Lock()
         self._loop_thread = threading.get_ident()
         self._appended = anyio.Event()
+        self._call_soon: Callable[[Callable[[], None]], object] | None = None
+        """Runs a function on the event loop from another thread (set by the first reader)."""
         self.last = 0
         """The ``seq`` of the latest item (0: none yet)."""
 
@@ -70,9 +74,16 @@ class Journal(Generic[T]):
             buffer.append((seq, item))
             self.last = seq
         if threading.get_ident() == self._loop_thread:
-            appended, self._appended = self._appended, anyio.Event()
-            appended.set()
+            self._wake()
+        elif self._call_soon is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                self._call_soon(self._wake)
         return seq
+
+    def _wake(self) -> None:
+        """Wake the readers waiting for an item (on the event loop's thread)."""
+        appended, self._appended = self._appended, anyio.Event()
+        appended.set()
 
     def since(
         self,
@@ -102,12 +113,26 @@ class Journal(Generic[T]):
         **where: Any,
     ) -> list[tuple[int, T]]:
         """``since``, waiting up to ``wait`` seconds for the first such item."""
+        self._loop_thread = threading.get_ident()
+        if self._call_soon is None:
+            self._call_soon = _thread_safe_caller()
         with anyio.move_on_after(wait):
-            while not (found := self.since(seq, keep, **where)):
-                with anyio.move_on_after(RECHECK):
-                    await self._appended.wait()
-            return found
+            while True:
+                appended = self._appended  # before looking: no append slips in between
+                found = self.since(seq, keep, **where)
+                if found:
+                    return found
+                await appended.wait()
         return []
+
+
+def _thread_safe_caller() -> Callable[[Callable[[], None]], object]:
+    """The running event loop's way to run a function soon, callable from any thread."""
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        return trio.lowlevel.current_trio_token().run_sync_soon
+    return asyncio.get_running_loop().call_soon_threadsafe
 
 
 @dataclass(frozen=True)
