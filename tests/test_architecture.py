@@ -57,7 +57,7 @@ FORBIDDEN = {
 }
 #: Layers from the bottom up; a module may import its own layer and the ones below.
 LAYERS = [
-    {"lksup.errors", "lksup.logs"},
+    {"lksup.errors", "lksup.logs", "lksup.httpd"},
     {"lksup.fleet", "lksup.protocol", "lksup.jobs", "lksup._pb"},
     {"lksup.reconcile"},
     {"lksup.control", "lksup.transport", "lksup.pool", "lksup.monitors", "lksup.devserver"},
