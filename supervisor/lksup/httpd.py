@@ -61,11 +61,13 @@ __all__ = [
     "MAX_HEAD",
     "Answer",
     "Connection",
+    "ErrorReply",
     "HttpConnection",
     "HttpServer",
     "Limits",
     "Reply",
     "Request",
+    "Takeover",
     "json_error",
     "json_reply",
     "listening_sockets",
@@ -87,7 +89,16 @@ _SHED_LOG_INTERVAL: Final = 60.0
 
 @dataclass(frozen=True)
 class Limits:
-    """What one server allows a client (see the module docstring)."""
+    """What one server allows a client (see the module docstring).
+
+    Attributes:
+        max_body: Largest request body, in bytes (413 above).
+        request_timeout: Seconds to receive one request, and again to answer it; None: no
+            bound (nor is an idle connection closed).
+        max_connections: Connections served at once; None: no cap (and no shedding).
+        idle_grace: Seconds a new connection has to send its first byte while every slot is
+            taken.
+    """
 
     max_body: int
     request_timeout: float | None = None
