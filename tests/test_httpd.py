@@ -83,12 +83,13 @@ async def _closed_by_server(stream: anyio.abc.SocketStream) -> bytes:
 
 
 async def test_an_idle_connection_is_shed_once_every_slot_is_taken() -> None:
-    limits = httpd.Limits(1024, request_timeout=60, max_connections=2, idle_grace=0.5)
-    async with serving(limits) as port, await _connect(port) as idle, await _connect(port) as s:
+    limits = httpd.Limits(1024, request_timeout=60, max_connections=2, idle_grace=0.1)
+    async with serving(limits) as port, await _connect(port) as s:
         busy = Client(s)
-        assert await busy.get("/first") == (200, b"/first")  # both slots are taken now
-        # closed at the grace, not at the 60 s request timeout, without an answer
-        assert await _closed_by_server(idle) == b""
+        assert await busy.get("/first") == (200, b"/first")
+        async with await _connect(port) as idle:  # both slots are taken now
+            # closed at the grace, not at the 60 s request timeout, without an answer
+            assert await _closed_by_server(idle) == b""
         assert await busy.get("/again") == (200, b"/again")  # a client with a request stays
 
 
@@ -116,12 +117,13 @@ async def test_without_pressure_an_idle_connection_has_the_whole_request_timeout
 
 async def test_a_request_begun_under_pressure_is_not_shed() -> None:
     limits = httpd.Limits(1024, request_timeout=1.0, max_connections=2, idle_grace=0.3)
-    async with serving(limits) as port, await _connect(port) as partial:
-        started = anyio.current_time()
-        await partial.send(b"GET / HTTP/1.1\r\n")  # a head that never ends
-        async with await _connect(port) as s:
-            assert await Client(s).get("/") == (200, b"/")  # both slots taken
-            answer = await _closed_by_server(partial)
+    async with serving(limits) as port:
+        started = anyio.current_time()  # before the server can start its timeout
+        async with await _connect(port) as partial:
+            await partial.send(b"GET / HTTP/1.1\r\n")  # a head that never ends
+            async with await _connect(port) as s:
+                assert await Client(s).get("/") == (200, b"/")  # both slots taken
+                answer = await _closed_by_server(partial)
         assert answer.startswith(b"HTTP/1.1 408 ")  # at the request timeout, not the grace
         assert anyio.current_time() - started >= 1.0
 
