@@ -1,6 +1,6 @@
 """The optional read-only TCP listener: liveness, readiness, status and Prometheus metrics.
 
-``supervisor.http`` (or ``lksup run --http HOST:PORT``) serves, with h11 on anyio:
+``supervisor.http`` (or ``lksup run --http HOST:PORT``) serves, through ``lksup.httpd``:
 
 - ``GET /livez``: 200 while the event loop answers (this handler runs on it);
 - ``GET /readyz``: 200 when every agent is ready (registered and not draining), else 503
@@ -12,12 +12,15 @@
   process memory, restarts, reconnects, drain state; ``lksup_build_info``; and the
   supervisor process's own CPU, memory and descriptors (``process_*``).
 
-Nothing here can change the fleet. Secrets never appear (status carries none).
+Nothing here can change the fleet. Secrets never appear (status carries none). The HTTP
+layer's limits apply (``lksup.httpd``): malformed requests are answered 400 and closed, a
+request has 10 s to arrive and 10 s to be answered (503), and at most 64 clients are served
+at once, the rest waiting in the kernel's backlog; while all 64 slots are taken, a connection
+that sends nothing is closed after a second.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 from collections.abc import Iterable
@@ -25,11 +28,11 @@ from typing import Any, get_args
 
 import anyio
 import anyio.abc
-import h11
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from lksup import httpd
 from lksup.control.api import AgentState
 from lksup.control.server import runtime_versions
 from lksup.daemon.app import DaemonApp
@@ -38,9 +41,11 @@ from lksup.protocol.events import DeclineCause
 
 log = logging.getLogger("lksup.health")
 
-MAX_REQUEST = 16 * 1024
+MAX_REQUEST = 16 * 1024  # largest request body (requests here have none)
+REQUEST_TIMEOUT = 10.0  # to receive one request, and to answer it
 MAX_CONNECTIONS = 64  # clients served at once (scrapers and probes need a handful)
-ACCEPT_RETRY = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_JSON = "application/json"
+_NOT_FOUND = httpd.Reply(404, b'{"code": "not_found"}', _JSON)
 
 
 class FleetCollector(Collector):
@@ -147,7 +152,8 @@ class HealthServer:
 
     def __init__(self, host: str, port: int, app: DaemonApp) -> None:
         self.host, self.port, self.app = host, port, app
-        self._slots = anyio.Semaphore(MAX_CONNECTIONS)
+        limits = httpd.Limits(MAX_REQUEST, REQUEST_TIMEOUT, MAX_CONNECTIONS)
+        self._http = httpd.HttpServer("Health listener", self._answer, limits)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(FleetCollector(app))
         ProcessCollector(registry=self.registry)  # the supervisor's own CPU, memory, fds
@@ -166,95 +172,30 @@ class HealthServer:
         task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve on a bound listener until cancelled (it is closed then)."""
-        # accept loops of our own (not Listener.serve, whose accept error would end it)
-        sockets: list[anyio.abc.SocketListener] = list(
-            getattr(listener, "listeners", None) or [listener]
-        )
-        async with listener, anyio.create_task_group() as tg:
+        async with listener:
             port = listener.extra(anyio.abc.SocketAttribute.local_port)
             log.info("Health and metrics on http://%s:%d", self.host, port)
             task_status.started(port)
-            for sock in sockets:
-                tg.start_soon(self._accept_loop, sock, tg)
+            await self._http.serve(httpd.listening_sockets(listener))
 
-    async def _accept_loop(
-        self, listener: anyio.abc.SocketListener, tg: anyio.abc.TaskGroup
-    ) -> None:
-        while True:
-            # a bounded number of clients at once: a flood of idle connections waits in the
-            # kernel's backlog instead of taking the daemon's file descriptors
-            await self._slots.acquire()
-            try:
-                stream = await listener.accept()
-            except OSError as exc:  # out of descriptors or buffers: wait, never die
-                self._slots.release()
-                if exc.errno not in ACCEPT_RETRY:
-                    raise
-                log.warning("Health listener accept failed: %s; retrying.", exc)
-                await anyio.sleep(0.1)
-                continue
-            tg.start_soon(self._connection, stream)
-
-    async def _connection(self, stream: anyio.abc.SocketStream) -> None:
-        """One client connection; nothing a client sends can harm the daemon."""
-        try:
-            async with stream:
-                with anyio.move_on_after(10):
-                    await self._serve(stream)
-        except (h11.ProtocolError, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            return  # a broken or hostile client: drop it
-        except Exception:  # whatever else: this connection only
-            log.exception("Health listener: a request failed")
-        finally:
-            self._slots.release()
-
-    async def _serve(self, stream: anyio.abc.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST)
-        request: h11.Request | None = None
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                try:
-                    data = await stream.receive(4096)
-                except anyio.EndOfStream:
-                    data = b""
-                conn.receive_data(data)
-            elif isinstance(event, h11.Request):
-                request = event
-            elif isinstance(event, h11.EndOfMessage) and request is not None:
-                status, ctype, body = await self._answer(request)
-                headers = [("content-type", ctype), ("content-length", str(len(body)))]
-                for part in (
-                    h11.Response(status_code=status, headers=headers),
-                    h11.Data(data=body),
-                    h11.EndOfMessage(),
-                ):
-                    await stream.send(conn.send(part) or b"")
-                if conn.our_state is h11.MUST_CLOSE:
-                    return
-                conn.start_next_cycle()
-                request = None
-            elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
-                return
-
-    async def _answer(self, request: h11.Request) -> tuple[int, str, bytes]:
-        target = request.target.decode("latin-1").split("?", 1)[0]
-        if request.method != b"GET":
-            return 405, "application/json", b'{"code": "method_not_allowed"}'
+    async def _answer(self, request: httpd.Request, _: httpd.Connection) -> httpd.Reply:
+        target = request.target.split("?", 1)[0]
+        if request.method != "GET":
+            return httpd.Reply(405, b'{"code": "method_not_allowed"}', _JSON)
         if target == "/livez":
-            return 200, "text/plain", b"ok\n"
+            return httpd.Reply(200, b"ok\n", "text/plain")
         if target == "/metrics":
-            return 200, "text/plain; version=0.0.4", generate_latest(self.registry)
+            return httpd.Reply(200, generate_latest(self.registry), "text/plain; version=0.0.4")
         if target == "/status":
             status = await self.app.status(None)
-            return 200, "application/json", status.model_dump_json(by_alias=True).encode()
+            return httpd.Reply(200, status.model_dump_json(by_alias=True).encode(), _JSON)
         if target == "/readyz" or target.startswith("/readyz/"):
             name = target.removeprefix("/readyz").strip("/") or None
             slots = self.app.supervisor.slots
             if name is not None and name not in slots:
-                return 404, "application/json", b'{"code": "not_found"}'
+                return _NOT_FOUND
             names = [name] if name else sorted(slots)
             not_ready = [n for n in names if not self.app.agent_status(slots[n]).ready]
             body = json.dumps({"ready": not not_ready, "not_ready": not_ready}).encode()
-            return (503 if not_ready else 200), "application/json", body
-        return 404, "application/json", b'{"code": "not_found"}'
+            return httpd.Reply(503 if not_ready else 200, body, _JSON)
+        return _NOT_FOUND

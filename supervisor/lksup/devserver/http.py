@@ -1,10 +1,12 @@
-"""HTTP/1.1 (h11) and WebSocket (websockets' sans-I/O ``ServerProtocol``) over one anyio stream.
+"""HTTP/1.1 (``lksup.httpd``) and WebSocket (websockets' sans-I/O ``ServerProtocol``) on one port.
 
-A thin shell: no routing and no protocol decisions live here. ``serve_connection`` reads each
-request with h11 and asks the ``Application`` for a ``Response`` or an ``Upgrade``. For an
-upgrade, the very bytes of that request are fed to a ``ServerProtocol``, which checks the
-handshake and writes the ``101`` (or its own rejection); the WebSocket then runs on the same
-stream through ``WebSocketChannel``.
+A thin shell: no routing and no protocol decisions live here. ``serve`` reads each request
+through lksup's HTTP layer and asks the ``Application`` for a ``Response`` or an ``Upgrade``.
+For an upgrade, the very bytes of that request are fed to a ``ServerProtocol``, which checks
+the handshake and writes the ``101`` (or its own rejection); the WebSocket then runs on the
+same connection through ``WebSocketChannel``. The HTTP layer's body limit applies (413 above
+``MAX_BODY``); there is no request timeout and no connection cap, as in a livekit-server
+without them: every worker holds a connection for as long as it runs.
 
 Invariants:
 
@@ -14,8 +16,8 @@ Invariants:
 * No WebSocket extension is negotiated (no compression), like gorilla's zero ``Upgrader``.
 * Writes go through one lock per connection, in the order ``ServerProtocol`` produced them;
   pings are answered and close frames echoed by the protocol, flushed after every read.
-* Dropping a WebSocket means closing the TCP stream with no close frame; that is what the
-  caller does when the handler returns (clients see 1006).
+* Dropping a WebSocket means closing the TCP connection with no close frame; that is what
+  the HTTP layer does when the handler returns (clients see 1006).
 * Keep-alive requests are served one after the other; an error response to a refused upgrade
   closes the connection.
 """
@@ -25,21 +27,20 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from http import HTTPStatus
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Protocol
 from urllib.parse import unquote
 
 import anyio
 import anyio.abc
-import h11
 from websockets.exceptions import InvalidState
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request as WsRequest
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-_log = logging.getLogger(__name__)
+from lksup import httpd
 
 
 class _NoDebug(logging.LoggerAdapter[logging.Logger]):
@@ -54,43 +55,26 @@ _ws_log = _NoDebug(logging.getLogger(__name__ + ".websocket"))
 
 #: Largest request body read (Twirp requests are far smaller).
 MAX_BODY = 4 * 1024 * 1024
-_BROKEN = (anyio.BrokenResourceError, anyio.ClosedResourceError)
+#: A complete HTTP response.
+Response = httpd.Reply
 
 
 class ChannelClosed(Exception):
     """The WebSocket (or its TCP connection) has ended."""
 
 
-@dataclass(frozen=True)
-class Request:
-    """One HTTP request; header names are lower case."""
+class Request(httpd.Request):
+    """One HTTP request, with the path as the real server routes it (``split_target``)."""
 
-    method: str
-    path: str
-    query: str
-    headers: tuple[tuple[str, str], ...]
-    body: bytes = b""
+    @property
+    def path(self) -> str:
+        """The percent-decoded path, without one leading ``/`` of a ``//`` prefix."""
+        return split_target(self.target)[0]
 
-    def header(self, name: str) -> str | None:
-        """The first value of header ``name``, or None."""
-        name = name.lower()
-        return next((value for key, value in self.headers if key == name), None)
-
-    def header_tokens(self, name: str) -> list[str]:
-        """The comma-separated tokens of every ``name`` header, lower-cased."""
-        name = name.lower()
-        values = (value for key, value in self.headers if key == name)
-        return [t.strip().lower() for value in values for t in value.split(",") if t.strip()]
-
-
-@dataclass(frozen=True)
-class Response:
-    """A complete HTTP response."""
-
-    status: int
-    body: bytes = b""
-    content_type: str = "text/plain; charset=utf-8"
-    close: bool = False
+    @property
+    def query(self) -> str:
+        """The raw query string (without the ``?``)."""
+        return split_target(self.target)[1]
 
 
 @dataclass(frozen=True)
@@ -126,132 +110,53 @@ def split_target(target: str) -> tuple[str, str]:
     return path, query
 
 
-async def serve_connection(
-    stream: anyio.abc.ByteStream, app: Application, *, max_body: int = MAX_BODY
-) -> None:
-    """Serve HTTP requests on ``stream`` until the client leaves or a WebSocket ends."""
-    conn = _Connection(stream)
-    async with stream:
-        while True:
-            try:
-                read = await conn.read_request(max_body)
-            except _TooLarge:
-                await conn.respond(Response(413, b"request body too large\n", close=True))
-                return
-            except h11.RemoteProtocolError as exc:
-                await conn.respond_error(exc.error_status_hint)
-                return
-            if read is None:
-                return
-            request, body = read
-            path, query = split_target(request.target.decode("latin-1"))
-            headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers)
-            method = request.method.decode("latin-1")
-            result = await app.handle(Request(method, path, query, headers, body))
-            if isinstance(result, Upgrade):
-                await conn.upgrade(result)
-                return
-            if any(name == b"upgrade" for name, _ in request.headers):
-                # A refused upgrade: answer and close, as after any failed handshake.
-                result = Response(result.status, result.body, result.content_type, close=True)
-            if not await conn.respond(result):
-                return
+async def serve(listener: anyio.abc.Listener[anyio.abc.SocketStream], app: Application) -> None:
+    """Serve ``app`` on the sockets of ``listener`` until cancelled."""
+    answer = partial(_answer, app)
+    server = httpd.HttpServer("Dev server", answer, httpd.Limits(MAX_BODY), error=_error)
+    await server.serve(httpd.listening_sockets(listener))
 
 
-class _TooLarge(Exception):
-    pass
+def _error(status: int, code: str, message: str) -> Response:
+    return Response(status, b"request body too large\n" if status == 413 else b"bad request\n")
 
 
-class _Connection:
-    def __init__(self, stream: anyio.abc.ByteStream) -> None:
-        self.stream = stream
-        self.h11 = h11.Connection(h11.SERVER)
-        self.raw = bytearray()  # the bytes of the current request (and what followed)
+async def _answer(
+    app: Application, request: httpd.Request, _: httpd.Connection
+) -> Response | httpd.Takeover:
+    result = await app.handle(
+        Request(request.method, request.target, request.headers, request.body)
+    )
+    if isinstance(result, Upgrade):
+        return partial(_upgrade, result)
+    if request.header("upgrade") is not None:
+        # A refused upgrade: answer and close, as after any failed handshake.
+        return replace(result, close=True)
+    return result
 
-    async def _event(self) -> h11.Event | type[h11.PAUSED] | type[h11.NEED_DATA]:
-        while True:
-            event = self.h11.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            try:
-                data = await self.stream.receive()
-            except anyio.EndOfStream:
-                data = b""
-            self.raw += data
-            self.h11.receive_data(data)
 
-    async def read_request(self, max_body: int) -> tuple[h11.Request, bytes] | None:
-        self.raw = bytearray(self.h11.trailing_data[0])
-        event = await self._event()
-        if not isinstance(event, h11.Request):
-            return None  # ConnectionClosed
-        body = bytearray()
-        while True:
-            part = await self._event()
-            if isinstance(part, h11.Data):
-                body += part.data
-                if len(body) > max_body:
-                    raise _TooLarge
-            elif isinstance(part, h11.EndOfMessage):
-                return event, bytes(body)
-            else:
-                return None
-
-    async def respond(self, response: Response) -> bool:
-        """Send ``response``; True when the connection can serve another request."""
-        headers = [
-            ("content-type", response.content_type),
-            ("content-length", str(len(response.body))),
-        ]
-        if response.close:
-            headers.append(("connection", "close"))
-        phrase = HTTPStatus(response.status).phrase.encode()
-        head = h11.Response(status_code=response.status, headers=headers, reason=phrase)
-        out = self.h11.send(head)
-        if response.body:
-            out = (out or b"") + (self.h11.send(h11.Data(data=response.body)) or b"")
-        out = (out or b"") + (self.h11.send(h11.EndOfMessage()) or b"")
-        try:
-            await self.stream.send(out)
-        except _BROKEN:
-            return False
-        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
-            self.h11.start_next_cycle()
-            return True
-        return False
-
-    async def respond_error(self, status: int) -> None:
-        if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-            return
-        try:
-            await self.respond(Response(status, b"bad request\n", close=True))
-        except h11.LocalProtocolError:
-            _log.debug("Could not answer a malformed request.")
-
-    async def upgrade(self, upgrade: Upgrade) -> None:
-        trailing = self.h11.trailing_data[0]
-        raw = bytes(self.raw[: len(self.raw) - len(trailing)])
-        protocol = ServerProtocol(max_size=upgrade.max_message_size, logger=_ws_log)
-        protocol.receive_data(raw)
-        channel = WebSocketChannel(self.stream, protocol)
-        events = protocol.events_received()
-        if events and isinstance(events[0], WsRequest):
-            response = protocol.accept(events[0])
-            protocol.send_response(response)
-            accepted = response.status_code == 101
-        else:
-            accepted = False
-        try:
-            await channel.flush()
-        except ChannelClosed:
-            return
-        if not accepted:
-            return
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_keepalive, channel, upgrade.ping_interval)
-            channel.feed(trailing)
-            await upgrade.handler(channel)
-            tg.cancel_scope.cancel()
+async def _upgrade(upgrade: Upgrade, http: httpd.HttpConnection) -> None:
+    protocol = ServerProtocol(max_size=upgrade.max_message_size, logger=_ws_log)
+    protocol.receive_data(http.request_bytes)
+    channel = WebSocketChannel(http.connection, protocol)
+    events = protocol.events_received()
+    if events and isinstance(events[0], WsRequest):
+        response = protocol.accept(events[0])
+        protocol.send_response(response)
+        accepted = response.status_code == 101
+    else:
+        accepted = False
+    try:
+        await channel.flush()
+    except ChannelClosed:
+        return
+    if not accepted:
+        return
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_keepalive, channel, upgrade.ping_interval)
+        channel.feed(http.trailing_data)
+        await upgrade.handler(channel)
+        tg.cancel_scope.cancel()
 
 
 async def _keepalive(channel: WebSocketChannel, interval: float) -> None:
@@ -266,9 +171,9 @@ async def _keepalive(channel: WebSocketChannel, interval: float) -> None:
 
 
 class WebSocketChannel:
-    """Whole WebSocket messages in and out of a ``ServerProtocol`` over an anyio stream."""
+    """Whole WebSocket messages in and out of a ``ServerProtocol`` over one connection."""
 
-    def __init__(self, stream: anyio.abc.ByteStream, protocol: ServerProtocol) -> None:
+    def __init__(self, stream: httpd.Connection, protocol: ServerProtocol) -> None:
         self._stream = stream
         self._protocol = protocol
         self._send_lock = anyio.Lock()
@@ -290,13 +195,13 @@ class WebSocketChannel:
                 raise ChannelClosed
             try:
                 data = await self._stream.receive()
-            except anyio.EndOfStream:
-                self._protocol.receive_eof()
-            except _BROKEN:
+            except OSError:
                 self._closed = True
                 raise ChannelClosed from None
-            else:
+            if data:
                 self._protocol.receive_data(data)
+            else:
+                self._protocol.receive_eof()
             self._collect()
             await self.flush()
         return self._inbox.popleft()
@@ -330,8 +235,8 @@ class WebSocketChannel:
                         await self._stream.send(chunk)
                     else:
                         self._closed = True
-                        await self._stream.send_eof()
-                except _BROKEN:
+                        self._stream.send_eof()
+                except OSError:
                     self._closed = True
                     raise ChannelClosed from None
 

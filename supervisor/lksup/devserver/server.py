@@ -124,7 +124,7 @@ class DevServer:
             _log.info("Dev server listening on %s.", self.url)
             task_status.started(self._address)
             try:
-                await listener.serve(self._connection, task_group=tg)
+                await http.serve(listener, self)
             finally:
                 self._tg = None
 
@@ -135,15 +135,6 @@ class DevServer:
             raise RuntimeError("the dev server is not listening yet")
         host, port = self._address
         return f"ws://[{host}]:{port}" if ":" in host else f"ws://{host}:{port}"
-
-    async def _connection(self, stream: anyio.abc.SocketStream) -> None:
-        try:
-            await http.serve_connection(stream, self)
-        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-            _log.debug("Connection ended: %s.", exc)
-        except Exception:
-            # One connection's failure must never stop the server.
-            _log.exception("Connection handler failed.")
 
     # --- HTTP ----------------------------------------------------------------------------
 
