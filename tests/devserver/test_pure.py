@@ -43,26 +43,26 @@ def test_valid_deployment_matches_go_table(deployment: str, valid: bool) -> None
     assert model.valid_deployment(deployment) is valid
 
 
-def _job(status: int = model.JobStatus.PENDING) -> model.Job:
+def _job(status: int = model.StatusCode.PENDING) -> model.Job:
     return model.Job(id="AJ_1", type=0, room=None, state=model.JobState(status=status))
 
 
 def test_offered_job_is_already_running_on_the_worker() -> None:
     job = model.offered(_job(), worker_id="AW_1", now_ns=5)
     assert job.state == model.JobState(
-        status=model.JobStatus.RUNNING, worker_id="AW_1", started_at=5, updated_at=5
+        status=model.StatusCode.RUNNING, worker_id="AW_1", started_at=5, updated_at=5
     )
 
 
 @pytest.mark.parametrize(
     ("before", "after", "started", "ended"),
     [
-        (model.JobStatus.PENDING, model.JobStatus.RUNNING, 9, 0),
-        (model.JobStatus.RUNNING, model.JobStatus.RUNNING, 1, 0),
-        (model.JobStatus.RUNNING, model.JobStatus.SUCCESS, 1, 9),
-        (model.JobStatus.RUNNING, model.JobStatus.FAILED, 1, 9),
-        (model.JobStatus.RUNNING, 4, 1, 0),  # JS_CANCELLED (wheel only) does not end a job
-        (model.JobStatus.PENDING, model.JobStatus.PENDING, 1, 0),
+        (model.StatusCode.PENDING, model.StatusCode.RUNNING, 9, 0),
+        (model.StatusCode.RUNNING, model.StatusCode.RUNNING, 1, 0),
+        (model.StatusCode.RUNNING, model.StatusCode.SUCCESS, 1, 9),
+        (model.StatusCode.RUNNING, model.StatusCode.FAILED, 1, 9),
+        (model.StatusCode.RUNNING, 4, 1, 0),  # JS_CANCELLED (wheel only) does not end a job
+        (model.StatusCode.PENDING, model.StatusCode.PENDING, 1, 0),
     ],
 )
 def test_status_update_follows_update_job_status(

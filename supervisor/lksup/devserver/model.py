@@ -7,7 +7,7 @@ tested table by table.
 
 Invariants:
 
-* A job's ``state.status`` is an ``int``, not a ``JobStatus``: the real server stores whatever
+* A job's ``state.status`` is an ``int``, not a ``StatusCode``: the real server stores whatever
   enum value a worker reports (proto3 enums are open), and only ``JS_SUCCESS``/``JS_FAILED`` end
   a job.
 * Timestamps in ``JobState`` are Unix nanoseconds, ``RoomInfo.creation_time`` is seconds and
@@ -39,8 +39,12 @@ class JobType(enum.IntEnum):
     PARTICIPANT = 2
 
 
-class JobStatus(enum.IntEnum):
-    """``livekit.JobStatus`` as the OSS server knows it (the wheel's ``JS_CANCELLED`` is not)."""
+class StatusCode(enum.IntEnum):
+    """The codes of ``livekit.JobStatus`` the OSS server knows (not the wheel's ``JS_CANCELLED``).
+
+    Named apart from ``protocol.events.JobStatus`` (a worker's side of the same enum): the dev
+    server stands apart from the worker code, and stores codes, not enum members.
+    """
 
     PENDING = 0
     RUNNING = 1
@@ -55,7 +59,7 @@ class WorkerStatus(enum.IntEnum):
     FULL = 1
 
 
-ENDED = frozenset({int(JobStatus.SUCCESS), int(JobStatus.FAILED)})
+ENDED = frozenset({int(StatusCode.SUCCESS), int(StatusCode.FAILED)})
 JOB_TYPES = frozenset(int(t) for t in JobType)
 
 
@@ -129,7 +133,7 @@ class RoomInfo:
 class JobState:
     """``livekit.JobState``; times are Unix nanoseconds."""
 
-    status: int = JobStatus.PENDING
+    status: int = StatusCode.PENDING
     error: str = ""
     started_at: int = 0
     ended_at: int = 0
@@ -199,7 +203,7 @@ def validate_dispatch(spec: DispatchSpec) -> None:
 def offered(job: Job, *, worker_id: str, now_ns: int) -> Job:
     """The job as sent in an AvailabilityRequest: already RUNNING on ``worker_id`` (§2.4)."""
     state = JobState(
-        status=JobStatus.RUNNING, worker_id=worker_id, started_at=now_ns, updated_at=now_ns
+        status=StatusCode.RUNNING, worker_id=worker_id, started_at=now_ns, updated_at=now_ns
     )
     return replace(job, state=state)
 
@@ -219,7 +223,7 @@ def status_updated(job: Job, *, status: int, error: str, now_ns: int) -> Job:
     """``Worker.UpdateJobStatus`` (§2.6): any status is stored; ended ones set ``ended_at``."""
     state = job.state
     started_at = state.started_at
-    if state.status == JobStatus.PENDING and status != JobStatus.PENDING:
+    if state.status == StatusCode.PENDING and status != StatusCode.PENDING:
         started_at = now_ns
     ended_at = now_ns if status in ENDED else state.ended_at
     new = replace(

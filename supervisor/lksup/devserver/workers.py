@@ -343,7 +343,7 @@ class WorkerSession:
             return AssignResult(Outcome.TIMEOUT)
         match verdict(available=answer.available, terminate=answer.terminate):
             case Verdict.TERMINATED:
-                done = model.ended(job, status=model.JobStatus.SUCCESS, now_ns=self._now_ns())
+                done = model.ended(job, status=model.StatusCode.SUCCESS, now_ns=self._now_ns())
                 return AssignResult(Outcome.TERMINATED, done)
             case Verdict.RETRY:
                 return AssignResult(Outcome.NOT_AVAILABLE)
@@ -383,7 +383,7 @@ class WorkerSession:
         except _Drop:
             _log.debug("Worker %s: termination of %s not sent.", self.id, job_id)
         job = model.status_updated(
-            job, status=model.JobStatus.SUCCESS, error="", now_ns=self._now_ns()
+            job, status=model.StatusCode.SUCCESS, error="", now_ns=self._now_ns()
         )
         self.running_jobs.pop(job_id, None)
         self._hub.worker_changed(self)
