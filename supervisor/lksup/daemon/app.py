@@ -13,9 +13,8 @@ import dataclasses
 import difflib
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, TypeAlias
+from typing import Any, TypeAlias
 
 import anyio
 import pydantic
@@ -23,42 +22,27 @@ import pydantic
 from lksup.control.api import (
     AgentStatus,
     ApplyRequest,
-    Condition,
     FleetStatus,
-    InferenceStatus,
-    JobRow,
     JournalQuery,
     SimulateRequest,
     StatusList,
-    TemplateStatus,
 )
 from lksup.control.errors import ControlError
-from lksup.daemon import state
+from lksup.daemon import report, state
 from lksup.daemon.journal import (
     EVENTS_KEPT,
     Event,
     EventRecorder,
     Journal,
     LogBuffer,
-    Snapshot,
 )
-from lksup.daemon.status import AgentSnapshot, Derived, RuntimeSnapshot, derive
+from lksup.daemon.status import derive
 from lksup.daemon.supervisor import AgentSlot, Supervisor
 from lksup.fleet.loading import fleet_path
 from lksup.fleet.normalize import normalize
 from lksup.fleet.schema import Fleet
-from lksup.pool.ended import ENDED_FOR, EndedJob
-from lksup.pool.pool import recent
 from lksup.reconcile import render as plan_render
 from lksup.reconcile.diff import Action, diff, value_changes
-
-
-def _wall(monotonic_at: float | None) -> str | None:
-    """An RFC 3339 wall-clock time for a monotonic one (display only)."""
-    if monotonic_at is None:
-        return None
-    wall = time.time() - (anyio.current_time() - monotonic_at)
-    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="seconds")
 
 
 def dev_defaults(fleet: Fleet) -> Fleet:
@@ -71,31 +55,6 @@ def dev_defaults(fleet: Fleet) -> Fleet:
     update = {"load_threshold": 1.0, "num_idle_processes": 0, "process_start": "spawn"}
     agents = {name: agent.model_copy(update=update) for name, agent in fleet.agents.items()}
     return fleet.model_copy(update={"agents": agents})
-
-
-def _ended_status(ended: EndedJob) -> JobRow:
-    """A job that ended, as a ``status --jobs`` row."""
-    return JobRow(
-        job_id=ended.job_id,
-        room=ended.room,
-        pid=ended.pid,
-        state="succeeded" if ended.error is None else "failed",
-        started_at=_wall(ended.started_at),
-        ended_at=_wall(ended.ended_at),
-        reason=ended.error or ended.reason,
-    )
-
-
-def _ended_fields(job: EndedJob) -> tuple[str, str | None, str, str | None]:
-    return job.room, job.error, job.reason, job.kind
-
-
-def _later_failure(latest: EndedJob | None, ended: list[EndedJob]) -> EndedJob | None:
-    """The later of ``latest`` and the last failed job of ``ended``."""
-    failed = [job for job in ended if job.error is not None]
-    if failed and (latest is None or failed[-1].ended_at > latest.ended_at):
-        return failed[-1]
-    return latest
 
 
 #: ``(source, values) -> problems or None``: apply's checks, run where the agents run.
@@ -144,97 +103,9 @@ class DaemonApp:
 
     # --- status --------------------------------------------------------------------------
 
-    def _live(self, slot: AgentSlot, view: AgentSnapshot) -> list[RuntimeSnapshot]:
-        """Every runtime of the agent still running, the current one first.
-
-        Jobs and memory count every runtime the agent has: old ones finishing their jobs
-        during a replace or a removal are still the agent's.
-        """
-        found = [view.runtime] if view.runtime is not None and not view.runtime.done else []
-        others = [r for r in slot.runtimes() if r is not slot.runtime and not r.done]
-        return found + [runtime.snapshot() for runtime in others]
-
     def agent_status(self, slot: AgentSlot) -> AgentStatus:
         """One agent's row."""
-        monitor = self.supervisor.monitor
-        view = self.supervisor.snapshot(slot)
-        derived = derive(view)
-        jobs: list[JobRow] = []
-        memory = 0.0
-        fields: dict[str, Any] = {}
-        latest: EndedJob | None = None  # the agent's latest failed job, over all its runtimes
-        for live in self._live(slot, view):
-            for pid in live.pids:
-                sample = monitor.sample(pid)
-                if sample is not None:
-                    memory += sample.mb
-            for job in live.running:
-                sample = monitor.sample(job.pid) if job.pid is not None else None
-                jobs.append(
-                    JobRow(
-                        job_id=job.job_id,
-                        room=job.room,
-                        pid=job.pid,
-                        state=job.process_state,
-                        started_at=_wall(job.started_at),
-                        memory_mb=round(sample.mb, 1) if sample else 0.0,
-                    )
-                )
-            ended_jobs = recent(live.ended)
-            jobs.extend(_ended_status(ended) for ended in ended_jobs)
-            latest = _later_failure(latest, ended_jobs)
-        retired = recent(slot.retired_ended)  # jobs of runtimes that ended (a restart)
-        jobs.extend(_ended_status(ended) for ended in retired)
-        latest = _later_failure(latest, retired)
-        failure: tuple[str, float] | None = None
-        if latest is not None:
-            failure = (latest.error or "", latest.ended_at)
-        runtime = view.runtime
-        inits = [slot.retired_init_failure, runtime.last_init_failure if runtime else None]
-        for init in inits:
-            if init is None or anyio.current_time() - init[1] > ENDED_FOR:
-                continue
-            if failure is None or init[1] > failure[1]:
-                failure = (f"a job process did not start: {init[0]}", init[1])
-        if failure is not None:
-            fields["last_failure"], fields["last_failure_at"] = failure[0], _wall(failure[1])
-        fields["jobs"] = slot.running_jobs()
-        if runtime is not None:
-            fields |= {
-                "sdk_version": ", ".join(sorted(runtime.sdk_versions)) or None,
-                "registered": runtime.registered,
-                "worker_id": runtime.worker_id,
-                "idle": runtime.idle,
-                "idle_target": runtime.idle_target,
-                "load": round(runtime.load, 3),
-                "draining": runtime.draining,
-            }
-        conditions = slot.conditions.observe(derived.facts, time.time())
-        return AgentStatus(
-            name=slot.name,
-            state=derived.state.value,
-            ready=derived.ready,
-            threshold=slot.agent.load_threshold,
-            memory_mb=round(memory, 1),
-            restarts=slot.restarts,
-            started_at=_wall(slot.started_at),
-            sync=derived.sync.value,
-            message=derived.message,
-            conditions=[
-                Condition(
-                    type=c.type,
-                    status="True" if c.status else "False",
-                    reason=c.reason,
-                    message=c.message,
-                    lastTransitionTime=datetime.fromtimestamp(c.last_transition, UTC).isoformat(
-                        timespec="seconds"
-                    ),
-                )
-                for c in conditions
-            ],
-            jobs_detail=jobs,
-            **fields,
-        )
+        return report.agent_status(self.supervisor, slot)
 
     def observe(self) -> None:
         """Record every agent's conditions now, and the events since the last observation.
@@ -248,29 +119,8 @@ class DaemonApp:
             view = self.supervisor.snapshot(slot)
             derived = derive(view)
             slot.conditions.observe(derived.facts, now)
-            snapshots[name] = self._journal_snapshot(slot, view, derived)
+            snapshots[name] = report.journal_snapshot(slot, view, derived)
         self.recorder.observe(snapshots)
-
-    def _journal_snapshot(self, slot: AgentSlot, view: AgentSnapshot, derived: Derived) -> Snapshot:
-        """What the event recorder compares from one observation to the next."""
-        ended: dict[str, tuple[str, str | None, str, str | None]] = {}
-        running: dict[str, tuple[str, bool]] = {}
-        for ended_job in slot.retired_ended:
-            ended[ended_job.job_id] = _ended_fields(ended_job)
-        for live in self._live(slot, view):
-            for job in live.running:
-                running[job.job_id] = (job.room, job.entered)
-            for ended_job in live.ended:
-                ended[ended_job.job_id] = _ended_fields(ended_job)
-        return Snapshot(
-            state=derived.state.value,
-            message=derived.message,
-            worker_id=view.runtime.worker_id if view.runtime is not None else None,
-            restarts=slot.restarts,
-            drained=slot.override_drained,
-            running=running,
-            ended=ended,
-        )
 
     async def observe_forever(self) -> None:
         """``observe`` now and whenever the supervisor or one of its runtimes changes."""
@@ -288,8 +138,8 @@ class DaemonApp:
             return StatusList(items=[self.agent_status(slots[agent])], fleet=self.fleet_status())
         return StatusList(
             items=[self.agent_status(slots[n]) for n in sorted(slots)],
-            inference=self.inference_status(),
-            templates=self.template_status(),
+            inference=report.inference_status(self.supervisor),
+            templates=report.template_status(self.supervisor),
             fleet=self.fleet_status(),
         )
 
@@ -304,53 +154,8 @@ class DaemonApp:
             source=self.source,
             watching=self.watching,
             last_error=error,
-            last_error_at=_wall(error_at),
+            last_error_at=report.wall(error_at),
         )
-
-    def template_status(self) -> list[TemplateStatus]:
-        """The templates job processes are forked from: bases first, then agents'."""
-        zygotes = self.supervisor.zygotes
-        if zygotes is None:
-            return []
-        rows = []
-        for base, template in zygotes.live():
-            pid = template.pid if template.alive else None
-            sample = self.supervisor.monitor.sample(pid) if pid is not None else None
-            rows.append(
-                TemplateStatus(
-                    agent=None if base else template.spec.agent_name,
-                    pid=pid,
-                    children=len(template.children),
-                    memory_mb=round(sample.mb, 1) if sample else 0.0,
-                    python=template.spec.python,
-                    preload=list(zygotes.preload) if base else [],
-                )
-            )
-        return rows
-
-    def inference_status(self) -> list[InferenceStatus]:
-        """The fleet's inference processes."""
-        rows = []
-        for group in self.supervisor.inference.groups.values():
-            process = group.process
-            pid = process.pid if process is not None and process.alive else None
-            sample = self.supervisor.monitor.sample(pid) if pid is not None else None
-            if group.ready:
-                state: Literal["starting", "running", "backoff"] = "running"
-            else:
-                state = "backoff" if group.last_error else "starting"
-            rows.append(
-                InferenceStatus(
-                    runners=list(group.runners),
-                    state=state,
-                    pid=pid,
-                    memory_mb=round(sample.mb, 1) if sample else 0.0,
-                    restarts=group.restarts,
-                    message=group.last_error or "",
-                    python=group.python,
-                )
-            )
-        return rows
 
     # --- apply ---------------------------------------------------------------------------------
 
