@@ -20,6 +20,7 @@ from trio.testing import MockClock
 
 from lksup.daemon.agent import AgentConfigError, Counters, Environment
 from lksup.daemon.app import DaemonApp
+from lksup.daemon.drain import PROGRESS_INTERVAL, log_progress
 from lksup.daemon.runtime import Runtime
 from lksup.daemon.status import AgentState, RuntimeSnapshot, Sync, derive
 from lksup.daemon.supervisor import READY_TIMEOUT, Supervisor
@@ -453,3 +454,36 @@ async def test_status_is_observed_at_every_change_of_a_runtime(tmp_path: Path) -
 @pytest.fixture(autouse=True)
 def _info_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
+
+
+async def test_a_drains_progress_is_logged_when_a_job_ends_and_every_interval(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    factory = Factory()
+    async with supervised(tmp_path, factory) as sup:
+        await sup.apply(fleet(tmp_path, {"sales": ""}, drain_timeout=300))
+        runtime = factory.last("sales")
+        runtime.register()
+        runtime.running_jobs = 2
+        lines: list[tuple[float, str]] = []
+
+        class Capture(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                lines.append((anyio.current_time(), record.getMessage()))
+
+        handler = Capture()
+        logging.getLogger("lksup.daemon").addHandler(handler)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(log_progress, sup, anyio.current_time() + 300)
+                await anyio.sleep(2.5)  # between two seconds: a poll would see it late
+                runtime.end_job()
+                await anyio.sleep(PROGRESS_INTERVAL + 1)
+                tg.cancel_scope.cancel()
+        finally:
+            logging.getLogger("lksup.daemon").removeHandler(handler)
+        assert lines == [
+            (0.0, "draining: 2 jobs left on 1 agent, deadline in 5m"),
+            (2.5, "draining: 1 job left on 1 agent, deadline in 4m58s"),
+            (2.5 + PROGRESS_INTERVAL, "draining: 1 job left on 1 agent, deadline in 4m48s"),
+        ]

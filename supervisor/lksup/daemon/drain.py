@@ -44,12 +44,13 @@ async def drain_and_stop(supervisor: Supervisor, systemd: SystemdReporter) -> bo
 async def log_progress(supervisor: Supervisor, deadline: float | None) -> None:
     """Log the drain's progress: at once, on each change, at least every PROGRESS_INTERVAL.
 
-    The line reads "draining: 3 jobs left on 2 agents, deadline in 29m12s" (the count is
-    checked every second).
+    The line reads "draining: 3 jobs left on 2 agents, deadline in 29m12s". Job counts are
+    looked at on each change the supervisor is told of (a job that ends is one), not polled.
     """
     last: tuple[int, int] | None = None
     logged_at = 0.0
     while True:
+        changed = supervisor.change_event()  # before reading: no change slips in between
         now = anyio.current_time()
         jobs = supervisor.jobs_by_agent()
         counts = (sum(jobs.values()), sum(1 for count in jobs.values() if count))
@@ -69,4 +70,5 @@ async def log_progress(supervisor: Supervisor, deadline: float | None) -> None:
                 left,
             )
             last, logged_at = counts, now
-        await anyio.sleep(1.0)
+        with anyio.move_on_after(logged_at + PROGRESS_INTERVAL - anyio.current_time()):
+            await changed.wait()
