@@ -224,6 +224,15 @@ async def supervised(tmp_path: Path, factory: Factory) -> AsyncIterator[Supervis
         tg.cancel_scope.cancel()
 
 
+async def serving(sup: Supervisor, factory: Factory, applied: Fleet, jobs: int) -> FakeRuntime:
+    """Apply ``applied`` (one agent, sales): its runtime registered and running ``jobs``."""
+    await sup.apply(applied)
+    runtime = factory.last("sales")
+    runtime.register()
+    runtime.running_jobs = jobs
+    return runtime
+
+
 async def test_a_replaced_agent_hands_over_the_moment_the_new_worker_is_warm(
     tmp_path: Path,
 ) -> None:
@@ -348,10 +357,7 @@ async def test_an_operators_drain_is_not_restarted_and_undrain_starts_it_again(
 async def test_at_the_drain_deadline_the_remaining_jobs_are_stopped(tmp_path: Path) -> None:
     factory = Factory()
     async with supervised(tmp_path, factory) as sup:
-        await sup.apply(fleet(tmp_path, {"sales": ""}, drain_timeout=30))
-        runtime = factory.last("sales")
-        runtime.register()
-        runtime.running_jobs = 2
+        runtime = await serving(sup, factory, fleet(tmp_path, {"sales": ""}, 30), jobs=2)
         sup.drain("sales")
         await anyio.sleep(29.9)
         assert runtime.stopped_with == "agent drained"
@@ -366,10 +372,7 @@ async def test_at_the_drain_deadline_the_remaining_jobs_are_stopped(tmp_path: Pa
 async def test_undrain_calls_off_the_drain_deadline(tmp_path: Path) -> None:
     factory = Factory()
     async with supervised(tmp_path, factory) as sup:
-        await sup.apply(fleet(tmp_path, {"sales": ""}, drain_timeout=30))
-        runtime = factory.last("sales")
-        runtime.register()
-        runtime.running_jobs = 1
+        runtime = await serving(sup, factory, fleet(tmp_path, {"sales": ""}, 30), jobs=1)
         sup.drain("sales")
         await anyio.sleep(10)
         sup.undrain("sales")
@@ -405,10 +408,7 @@ async def test_a_coordinated_drain_reports_whether_every_job_ended_in_time(
 async def test_a_coordinated_drain_past_its_timeout_stops_every_job(tmp_path: Path) -> None:
     factory = Factory()
     async with supervised(tmp_path, factory) as sup:
-        await sup.apply(fleet(tmp_path, {"sales": ""}, drain_timeout=300))
-        runtime = factory.last("sales")
-        runtime.register()
-        runtime.running_jobs = 1
+        runtime = await serving(sup, factory, fleet(tmp_path, {"sales": ""}, 300), jobs=1)
         assert await sup.drain_all(timeout=60) is False
         assert anyio.current_time() == 60.0
         assert runtime.stopped_with == "supervisor stopping"
@@ -461,10 +461,7 @@ async def test_a_drains_progress_is_logged_when_a_job_ends_and_every_interval(
 ) -> None:
     factory = Factory()
     async with supervised(tmp_path, factory) as sup:
-        await sup.apply(fleet(tmp_path, {"sales": ""}, drain_timeout=300))
-        runtime = factory.last("sales")
-        runtime.register()
-        runtime.running_jobs = 2
+        runtime = await serving(sup, factory, fleet(tmp_path, {"sales": ""}, 300), jobs=2)
         lines: list[tuple[float, str]] = []
 
         class Capture(logging.Handler):

@@ -8,6 +8,7 @@ counters of every runtime an agent had (a replace or a restart never resets them
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -149,13 +150,4 @@ class Totals:
 
     def copy(self) -> Totals:
         """An independent copy."""
-        totals = Totals(
-            offers=dict(self.offers),
-            declines=dict(self.declines),
-            jobs_succeeded=self.jobs_succeeded,
-            jobs_failed=self.jobs_failed,
-            failures=dict(self.failures),
-            reconnects=self.reconnects,
-        )
-        totals.start_latency.add(self.start_latency)
-        return totals
+        return copy.deepcopy(self)
