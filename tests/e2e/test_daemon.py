@@ -274,7 +274,7 @@ async def test_sigusr1_logs_every_task_await_chain() -> None:
         text = d.log.read_text()
         assert "SIGUSR1: what the supervisor is doing now" in text
         # where each agent's task is suspended, not just the event loop's select()
-        assert "Task 'lksup.daemon.supervisor.Supervisor._guard' (pending)" in text
+        assert "Task 'lksup.daemon.slot.AgentSlot._guard' (pending)" in text
         assert "in wait_finished" in text
         d.process.send_signal(signal.SIGTERM)
         with anyio.fail_after(30):

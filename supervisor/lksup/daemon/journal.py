@@ -29,7 +29,6 @@ from datetime import UTC, datetime
 from typing import Any, Generic, Literal, TypeVar
 
 import anyio
-import sniffio
 
 from lksup.logs import record_fields
 
@@ -128,11 +127,12 @@ class Journal(Generic[T]):
 
 def _thread_safe_caller() -> Callable[[Callable[[], None]], object]:
     """The running event loop's way to run a function soon, callable from any thread."""
-    if sniffio.current_async_library() == "trio":
+    try:
+        return asyncio.get_running_loop().call_soon_threadsafe
+    except RuntimeError:  # no asyncio loop runs here: trio's
         import trio
 
         return trio.lowlevel.current_trio_token().run_sync_soon
-    return asyncio.get_running_loop().call_soon_threadsafe
 
 
 @dataclass(frozen=True)
