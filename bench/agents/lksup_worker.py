@@ -27,7 +27,8 @@ from pathlib import Path
 
 import anyio
 
-from lksup.daemon.agent import AgentRuntime, Environment
+from lksup.daemon.agent import AgentRuntime
+from lksup.daemon.resolve import Environment
 from lksup.fleet.schema import Agent
 from lksup.monitors.monitor import Monitor
 from lksup.pool.pool import AgentPool, auto_idle_processes

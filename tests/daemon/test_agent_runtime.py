@@ -9,7 +9,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from lksup.daemon.agent import AgentRuntime, Environment
+from lksup.daemon.agent import AgentRuntime
+from lksup.daemon.resolve import Environment
 from lksup.devserver.server import DevServer
 from lksup.fleet.loading import load_fleet
 from lksup.fleet.schema import Agent

@@ -15,8 +15,9 @@ import pytest
 
 from lksup.control.api import ApplyRequest, SimulateRequest
 from lksup.control.errors import ControlError
-from lksup.daemon.agent import AgentRuntime, Environment
+from lksup.daemon.agent import AgentRuntime
 from lksup.daemon.app import DaemonApp
+from lksup.daemon.resolve import Environment
 from lksup.daemon.runtime import Runtime
 from lksup.daemon.status import derive
 from lksup.daemon.supervisor import RESTART_BACKOFF, Supervisor

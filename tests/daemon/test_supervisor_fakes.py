@@ -18,9 +18,10 @@ import anyio
 import pytest
 from trio.testing import MockClock
 
-from lksup.daemon.agent import AgentConfigError, Counters, Environment
+from lksup.daemon.agent import Counters
 from lksup.daemon.app import DaemonApp
 from lksup.daemon.drain import PROGRESS_INTERVAL, log_progress
+from lksup.daemon.resolve import AgentConfigError, Environment
 from lksup.daemon.runtime import Runtime
 from lksup.daemon.status import AgentState, RuntimeSnapshot, Sync, derive
 from lksup.daemon.supervisor import READY_TIMEOUT, Supervisor

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lksup.daemon.agent import Environment, build_spec
+from lksup.daemon.resolve import Environment, build_spec
 from lksup.fleet.schema import Agent
 
 URL = "wss://lk.example.com"

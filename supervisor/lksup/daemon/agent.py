@@ -1,234 +1,47 @@
 """One agent of a fleet at run time: its warm pool, its worker connection and its load.
 
-``AgentRuntime`` turns a normalized ``fleet.schema.Agent`` into the pieces that run it (a
+``AgentRuntime`` runs the pieces an agent's settings resolve into (``daemon.resolve``: a
 ``ProcessSpec`` and request policy for the pool, ``Options`` for the protocol machine, the
-connection's credentials with secrets resolved now, at connection time) and runs them in one
-task group. Its load loop reports the agent's load to the server: the agent's ``load`` policy
-over the shared monitor's signals and its job count, compared with its own threshold; full as
-well when the fleet's memory budget is exceeded or the agent is at ``max_jobs``. The loop runs
+connection's credentials with secrets resolved now, at connection time) in one task group.
+Its load loop reports the agent's load to the server: the agent's ``load`` policy over the
+shared monitor's signals and its job count, compared with its own threshold; full as well
+when the fleet's memory budget is exceeded or the agent is at ``max_jobs``. The loop runs
 every ``load_interval`` and at once when the pool changes, so a burst cannot overshoot between
 two samples (reservations count as jobs).
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import hashlib
-import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import anyio
 import anyio.abc
 
-from lksup import __version__
+from lksup.daemon.resolve import (
+    Environment,
+    build_credentials,
+    build_options,
+    build_spec,
+    fingerprint,
+    idle_target,
+    memory_policy,
+    request_policy,
+)
 from lksup.daemon.status import FullReason, JobView, RuntimeSnapshot
-from lksup.errors import SecretError
-from lksup.fleet.environment import agent_environment, interpreter, working_dir
-from lksup.fleet.schema import Agent, EnvRef, Fleet
-from lksup.fleet.secrets import Redactor, resolve
+from lksup.fleet.schema import Agent
 from lksup.monitors.load import agent_load, at_capacity, is_full
-from lksup.monitors.memory_policy import MemoryPolicy
 from lksup.monitors.monitor import Monitor
 from lksup.pool.inference import InferenceService
-from lksup.pool.pool import AgentPool, Histogram, RequestPolicy, auto_idle_processes
-from lksup.pool.process import ProcessSpec
-from lksup.pool.zygote import PRELOAD_VARIABLE, Zygotes, forking_supported
-from lksup.protocol.events import JobType, Permissions
-from lksup.protocol.machine import Options, State
-from lksup.transport.session import AgentSession, Credentials
+from lksup.pool.pool import AgentPool, Histogram
+from lksup.pool.zygote import Zygotes, forking_supported
+from lksup.protocol.machine import State
+from lksup.transport.session import AgentSession
 
 log = logging.getLogger("lksup.agent")
 
 LOAD_INTERVAL = 0.5
-
-
-@dataclass(frozen=True)
-class Environment:
-    """Where an agent's settings are resolved: the daemon's environment and the fleet's folder."""
-
-    environ: Mapping[str, str]
-    base_dir: Path
-    default_url: str | None = None  # the embedded dev server, for agents without a URL
-    default_api_key: str | None = None
-    default_api_secret: str | None = None
-    withheld: frozenset[str] = frozenset()
-    """Variables the fleet's connections read their key or secret from ({env: NAME}): job
-    processes do not inherit them unless their agent's ``env`` names them."""
-    connection_secrets: frozenset[str] = field(default=frozenset(), repr=False)
-    """The fleet's resolved connection keys and secrets: masked in every job's output."""
-
-
-class AgentConfigError(Exception):
-    """An agent cannot be started as configured (no URL, unresolvable secret)."""
-
-
-def for_fleet(env: Environment, fleet: Fleet) -> Environment:
-    """``env`` with what the fleet's connections hold back from, and mask in, job processes.
-
-    A connection secret that cannot be read now is left out (its agent's start reports it).
-    """
-    withheld, secrets = set(), set()
-    for agent in fleet.agents.values():
-        for reference in (agent.livekit.api_key, agent.livekit.api_secret):
-            if isinstance(reference, EnvRef):
-                withheld.add(reference.env)
-            if reference is not None:
-                with contextlib.suppress(SecretError):
-                    secrets.add(resolve(reference, environ=env.environ, base_dir=env.base_dir))
-    return dataclasses.replace(
-        env, withheld=frozenset(withheld), connection_secrets=frozenset(secrets)
-    )
-
-
-def build_credentials(agent: Agent, env: Environment) -> Credentials:
-    """The connection settings, secrets resolved (raises ``AgentConfigError``)."""
-    livekit = agent.livekit
-    url = livekit.url or env.default_url
-    if url is None:
-        raise AgentConfigError("no livekit.url (and no dev server to fall back on)")
-    try:
-        key = (
-            resolve(livekit.api_key, environ=env.environ, base_dir=env.base_dir)
-            if livekit.api_key
-            else env.default_api_key
-        )
-        secret = (
-            resolve(livekit.api_secret, environ=env.environ, base_dir=env.base_dir)
-            if livekit.api_secret
-            else env.default_api_secret
-        )
-    except SecretError as exc:  # the message names the reference, never a value
-        raise AgentConfigError(str(exc)) from None
-    if not key or not secret:
-        raise AgentConfigError("no livekit.api_key/api_secret (and no dev server keys)")
-    return Credentials(url, key, secret)
-
-
-def build_spec(
-    name: str, agent: Agent, env: Environment, *, log_level: str = "INFO"
-) -> ProcessSpec:
-    """How this agent's job processes are started.
-
-    Secrets in ``env`` are resolved now; ``AgentConfigError`` when one cannot be.
-    """
-    redactor = Redactor()
-    try:
-        environment = agent_environment(
-            agent, environ=env.environ, base_dir=env.base_dir, redactor=redactor
-        )
-    except SecretError as exc:  # the message names the reference, never a value
-        raise AgentConfigError(str(exc)) from None
-    for variable in env.withheld - set(agent.env):
-        environment.pop(variable, None)
-    for value in env.connection_secrets:
-        redactor.add(value)
-    if agent.runtime == "livekit-agents":
-        environment.update(sdk_environment(agent, env, environment, redactor))
-    return ProcessSpec(
-        agent_name=name,
-        entrypoint=agent.entrypoint,
-        prewarm=agent.prewarm or "",
-        request_fnc=agent.request_fnc or "",
-        env=environment,
-        cwd=working_dir(agent, env.base_dir),
-        log_level=log_level,
-        shutdown_timeout=agent.shutdown_process_timeout,
-        initialize_timeout=agent.initialize_process_timeout,
-        secrets=redactor.values,
-        runtime=agent.runtime,
-        session_end_fnc=agent.session_end_fnc or "",
-        max_jobs=agent.max_jobs_per_process if agent.job_executor == "thread" else 1,
-        python=interpreter(agent, env.base_dir),
-    )
-
-
-def sdk_environment(
-    agent: Agent, env: Environment, environment: Mapping[str, str], redactor: Redactor
-) -> dict[str, str]:
-    """What livekit-agents job processes get on top of the agent's environment.
-
-    The connection (``LIVEKIT_URL``, ``LIVEKIT_API_KEY``, ``LIVEKIT_API_SECRET``), as the SDK's
-    worker exports it for ``ctx.api``; key and secret are masked in all output. The SDK's
-    preload of local inference models is off unless the agent's ``env`` sets it: a spawned
-    job process would load its own copy of the models (hundreds of MB each).
-    """
-    credentials = build_credentials(agent, env)
-    redactor.add(credentials.api_key)
-    redactor.add(credentials.api_secret)
-    extra = {
-        "LIVEKIT_URL": credentials.url,
-        "LIVEKIT_API_KEY": credentials.api_key,
-        "LIVEKIT_API_SECRET": credentials.api_secret,
-    }
-    if PRELOAD_VARIABLE not in agent.env:
-        extra[PRELOAD_VARIABLE] = "0"
-    return extra
-
-
-def resolved_fingerprint(name: str, agent: Agent, env: Environment) -> str:
-    """A digest of what the agent's secret references resolve to now.
-
-    It covers the connection credentials and the job processes' environment (raises
-    ``AgentConfigError`` when a reference cannot be resolved). Kept in memory only, to see
-    whether a referenced secret changed since the agent started (a rotated ``{file: ...}``);
-    it shows nothing of the values.
-    """
-    return fingerprint(build_credentials(agent, env), build_spec(name, agent, env).env)
-
-
-def fingerprint(credentials: Credentials, environment: Mapping[str, str]) -> str:
-    """The digest ``resolved_fingerprint`` compares (of values already resolved)."""
-    material = json.dumps(
-        [credentials.url, credentials.api_key, credentials.api_secret, sorted(environment.items())]
-    )
-    return hashlib.sha256(material.encode()).hexdigest()
-
-
-def build_options(name: str, agent: Agent) -> Options:
-    """What the worker connection registers with."""
-    permissions = agent.permissions
-    return Options(
-        agent_name=name,
-        version=__version__,
-        job_type=JobType.PUBLISHER if agent.worker_type == "publisher" else JobType.ROOM,
-        permissions=Permissions(
-            can_publish=permissions.can_publish,
-            can_subscribe=permissions.can_subscribe,
-            can_publish_data=permissions.can_publish_data,
-            can_update_metadata=permissions.can_update_metadata,
-            can_publish_sources=tuple(permissions.can_publish_sources),
-            hidden=permissions.hidden,
-        ),
-        max_jobs=agent.max_jobs,
-        max_retry=agent.max_retry,
-    )
-
-
-def idle_target(agent: Agent) -> int:
-    """Warm processes wanted (``auto`` resolved on this host)."""
-    idle = agent.num_idle_processes
-    return auto_idle_processes() if idle == "auto" else idle
-
-
-def memory_policy(agent: Agent) -> MemoryPolicy:
-    """The per-process memory rules of an agent."""
-    return MemoryPolicy(agent.job_memory_warn_mb, agent.job_memory_limit_mb)
-
-
-def request_policy(agent: Agent) -> RequestPolicy:
-    """The declarative request policy, as the pool evaluates it."""
-    request = agent.request
-    return RequestPolicy(
-        room=request.room,
-        identity=request.identity,
-        name=request.name,
-        metadata=request.metadata,
-        attributes=dict(request.attributes),
-    )
 
 
 @dataclass(frozen=True)

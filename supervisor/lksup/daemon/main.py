@@ -31,11 +31,11 @@ import anyio.abc
 
 from lksup.control.server import ControlServer
 from lksup.daemon import drain, listener, logfile, reapply, signals, stacks, state
-from lksup.daemon.agent import Environment
 from lksup.daemon.app import DaemonApp
 from lksup.daemon.intents import Intent, Phase, phase_after
 from lksup.daemon.journal import LogBuffer
 from lksup.daemon.notify import STATUS_INTERVAL, Notifier, SystemdReporter
+from lksup.daemon.resolve import Environment
 from lksup.daemon.supervisor import Supervisor
 from lksup.errors import LksupError
 from lksup.fleet.loading import fleet_path

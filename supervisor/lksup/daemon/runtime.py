@@ -15,7 +15,8 @@ from typing import Protocol
 
 import anyio
 
-from lksup.daemon.agent import Counters, Environment
+from lksup.daemon.agent import Counters
+from lksup.daemon.resolve import Environment
 from lksup.daemon.status import RuntimeSnapshot
 from lksup.fleet.schema import Agent
 from lksup.monitors.monitor import Monitor

@@ -28,8 +28,8 @@ from typing import Any, Protocol
 
 import anyio
 
-from lksup.daemon.agent import AgentConfigError
 from lksup.daemon.conditions import ConditionTracker
+from lksup.daemon.resolve import AgentConfigError
 from lksup.daemon.runtime import Runtime, Totals
 from lksup.daemon.status import AgentSnapshot, AgentState
 from lksup.fleet.schema import Agent

@@ -36,13 +36,8 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from lksup.daemon.agent import (
-    AgentConfigError,
-    AgentRuntime,
-    Environment,
-    for_fleet,
-    resolved_fingerprint,
-)
+from lksup.daemon.agent import AgentRuntime
+from lksup.daemon.resolve import AgentConfigError, Environment, for_fleet, resolved_fingerprint
 from lksup.daemon.runtime import Runtime, RuntimeFactory
 from lksup.daemon.slot import READY_TIMEOUT, AgentSlot
 from lksup.daemon.status import AgentSnapshot, AgentState, state
