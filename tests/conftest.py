@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar, overload
 
 import anyio
 import anyio.abc
@@ -14,6 +16,8 @@ import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+T = TypeVar("T")
 
 
 def script_tool(script: str, failure: str) -> Path:
@@ -46,6 +50,31 @@ async def stop_process(
             with anyio.move_on_after(grace):
                 await process.wait()
         await process.aclose()
+
+
+@overload
+async def eventually(
+    check: Callable[[], Awaitable[T | None]], *, timeout: float, interval: float = ...
+) -> T: ...
+@overload
+async def eventually(
+    check: Callable[[], T | None], *, timeout: float, interval: float = ...
+) -> T: ...
+async def eventually(check: Callable[[], Any], *, timeout: float, interval: float = 0.05) -> Any:
+    """The first truthy answer of ``check`` (sync or async), asked every ``interval`` seconds
+    until ``timeout`` (then ``TimeoutError``).
+
+    Only for a condition nothing announces, so that only looking again can see it: a pid
+    gone, a file a child writes, a sampled measurement, the process table. Anything the code
+    under test reports (a READY frame, a daemon event or log record) is waited on instead.
+    """
+    with anyio.fail_after(timeout):
+        while True:
+            answer = check()
+            value = await answer if inspect.isawaitable(answer) else answer
+            if value:
+                return value
+            await anyio.sleep(interval)
 
 
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:

@@ -17,6 +17,7 @@ import anyio
 import anyio.abc
 import pytest
 
+from tests.conftest import eventually
 from tests.interop import livekit_server as real
 from tests.interop.harness import ScriptedAgent, ServerUnderTest, agent_session, next_item
 
@@ -102,24 +103,25 @@ async def _dispatch_round_trip(server: ServerUnderTest, monkeypatch: pytest.Monk
         )
         assert code == 0, err
         assert created["id"] in out
-        with anyio.fail_after(30):  # a real server's list catches up with the job in seconds
-            while True:
-                code, out, err = await lksup(
-                    "dispatch",
-                    "--list",
-                    "--room",
-                    room,
-                    "-o",
-                    "json",
-                    url=server.url,
-                    secret=server.api_secret,
-                )
-                assert code == 0, err
-                (listed,) = [d for d in json.loads(out)["items"] if d["id"] == created["id"]]
-                if listed["jobs"]:
-                    break
-                await anyio.sleep(0.5)  # the dispatch API is the observable
-        (job,) = listed["jobs"]
+
+        async def listed_jobs() -> list[dict[str, str]] | None:
+            code, out, err = await lksup(
+                "dispatch",
+                "--list",
+                "--room",
+                room,
+                "-o",
+                "json",
+                url=server.url,
+                secret=server.api_secret,
+            )
+            assert code == 0, err
+            (listed,) = [d for d in json.loads(out)["items"] if d["id"] == created["id"]]
+            jobs: list[dict[str, str]] = listed["jobs"]
+            return jobs or None
+
+        # a real server's list catches up with the job in seconds; the list is all it tells
+        (job,) = await eventually(listed_jobs, timeout=30, interval=0.5)
         assert (job["id"], job["type"]) == (offer.job.id, "room")
         assert job["status"] in ("pending", "running")  # clean words, not JS_* enums
         code, out, err = await lksup(
@@ -133,9 +135,7 @@ async def _dispatch_round_trip(server: ServerUnderTest, monkeypatch: pytest.Monk
         )
         assert code == 0, err
         assert f"dispatch {created['id']} deleted" in out
-        with anyio.fail_after(10):
-            while offer.job.id not in agent.terminated:
-                await anyio.sleep(0.01)
+        await eventually(lambda: offer.job.id in agent.terminated, timeout=10, interval=0.01)
 
 
 async def test_dispatch_against_the_dev_server_command(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,15 +18,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.abc
 import psutil
 import pytest
 
-from lksup.control.client import ControlClient
-from lksup.control.errors import DaemonUnreachable
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, eventually, free_port
+from tests.daemon_waits import DaemonWaits
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -48,7 +48,7 @@ class LiveKit:
 
 
 @dataclass
-class Daemon:
+class Daemon(DaemonWaits):
     process: anyio.abc.Process
     socket: Path
     state_dir: Path
@@ -80,18 +80,10 @@ class Daemon:
         return result.returncode, result.stdout.decode(), result.stderr.decode()
 
     async def wait_ready(self, count: int, timeout: float = 60) -> None:
-        with anyio.fail_after(timeout):
-            while True:
-                try:
-                    async with ControlClient(self.socket) as client:
-                        items = (await client.status()).items
-                    if len(items) == count and all(i.ready for i in items):
-                        return
-                except DaemonUnreachable:
-                    pass
-                if self.process.returncode is not None:
-                    raise AssertionError(f"daemon exited:\n{self.log.read_text()[-3000:]}")
-                await anyio.sleep(0.1)  # the status answer is the handshake; poll it
+        await self.until(
+            lambda agents: len(agents) == count and all(a["ready"] for a in agents.values()),
+            timeout,
+        )
 
 
 @asynccontextmanager
@@ -161,13 +153,16 @@ def descendants(pid: int) -> list[int]:
         return []
 
 
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 async def gone(pids: list[int], timeout: float) -> None:
-    with anyio.fail_after(timeout):
-        while any(
-            psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-            for p in pids
-        ):
-            await anyio.sleep(0.02)
+    """Until none of ``pids`` runs (an exit is seen only in the process table)."""
+    await eventually(lambda: not any(map(_running, pids)), timeout=timeout, interval=0.02)
 
 
 @dataclass
@@ -207,11 +202,8 @@ async def test_dev_fleet_runs_takes_jobs_and_drains_on_sigterm(systemd: SystemdS
         for agent in ("customer-service", "sales", "survey"):
             code, out, err = await d.cli("dispatch", agent, "--room", f"{agent}-room")
             assert code == 0, err
-        with anyio.fail_after(20):  # every agent runs its job (held 5 s) when SIGTERM comes
-            while True:
-                code, out, _ = await d.cli("status", "-o", "json")
-                if code == 0 and all(i["jobs"] == 1 for i in json.loads(out)["items"]):
-                    break
+        for agent in ("customer-service", "sales", "survey"):  # each runs its job (held 5 s)
+            await d.wait_event("JobStarted", agent=agent, timeout=20)  # when SIGTERM comes
         d.process.send_signal(signal.SIGTERM)
         with anyio.fail_after(60):
             assert await d.process.wait() == 0
@@ -250,14 +242,10 @@ async def test_second_sigterm_forces_exit_and_kill_leaves_no_children() -> None:
         await d.wait_ready(3)
         code, _, err = await d.cli("dispatch", "sales", "--room", "sales-long")
         assert code == 0, err
-        with anyio.fail_after(20):
-            while '"jobs": 1' not in (await d.cli("status", "sales", "-o", "json"))[1]:
-                await anyio.sleep(0.1)  # status is the observable
+        await d.wait_event("JobStarted", agent="sales", timeout=20)
         children = descendants(d.process.pid)
         d.process.send_signal(signal.SIGTERM)
-        with anyio.fail_after(10):
-            while "draining:" not in d.log.read_text():
-                await anyio.sleep(0.05)
+        await d.wait_log("draining:", timeout=10)
         d.process.send_signal(signal.SIGTERM)
         with anyio.fail_after(2):
             assert await d.process.wait() == 1
@@ -268,11 +256,9 @@ async def test_sigusr1_logs_every_task_await_chain() -> None:
     async with daemon("fleets/dev.yaml") as d:
         await d.wait_ready(3)
         d.process.send_signal(signal.SIGUSR1)
-        with anyio.fail_after(10):
-            while "Thread 'MainThread'" not in d.log.read_text():
-                await anyio.sleep(0.05)  # the log is the observable
-        text = d.log.read_text()
-        assert "SIGUSR1: what the supervisor is doing now" in text
+        record = await d.wait_log("SIGUSR1: what the supervisor is doing now", timeout=10)
+        text = record["msg"]
+        assert "Thread 'MainThread'" in text
         # where each agent's task is suspended, not just the event loop's select()
         assert "Task 'lksup.daemon.slot.AgentSlot._guard' (pending)" in text
         assert "in wait_finished" in text
@@ -389,9 +375,7 @@ async def test_a_bad_apply_changes_nothing_and_unknown_agents_exit_4(tmp_path: P
         # the others keep accepting: a dispatch to survey runs
         code, _, err = await d.cli("dispatch", "survey", "--room", "survey-while-sales-drained")
         assert code == 0, err
-        with anyio.fail_after(20):
-            while "survey job started: room=survey-while-sales-drained" not in d.log.read_text():
-                await anyio.sleep(0.05)  # the log is the observable
+        await d.wait_log("survey job started: room=survey-while-sales-drained", timeout=20)
         code, out, _ = await d.cli("status", "sales", "-o", "json")
         (sales,) = json.loads(out)["items"]
         conditions = {c["type"]: c for c in sales["conditions"]}
@@ -529,9 +513,8 @@ async def test_diff_apply_in_place_prune_all_simulate_and_sighup(tmp_path: Path)
         assert "--prune-all" in err
         code, out, err = await d.cli("simulate", "sales", "--room", "sales-sim")
         assert code == 0, err
-        with anyio.fail_after(20):  # the sales agent takes it and its entrypoint logs the room
-            while "room=sales-sim" not in d.log.read_text():
-                await anyio.sleep(0.05)
+        # the sales agent takes it and its entrypoint logs the room
+        await d.wait_log("room=sales-sim", agent="sales", timeout=20)
         # a template value given to apply (HOLD_SECONDS in every agent's env: a replace)
         code, out, err = await d.cli(
             "apply", str(changed), "--set", "hold_seconds=9", "--wait", "--timeout", "60s"
@@ -543,10 +526,7 @@ async def test_diff_apply_in_place_prune_all_simulate_and_sighup(tmp_path: Path)
         # it was applied with: only the file's own change shows
         changed.write_text(original.replace("max_jobs: 4", "max_jobs: 2"))
         d.process.send_signal(signal.SIGHUP)
-        with anyio.fail_after(20):
-            while "SIGHUP: re-applied" not in d.log.read_text():
-                await anyio.sleep(0.05)
-        (line,) = [x for x in d.log.read_text().splitlines() if "SIGHUP: re-applied" in x]
+        line = (await d.wait_log("SIGHUP: re-applied", timeout=20))["msg"]
         assert "3 to update in place" in line
         assert "replace" not in line.replace("0 to replace", "")
         code, out, _ = await d.cli("diff", str(changed), "--set", "hold_seconds=9")
@@ -597,17 +577,14 @@ async def test_health_readiness_status_and_metrics_over_http() -> None:
             assert status["kind"] == "StatusList"
             code, _, err = await d.cli("drain", "sales")
             assert code == 0, err
-            with anyio.fail_after(20):
-                while (await client.get(base + "/readyz/sales")).status_code != 503:
-                    await anyio.sleep(0.05)
+            await d.wait_event("Drained", agent="sales", timeout=20)
+            assert (await client.get(base + "/readyz/sales")).status_code == 503
             assert (await client.get(base + "/readyz")).json()["not_ready"] == ["sales"]
             code, _, err = await d.cli("dispatch", "survey", "--room", "survey-m")
             assert code == 0, err
-            with anyio.fail_after(30):
-                while 'lksup_jobs_total{agent="survey",outcome="success"} 1.0' not in (
-                    text := (await client.get(base + "/metrics")).text
-                ):
-                    await anyio.sleep(0.1)
+            await d.wait_event("JobSucceeded", agent="survey", timeout=30)
+            text = (await client.get(base + "/metrics")).text
+            assert 'lksup_jobs_total{agent="survey",outcome="success"} 1.0' in text
             assert 'lksup_offers_total{agent="survey",answer="accepted"} 1.0' in text
             assert 'lksup_agent_draining{agent="sales"} 1.0' in text
             assert 'lksup_agent_state{agent="survey",state="running"} 1.0' in text
@@ -628,13 +605,13 @@ async def test_health_readiness_status_and_metrics_over_http() -> None:
             assert 'lksup_agent_idle_processes{agent="survey"} 1.0' in text
             assert re.search(r'lksup_agent_load\{agent="survey"\} [0-9.]+', text)
             pattern = re.compile(r'lksup_agent_memory_bytes\{agent="survey"\} ([0-9.e+]+)')
-            with anyio.fail_after(20):  # its warm process, once the memory sweep measured it
-                while True:
-                    memory = pattern.search((await client.get(base + "/metrics")).text)
-                    assert memory
-                    if float(memory.group(1)) > 1e6:
-                        break
-                    await anyio.sleep(0.2)  # the next sweep is the observable
+
+            async def measured() -> bool:  # its warm process, once a memory sweep measured it
+                memory = pattern.search((await client.get(base + "/metrics")).text)
+                assert memory
+                return float(memory.group(1)) > 1e6
+
+            await eventually(measured, timeout=20, interval=0.2)  # sweeps announce nothing
 
 
 async def test_the_daemon_raises_its_soft_descriptor_limit_to_the_hard_one() -> None:
@@ -684,9 +661,7 @@ async def test_drain_wait_reports_jobs_left_until_drained() -> None:
         await d.wait_ready(3)
         code, _, err = await d.cli("dispatch", "sales", "--room", "sales-drain")
         assert code == 0, err
-        with anyio.fail_after(20):
-            while '"jobs": 1' not in (await d.cli("status", "sales", "-o", "json"))[1]:
-                await anyio.sleep(0.1)  # status is the observable
+        await d.wait_event("JobStarted", agent="sales", timeout=20)
         code, out, err = await d.cli("drain", "sales", "--wait", "--timeout", "30s")
         assert code == 0, err
         assert "1 job(s) left" in out
@@ -700,13 +675,13 @@ async def test_replace_while_a_job_runs_then_remove(tmp_path: Path) -> None:
     original = (ROOT / "fleets" / "dev.yaml").read_text()
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text(original)
-    async with daemon(str(fleet), "--set", "hold_seconds=8") as d:
+    # a survey job asks its three questions 2 s apart: it still runs after the apply below
+    # that removes its agent, a CLI process and an import check (seconds on a busy host)
+    async with daemon(str(fleet), "--set", "hold_seconds=8", env={"SURVEY_STEP_SECONDS": "2"}) as d:
         await d.wait_ready(3)
         code, _, err = await d.cli("dispatch", "customer-service", "--room", "cs-old")
         assert code == 0, err
-        with anyio.fail_after(20):
-            while "support job started: room=cs-old" not in d.log.read_text():
-                await anyio.sleep(0.05)
+        await d.wait_log("support job started: room=cs-old", timeout=20)
         # change customer-service's entrypoint (to the survey module's): a replace
         replaced = tmp_path / "replaced.yaml"
         replaced.write_text(
@@ -716,29 +691,28 @@ async def test_replace_while_a_job_runs_then_remove(tmp_path: Path) -> None:
         assert code == 0, err
         assert "1 to replace" in out
         assert "entrypoint: fleets.agents.support:entrypoint -> fleets.agents.survey" in out
-        # a new offer while the old worker still runs its job goes to the new entrypoint
-        with anyio.fail_after(30):
-            while (
-                '"restarts": 1' not in (await d.cli("status", "customer-service", "-o", "json"))[1]
-            ):
-                await anyio.sleep(0.1)  # status is the observable
+        # a new offer while the old worker still runs its job goes to the new entrypoint, once
+        # the new worker is registered and warm and the old one drains (a hand-over no event
+        # marks: the agent's state is the new worker's)
+        await d.wait_event("Restarted", agent="customer-service", timeout=30)
+
+        async def handed_over() -> bool:
+            message: str = (await d.agents())["customer-service"]["message"]
+            return message == "1 old worker(s) draining"
+
+        await eventually(handed_over, timeout=30)
         code, _, err = await d.cli("dispatch", "customer-service", "--room", "cs-new")
         assert code == 0, err
-        with anyio.fail_after(30):
-            while "survey job started: room=cs-new" not in d.log.read_text():
-                await anyio.sleep(0.05)
+        await d.wait_log("survey job started: room=cs-new", timeout=30)
         code, out, _ = await d.cli("status", "customer-service", "-o", "json")
         # that was during the replace: the old worker is still draining its job
         assert "1 old worker(s) draining" in json.loads(out)["items"][0]["message"]
-        with anyio.fail_after(30):  # the job on the old worker completes, undisturbed
-            while "support job done: room=cs-old" not in d.log.read_text():
-                await anyio.sleep(0.05)
+        # the job on the old worker completes, undisturbed
+        await d.wait_log("support job done: room=cs-old", timeout=30)
         # remove an agent with a job running: drained (the job finishes), then gone
         code, _, err = await d.cli("dispatch", "survey", "--room", "survey-last")
         assert code == 0, err
-        with anyio.fail_after(20):
-            while "survey job started: room=survey-last" not in d.log.read_text():
-                await anyio.sleep(0.05)
+        await d.wait_log("survey job started: room=survey-last", timeout=20)
         removed = tmp_path / "removed.yaml"
         removed.write_text(
             replaced.read_text()
@@ -748,12 +722,9 @@ async def test_replace_while_a_job_runs_then_remove(tmp_path: Path) -> None:
         code, out, err = await d.cli("apply", str(removed), "--set", "hold_seconds=8")
         assert code == 0, err
         assert "1 to drain and remove" in out
-        code, out, _ = await d.cli("status", "survey", "-o", "json")
-        assert code == 0
-        assert json.loads(out)["items"][0]["state"] == "draining"
-        with anyio.fail_after(30):
-            while "survey" in (await d.cli("status"))[1]:
-                await anyio.sleep(0.1)
+        assert (await d.agents())["survey"]["state"] == "draining"
+        await d.wait_event("AgentRemoved", agent="survey", timeout=30)
+        assert "survey" not in (await d.cli("status"))[1]
         assert "survey job done: room=survey-last" in d.log.read_text()
         d.process.send_signal(signal.SIGTERM)
         with anyio.fail_after(30):
@@ -762,19 +733,18 @@ async def test_replace_while_a_job_runs_then_remove(tmp_path: Path) -> None:
 
 async def test_dev_mode_has_no_threshold_and_no_idle_processes() -> None:
     async with daemon("fleets/dev.yaml", "--dev") as d:
-        with anyio.fail_after(60):
-            while True:
-                code, out, _ = await d.cli("status", "-o", "json")
-                if code == 0 and out.count('"registered": true') == 3:
-                    break
-                await anyio.sleep(0.1)  # status is the observable
+        await d.until(
+            lambda agents: len(agents) == 3 and all(a["registered"] for a in agents.values()),
+            timeout=60,
+        )
+        code, out, _ = await d.cli("status", "-o", "json")
+        assert code == 0
         assert out.count('"threshold": 1.0') == 3
         assert out.count('"idle_target": 0') == 3
         code, _, err = await d.cli("dispatch", "survey", "--room", "survey-dev")
         assert code == 0, err
-        with anyio.fail_after(30):  # no warm process: one starts on demand
-            while "survey job started: room=survey-dev" not in d.log.read_text():
-                await anyio.sleep(0.05)
+        # no warm process: one starts on demand
+        await d.wait_log("survey job started: room=survey-dev", timeout=30)
         assert '"level": "debug"' in d.log.read_text()
         # the development defaults hold for an apply too, and only at run time: the fleet as
         # written is what is persisted and compared
@@ -822,9 +792,8 @@ async def test_job_processes_never_see_or_print_the_connection_secret(
         for agent in ("plain", "named"):
             code, _, err = await d.cli("dispatch", agent, "--room", f"{agent}-room")
             assert code == 0, err
-        with anyio.fail_after(30):
-            while d.log.read_text().count("copied:") < 2:
-                await anyio.sleep(0.05)  # the daemon's log is the observable
+        first = await d.wait_log("copied:", timeout=30)
+        await d.wait_log("copied:", after=first["seq"], timeout=30)
         log = d.log.read_text()
     lines = {
         json.loads(line)["agent"]: json.loads(line)["msg"]
@@ -858,9 +827,8 @@ async def test_every_job_end_is_logged_with_where_it_ran_how_it_ended_and_how_lo
         for room, metadata in (("fine-room", ""), ("crash-room", "exit3")):
             code, _, err = await d.cli("dispatch", "ending", "--room", room, "--metadata", metadata)
             assert code == 0, err
-        with anyio.fail_after(30):
-            while d.log.read_text().count('"outcome": ') < 2:
-                await anyio.sleep(0.05)  # the daemon's log is the observable
+        first = await d.follow("logs", lambda record: "outcome" in record, timeout=30)
+        await d.follow("logs", lambda record: "outcome" in record, after=first["seq"])
         ends = {
             record["room"]: record
             for record in map(json.loads, d.log.read_text().splitlines())
@@ -888,9 +856,8 @@ async def test_every_job_end_is_logged_with_where_it_ran_how_it_ended_and_how_lo
         # regression: a restart of the agent forgot them (they lived in its old runtime)
         code, _, err = await d.cli("reload", "ending")
         assert code == 0, err
-        with anyio.fail_after(60):  # the old worker's idle process is stopped: it is retired
-            while "Shutting down while idle: agent replaced." not in d.log.read_text():
-                await anyio.sleep(0.05)  # the daemon's log is the observable
+        # the old worker's idle process is stopped: it is retired
+        await d.wait_log("Shutting down while idle: agent replaced.", timeout=60)
         code, out, err = await d.cli("status", "--jobs")
         assert code == 0, err
         assert crash_id in out
@@ -950,9 +917,7 @@ async def test_dev_mode_runs_the_agents_code_as_it_is_when_each_job_starts(
                 code_file.write_text(agent.replace("VERSION", version))
             code, _, err = await d.cli("dispatch", "edited", "--room", room)
             assert code == 0, err
-            with anyio.fail_after(30):
-                while f"edited agent {version}" not in d.log.read_text():
-                    await anyio.sleep(0.05)  # the daemon's log is the observable
+            await d.wait_log(f"edited agent {version}", timeout=30)
 
 
 async def test_a_flood_of_idle_control_connections_never_kills_the_daemon() -> None:
@@ -1000,9 +965,7 @@ async def test_sigterm_before_registration_never_says_every_agent_is_registered(
         f"    livekit: {{url: 'ws://127.0.0.1:{free_port()}'}}\n",
     )
     async with daemon(str(fleet)) as d:
-        with anyio.fail_after(30):
-            while '"name": "lonely"' not in (await d.cli("status", "-o", "json"))[1]:
-                await anyio.sleep(0.1)  # status is the observable
+        await d.until(lambda agents: "lonely" in agents)
         d.process.send_signal(signal.SIGTERM)
         with anyio.fail_after(30):
             assert await d.process.wait() == 0
@@ -1059,15 +1022,14 @@ async def test_status_keeps_a_job_process_that_did_not_start_and_when(tmp_path: 
         "agents:\n  flaky: {entrypoint: flaky_agent:entrypoint, prewarm: flaky_agent:prewarm}\n",
     )
     async with daemon(str(fleet)) as d:
-        with anyio.fail_after(60):  # registered at once; warm after one failed start
-            while True:
-                code, out, _ = await d.cli("status", "-o", "json")
-                items = json.loads(out)["items"] if code == 0 else []  # 4: not up yet
-                if items and items[0]["ready"] and items[0]["idle"] == 1:
-                    item = items[0]
-                    break
-                assert d.process.returncode is None, d.log.read_text()[-3000:]
-                await anyio.sleep(0.1)  # status is the observable
+        await d.connected()
+
+        async def warm() -> dict[str, Any] | None:  # a warm process is marked by no event
+            item = (await d.agents()).get("flaky")
+            return item if item and item["ready"] and item["idle"] == 1 else None
+
+        # registered at once; warm after one failed start
+        item = await eventually(warm, timeout=60)
         assert item["last_failure"].startswith("a job process did not start: ")
         assert "model download failed" in item["last_failure"]
         assert item["last_failure_at"].endswith("+00:00")
@@ -1090,13 +1052,12 @@ async def test_run_starts_the_fleet_while_one_agent_cannot_import(tmp_path: Path
         "  broken: {entrypoint: no_such_agent_module:entrypoint}\n",
     )
     async with daemon(str(fleet)) as d:
-        with anyio.fail_after(60):
-            while True:
-                code, out, _ = await d.cli("status", "-o", "json")
-                items = {i["name"]: i for i in json.loads(out)["items"]} if code == 0 else {}
-                failure = (items.get("broken") or {}).get("last_failure") or ""
-                if (items.get("fine") or {}).get("ready") and "no_such_agent_module" in failure:
-                    break
-                assert d.process.returncode is None, d.log.read_text()[-3000:]
-                await anyio.sleep(0.1)  # status is the observable
+
+        def reported(agents: dict[str, dict[str, Any]]) -> bool:
+            failure = (agents.get("broken") or {}).get("last_failure") or ""
+            return (
+                bool((agents.get("fine") or {}).get("ready")) and "no_such_agent_module" in failure
+            )
+
+        items = await d.until(reported, timeout=60)
         assert items["broken"]["ready"] is False

@@ -2,7 +2,10 @@
 (--check, --jobs, -o wide), reload, drain and undrain, apply (dry run, JSON, prune, import
 check, update in place), the signals an operator sends, and the fleet's own HTTP listener.
 
-Every wait polls something an operator can see (the CLI, the log, the process table)."""
+Every wait follows something an operator can see: the daemon's events and log records as
+`lksup events -w` and `lksup logs -f` stream them, and status read again at each event; only
+what nothing announces (a warm pool, a memory sweep, the process table, a file a child writes)
+is looked at again until it holds."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, eventually, free_port
 from tests.e2e.test_daemon import Daemon, daemon, descendants, gone, write_fleet
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -76,28 +79,20 @@ async def by_name(d: Daemon) -> dict[str, dict[str, Any]]:
 
 
 async def until_warm(d: Daemon, timeout: float = 30) -> dict[str, dict[str, Any]]:
-    """Every agent ready with its idle pool at its target (so the process set is settled)."""
-    with anyio.fail_after(timeout):
-        while True:
-            agents = await by_name(d)
-            if agents and all(
-                a["ready"] and a["idle_target"] > 0 and a["idle"] == a["idle_target"]
-                for a in agents.values()
-            ):
-                return agents
-            await anyio.sleep(0.1)  # status is the observable
+    """Every agent ready with its idle pool at its target (so the process set is settled).
 
+    A process that turns warm is marked by no event: status is read again until it holds.
+    """
 
-async def until_logged(d: Daemon, text: str, timeout: float = 20) -> None:
-    with anyio.fail_after(timeout):
-        while text not in d.log.read_text():
-            await anyio.sleep(0.05)  # the log is the observable
+    async def warm() -> dict[str, dict[str, Any]] | None:
+        agents = await d.agents()
+        settled = agents and all(
+            a["ready"] and a["idle_target"] > 0 and a["idle"] == a["idle_target"]
+            for a in agents.values()
+        )
+        return agents if settled else None
 
-
-async def until_jobs(d: Daemon, agent: str, count: int, timeout: float = 20) -> None:
-    with anyio.fail_after(timeout):
-        while [i["jobs"] for i in await items(d, agent)] != [count]:
-            await anyio.sleep(0.1)  # status is the observable
+    return await eventually(warm, timeout=timeout)
 
 
 def records(d: Daemon) -> list[dict[str, Any]]:
@@ -172,16 +167,19 @@ async def test_status_check_jobs_wide_reload_drain_undrain_and_sigquit() -> None
         code, out, err = await d.cli("reload", "sales")
         assert code == 0, err
         assert "reloading sales" in out
-        with anyio.fail_after(40):
-            while True:
-                (sales,) = await items(d, "sales")
-                fresh = sales["worker_id"] not in (None, old)
-                if sales["restarts"] == 1 and sales["ready"] and fresh:
-                    break
-                await anyio.sleep(0.1)  # status is the observable
+        sales = (
+            await d.until(
+                lambda agents: (
+                    agents["sales"]["restarts"] == 1
+                    and agents["sales"]["ready"]
+                    and agents["sales"]["worker_id"] not in (None, old)
+                ),
+                timeout=40,
+            )
+        )["sales"]
         new = sales["worker_id"]
-        await until_logged(d, f"Worker {new} registered (agent 'sales').")
-        await until_logged(d, f"Worker {old} closed", timeout=30)
+        await d.wait_log(f"Worker {new} registered (agent 'sales').", timeout=20)
+        await d.wait_log(f"Worker {old} closed", timeout=30)
         code, out, err = await d.cli("status")
         assert code == 0, err
         rows = table(out)[1]
@@ -194,21 +192,22 @@ async def test_status_check_jobs_wide_reload_drain_undrain_and_sigquit() -> None
         # a job on the reloaded agent: --jobs shows job, room, pid, state, age and memory
         code, _, err = await d.cli("dispatch", "sales", "--room", "sales-jobs")
         assert code == 0, err
-        await until_jobs(d, "sales", 1)
+        await d.wait_event("JobStarted", agent="sales", timeout=20)
         pattern = re.compile(
             r"^\s+(?P<job>AJ_\S+)\s+room=sales-jobs\s+pid=(?P<pid>\d+)\s+(?P<state>\S+)\s+"
             r"age=(?P<age>\S+)\s+mem=(?P<mem>\d+)Mi$",
             re.MULTILINE,
         )
-        with anyio.fail_after(20):  # the memory sweep fills in the job's memory
-            while True:
-                code, out, err = await d.cli("status", "--jobs")
-                assert code == 0, err
-                match = pattern.search(out)
-                assert match is not None, out
-                if int(match["mem"]) > 0:
-                    break
-                await anyio.sleep(0.2)  # status is the observable
+
+        async def measured() -> tuple[str, re.Match[str]] | None:
+            code, out, err = await d.cli("status", "--jobs")
+            assert code == 0, err
+            match = pattern.search(out)
+            assert match is not None, out
+            return (out, match) if int(match["mem"]) > 0 else None
+
+        # the memory sweep fills in the job's memory (a sweep announces nothing)
+        out, match = await eventually(measured, timeout=20, interval=0.2)
         assert "sales: 1 job(s)" in out
         assert "customer-service: 0 job(s)" in out
         assert match["state"] == "running"
@@ -217,7 +216,7 @@ async def test_status_check_jobs_wide_reload_drain_undrain_and_sigquit() -> None
         assert pid in descendants(d.process.pid)  # a real job process of this daemon
         started = [r for r in records(d) if "sales job started: room=sales-jobs" in r["msg"]]
         assert [r.get("pid") for r in started] == [pid]
-        await until_logged(d, f"Job {match['job']} assigned to worker {new}.")
+        await d.wait_log(f"Job {match['job']} assigned to worker {new}.", timeout=20)
 
         # drain one agent: --check says 3 for the fleet and for it, 0 for the others
         code, out, err = await d.cli("drain", "sales")
@@ -287,9 +286,8 @@ async def test_apply_dry_run_json_update_in_place_import_check_and_prune(tmp_pat
         actions = {a["name"]: a["action"] for a in plan["agents"]}
         assert actions["sales"] == "update-in-place"
         assert not plan.get("dryRun")
-        with anyio.fail_after(10):
-            while (await by_name(d))["sales"]["threshold"] != pytest.approx(0.5):
-                await anyio.sleep(0.1)  # status is the observable
+        # in effect when apply answers
+        assert (await d.agents())["sales"]["threshold"] == pytest.approx(0.5)
         code, out, err = await d.cli("status", "sales")
         assert code == 0, err
         assert table(out)[1]["sales"][HEADER.index("LOAD/THR")].endswith("/0.50")
@@ -327,9 +325,8 @@ async def test_apply_dry_run_json_update_in_place_import_check_and_prune(tmp_pat
         code, out, err = await d.cli("apply", str(empty), "--prune-all")
         assert code == 0, err
         assert "3 to drain and remove" in out
-        with anyio.fail_after(30):
-            while await items(d):
-                await anyio.sleep(0.1)  # status is the observable
+        await d.until(lambda agents: not agents)
+        assert await items(d) == []
         await gone(list(processes), 30)  # the removed agents' processes stopped
         d.process.send_signal(signal.SIGTERM)
         with anyio.fail_after(30):
@@ -348,16 +345,8 @@ async def test_sighup_with_an_invalid_file_changes_nothing_then_sigint_drains(
 
         fleet.write_text(DEV_FLEET.replace("max_jobs: 4", "max_jobs: 0"))
         d.process.send_signal(signal.SIGHUP)
-        with anyio.fail_after(20):
-            while not (
-                errors := [
-                    r
-                    for r in records(d)
-                    if r.get("level") == "error" and "SIGHUP" in str(r.get("msg"))
-                ]
-            ):
-                await anyio.sleep(0.05)  # the log is the observable
-        assert "max_jobs" in errors[0]["msg"]
+        error = await d.wait_log("SIGHUP", level="error", timeout=20)
+        assert "max_jobs" in error["msg"]
         assert d.process.returncode is None  # still running
         assert identity(await by_name(d)) == identity(before)
         assert set(descendants(d.process.pid)) == processes
@@ -378,22 +367,10 @@ async def test_sighup_with_an_invalid_file_changes_nothing_then_sigint_drains(
                 "no_such_module",
             ),
         ):
-            seen = len(errors)
             fleet.write_text(text)
             d.process.send_signal(signal.SIGHUP)
-            with anyio.fail_after(30):
-                while (
-                    len(
-                        errors := [
-                            r
-                            for r in records(d)
-                            if r.get("level") == "error" and "SIGHUP" in str(r.get("msg"))
-                        ]
-                    )
-                    <= seen
-                ):
-                    await anyio.sleep(0.05)  # the log is the observable
-            assert says in errors[-1]["msg"]
+            error = await d.wait_log("SIGHUP", level="error", after=error["seq"], timeout=30)
+            assert says in error["msg"]
             assert d.process.returncode is None
             assert identity(await by_name(d)) == identity(before)
         code, out, err = await d.cli("diff", str(saved), "--set", "hold_seconds=2")
@@ -402,7 +379,7 @@ async def test_sighup_with_an_invalid_file_changes_nothing_then_sigint_drains(
         # SIGINT first: a drain like SIGTERM's; the running job finishes and the exit is 0
         code, _, err = await d.cli("dispatch", "survey", "--room", "survey-sigint")
         assert code == 0, err
-        await until_logged(d, "survey job started: room=survey-sigint")
+        await d.wait_log("survey job started: room=survey-sigint", timeout=20)
         children = descendants(d.process.pid)
         d.process.send_signal(signal.SIGINT)
         with anyio.fail_after(30):
@@ -430,9 +407,8 @@ async def test_a_stop_signal_never_waits_for_a_sighup_import_check(tmp_path: Pat
             f"    working_dir: {tmp_path}\n"
         )
         d.process.send_signal(signal.SIGHUP)
-        with anyio.fail_after(30):
-            while not marker.exists():
-                await anyio.sleep(0.05)  # the import check has started: the observable
+        # the import check has started: its child touches the file, and says nothing else
+        await eventually(marker.exists, timeout=30)
         d.process.send_signal(signal.SIGQUIT)
         with anyio.fail_after(5):
             assert await d.process.wait() == 1
@@ -453,7 +429,7 @@ async def test_drain_deadline_stops_held_jobs_and_exits_1(tmp_path: Path) -> Non
         await d.wait_ready(3)
         code, _, err = await d.cli("dispatch", "sales", "--room", "sales-deadline")
         assert code == 0, err
-        await until_jobs(d, "sales", 1)
+        await d.wait_event("JobStarted", agent="sales", timeout=20)
         children = descendants(d.process.pid)
         started = time.monotonic()
         d.process.send_signal(signal.SIGTERM)
@@ -477,16 +453,16 @@ async def test_status_answers_during_a_sigterm_drain_and_shows_draining() -> Non
         for agent, room in (("customer-service", "cs-drain"), ("survey", "survey-drain")):
             code, _, err = await d.cli("dispatch", agent, "--room", room)
             assert code == 0, err
-        await until_jobs(d, "customer-service", 1)
-        await until_jobs(d, "survey", 1)
+        await d.wait_event("JobStarted", agent="customer-service", timeout=20)
+        await d.wait_event("JobStarted", agent="survey", timeout=20)
         d.process.send_signal(signal.SIGTERM)
-        with anyio.fail_after(8):  # well before the held jobs end
-            while True:
-                agents = await by_name(d)  # asserts that status answers (exit 0)
-                busy = (agents["customer-service"], agents["survey"])
-                if all(a["state"] == "draining" for a in busy):
-                    break
-                await anyio.sleep(0.1)  # status is the observable
+        agents = await d.until(  # status answers, well before the held jobs end
+            lambda agents: all(
+                agents[name]["state"] == "draining" for name in ("customer-service", "survey")
+            ),
+            timeout=8,
+        )
+        busy = (agents["customer-service"], agents["survey"])
         assert all(a["jobs"] == 1 and not a["ready"] for a in busy)
         code, out, err = await d.cli("status")
         assert code == 0, err
@@ -539,13 +515,8 @@ async def test_supervisor_http_in_the_fleet_file_starts_the_listener(tmp_path: P
                 ),
             )
             assert code == 0, out + err
-            with anyio.fail_after(10):
-                while True:
-                    try:
-                        answer = await client.get(f"http://127.0.0.1:{moved}/livez")
-                        break
-                    except httpx.ConnectError:
-                        await anyio.sleep(0.05)  # the new listener is the observable
+            await d.wait_log(f"http://127.0.0.1:{moved}", timeout=10)  # it listens
+            answer = await client.get(f"http://127.0.0.1:{moved}/livez")
             assert answer.status_code == 200
             with pytest.raises(httpx.ConnectError):
                 await client.get(base + "/livez")
@@ -598,10 +569,11 @@ async def test_run_watch_applies_configmap_updates_and_refuses_a_broken_one(
         code, out, _ = await d.cli("status")
         assert f"fleet dev, revision {first['revision']}, from {fleet} (watched" in out
 
+        mark = await d.last_seq("events")
         kubelet_update(mount, 2, DEV_FLEET.replace("max_jobs: 4", "max_jobs: 3"))
-        with anyio.fail_after(30):
-            while (now := await fleet_status(d))["revision"] == first["revision"]:
-                await anyio.sleep(0.1)  # status is the observable
+        applied = await d.wait_event("Applied", after=mark, timeout=30)
+        now = await fleet_status(d)
+        assert now["revision"] != first["revision"]
         assert now["last_error"] is None
         code, out, err = await d.cli("diff", str(fleet))
         assert code == 0, out + err  # the daemon runs what the new file says
@@ -609,9 +581,9 @@ async def test_run_watch_applies_configmap_updates_and_refuses_a_broken_one(
         broken = DEV_FLEET.replace("max_jobs: 4", "max_jobs: many")
         line = broken.splitlines().index("  max_jobs: many") + 1
         kubelet_update(mount, 3, broken)
-        with anyio.fail_after(30):
-            while (failed := await fleet_status(d))["last_error"] is None:
-                await anyio.sleep(0.1)
+        refused = await d.wait_event("ApplyFailed", after=applied["seq"], timeout=30)
+        assert str(fleet) in refused["message"]
+        failed = await fleet_status(d)
         assert failed["revision"] == now["revision"]  # nothing changed
         assert failed["last_error"].startswith(f"watch: {fleet} does not pass its checks")
         assert f"fleet.yaml:{line}:" in failed["last_error"]
@@ -622,9 +594,9 @@ async def test_run_watch_applies_configmap_updates_and_refuses_a_broken_one(
         assert code == 0, err  # the agents keep running the fleet before it
 
         kubelet_update(mount, 4, DEV_FLEET.replace("max_jobs: 4", "max_jobs: 2"))
-        with anyio.fail_after(30):
-            while (fixed := await fleet_status(d))["revision"] == now["revision"]:
-                await anyio.sleep(0.1)
+        await d.wait_event("Applied", after=refused["seq"], timeout=30)
+        fixed = await fleet_status(d)
+        assert fixed["revision"] != now["revision"]
         assert fixed["last_error"] is None
         assert sum("watch: re-applied" in str(r.get("msg")) for r in records(d)) == 2
         d.process.send_signal(signal.SIGTERM)
@@ -698,17 +670,10 @@ async def test_version_typos_missing_daemon_yaml_watch_stream_and_render_applied
         code, out, err = await d.cli("dispatch", "survey", "--room", "survey-waited", "--wait")
         assert code == 0, err
         assert re.search(r"job AJ_\w+ assigned to worker AW_\w+ \(\w+\)", out), out
-        with anyio.fail_after(20):  # the job's own log line carries where it runs
-            while not (
-                started := [
-                    r
-                    for r in records(d)
-                    if "survey job started: room=survey-waited" in str(r.get("msg"))
-                ]
-            ):
-                await anyio.sleep(0.05)  # the log is the observable
-        assert started[0]["room"] == "survey-waited"
-        assert started[0]["worker_id"].startswith("AW_")
+        # the job's own log line carries where it runs
+        started = await d.wait_log("survey job started: room=survey-waited", timeout=20)
+        assert started["room"] == "survey-waited"
+        assert started["worker_id"].startswith("AW_")
         code, out, err = await d.cli(
             "dispatch", "salez", "--room", "sales-typo", "--wait", "--timeout", "1s"
         )
@@ -839,18 +804,16 @@ async def test_reload_runs_the_agents_new_code(tmp_path: Path) -> None:
         await d.wait_ready(1)
         code, _, err = await d.cli("dispatch", "versioned", "--room", "v1", "--wait")
         assert code == 0, err
-        await until_logged(d, "running version 1")
+        await d.wait_log("running version 1", timeout=20)
         module.write_text(module.read_text().replace("VERSION = 1", "VERSION = 2"))
         code, _, err = await d.cli("reload", "versioned")
         assert code == 0, err
-        with anyio.fail_after(30):  # the new worker is the one registered
-            while (await by_name(d))["versioned"]["restarts"] != 1 or not (await by_name(d))[
-                "versioned"
-            ]["ready"]:
-                await anyio.sleep(0.1)  # status is the observable
+        await d.until(  # the new worker is the one registered
+            lambda agents: agents["versioned"]["restarts"] == 1 and agents["versioned"]["ready"]
+        )
         code, _, err = await d.cli("dispatch", "versioned", "--room", "v2", "--wait")
         assert code == 0, err
-        await until_logged(d, "running version 2")
+        await d.wait_log("running version 2", timeout=20)
 
 
 async def test_log_file_and_log_level(tmp_path: Path) -> None:
@@ -862,20 +825,21 @@ async def test_log_file_and_log_level(tmp_path: Path) -> None:
     async with daemon(str(fleet)) as d:
         await d.wait_ready(3)
         written = tmp_path / "logs" / "lksup.log"  # relative to the fleet file
-        with anyio.fail_after(10):
-            while "registered as" not in (written.read_text() if written.exists() else ""):
-                await anyio.sleep(0.05)  # the file is the observable
+        # the file is the subject (the records before it was opened are not in it)
+        await eventually(
+            lambda: written.exists() and "registered as" in written.read_text(), timeout=10
+        )
         lines = [json.loads(line) for line in written.read_text().splitlines()]
         assert {"ts", "level", "msg"} <= set(lines[0])
         # an apply without it: the file is left alone from then on
         code, _, err = await d.cli("apply", str(fleet_file(tmp_path, "plain.yaml", DEV_FLEET)))
         assert code == 0, err
         size = written.stat().st_size
+        mark = await d.last_seq("logs")
         code, _, err = await d.cli("reload", "sales")
         assert code == 0, err
-        with anyio.fail_after(30):  # the new worker registered: logged, but not to the file
-            while d.log.read_text().count("agent sales registered as") < 2:
-                await anyio.sleep(0.05)  # the log is the observable
+        # the new worker registered: logged, but not to the file
+        await d.wait_log("agent sales registered as", after=mark, timeout=30)
         assert written.stat().st_size == size
     async with daemon("fleets/dev.yaml", "--log-level", "warning") as quiet:
         await quiet.wait_ready(3)

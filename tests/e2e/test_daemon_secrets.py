@@ -181,28 +181,19 @@ async def until_status(
     what: str,
     timeout: float = 60,
 ) -> dict[str, dict[str, Any]]:
-    """Poll status (every form scanned each time) until ``done(agents)`` holds."""
+    """Status (every form scanned each time), read again at each event until ``done(agents)``
+    holds."""
     agents: dict[str, dict[str, Any]] = {}
+
+    async def read() -> dict[str, dict[str, Any]]:
+        nonlocal agents
+        agents = await status(c, d)
+        return agents
+
     try:
-        with anyio.fail_after(timeout):
-            while True:
-                if d.process.returncode is not None:
-                    raise AssertionError(f"daemon exited:\n{d.log.read_text()[-3000:]}")
-                agents = await status(c, d)
-                if done(agents):
-                    return agents
-                await anyio.sleep(0.2)  # status is the observable
+        return await d.until_read(read, done, timeout)
     except TimeoutError:
         raise AssertionError(f"timed out waiting for {what}: {agents}") from None
-
-
-async def until_logged(d: Daemon, text: str, count: int = 1, timeout: float = 30) -> None:
-    """Until ``text`` appears ``count`` times in the daemon's log."""
-    with anyio.fail_after(timeout):
-        while d.log.read_text().count(text) < count:
-            if d.process.returncode is not None:
-                raise AssertionError(f"daemon exited:\n{d.log.read_text()[-3000:]}")
-            await anyio.sleep(0.05)  # the log is the observable
 
 
 def running(agent: dict[str, Any], restarts: int) -> bool:
@@ -256,7 +247,7 @@ async def run_scenario(c: Canaries, tmp_path: Path) -> None:
         daemon(str(fleet), "--http", f"127.0.0.1:{port}") as d,
         httpx.AsyncClient() as client,
     ):
-        await until_logged(d, "lksup is running")  # its control socket answers from now on
+        await d.connected()
         # started: holder and raiser run; rejected and literal are refused (HTTP 401), and
         # status says so without the secret
         agents = await until_status(
@@ -272,7 +263,7 @@ async def run_scenario(c: Canaries, tmp_path: Path) -> None:
             "holder and raiser ready, rejected and literal refused",
         )
         assert agents["rejected"]["state"] != "running"
-        await until_logged(d, REFUSED)
+        await d.wait_log(REFUSED)
         await scrape(c, base, client)
 
         # a template value given to apply, in an agent's environment: the plan, three ways
@@ -320,8 +311,8 @@ async def run_scenario(c: Canaries, tmp_path: Path) -> None:
         # a job on the agent whose entrypoint raises with its secrets in the message
         code, out, err = await cli(c, d, "dispatch", "raiser", "--room", "canary-room")
         assert code == 0, out + err
-        await until_logged(d, "RuntimeError")
-        await until_logged(d, "cannot reach the CRM with token")
+        await d.wait_log("RuntimeError")
+        failure = await d.wait_log("cannot reach the CRM with token")
         await until_status(c, d, lambda a: a["raiser"]["jobs"] == 0, "the raiser's job ended")
         await scrape(c, base, client)
 
@@ -359,9 +350,10 @@ async def run_scenario(c: Canaries, tmp_path: Path) -> None:
 
         # SIGHUP with an agent whose import fails: the check's output is logged, nothing changes
         fleet.write_text(text + leaky_agent)
+        mark = await d.last_seq("logs")
         d.process.send_signal(signal.SIGHUP)
-        await until_logged(d, "does not pass its checks")
-        await until_logged(d, "cannot start with token ****")
+        await d.wait_log("does not pass its checks", after=mark)
+        await d.wait_log("cannot start with token ****", after=mark)
 
         # rotate both {file:} secrets to second canaries; SIGHUP re-reads them and replaces
         # the agents that use them (the template value it was applied with is kept)
@@ -369,8 +361,7 @@ async def run_scenario(c: Canaries, tmp_path: Path) -> None:
         env_file.write_text(v["file-rotated"] + "\n")
         lk_file.write_text(v["lk-file-rotated"] + "\n")
         d.process.send_signal(signal.SIGHUP)
-        await until_logged(d, "SIGHUP: re-applied")
-        (line,) = [x for x in d.log.read_text().splitlines() if "SIGHUP: re-applied" in x]
+        line = (await d.wait_log("SIGHUP: re-applied"))["msg"]
         assert "replaced for a changed secret" in line
         for agent in ("holder", "raiser", "rejected"):
             assert agent in line.split("replaced for a changed secret")[1]
@@ -389,7 +380,7 @@ async def run_scenario(c: Canaries, tmp_path: Path) -> None:
         # the rotated secret is in use: the raiser's next failure carries it (if unredacted)
         code, out, err = await cli(c, d, "dispatch", "raiser", "--room", "canary-room-2")
         assert code == 0, out + err
-        await until_logged(d, "cannot reach the CRM with token", count=2)
+        await d.wait_log("cannot reach the CRM with token", after=failure["seq"])
         await until_status(c, d, lambda a: a["raiser"]["jobs"] == 0, "the second job ended")
         code, out, err = await cli(c, d, "diff", str(fleet), "--set", f"token={v['template']}")
         assert code == 0, out + err

@@ -24,7 +24,7 @@ psrpc v0.7.2, as read in their source):
 Which node made an assignment is a server-side fact: a node logs each job it gives to one of
 its own workers, with the room and the worker's id. A node is not told when a dispatch finds
 no worker (its agent-name cache is refreshed asynchronously after a registration), so each
-dispatch is awaited on the daemons' status and made again in a new room if no host took it.
+dispatch is awaited on the daemons' events and made again in a new room if no host took it.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -43,7 +44,7 @@ from livekit import api
 
 from lksup.control.api import AgentStatus
 from lksup.control.client import ControlClient
-from lksup.control.errors import DaemonUnreachable
+from tests.conftest import eventually
 from tests.e2e.test_daemon import Daemon, LiveKit, daemon
 from tests.interop import livekit_server as real
 from tests.interop.redis_server import real_redis_server
@@ -52,7 +53,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.interop]
 
 AGENT = "helpdesk"
 HOLD = 10  # seconds each job runs (the support agent's HOLD_SECONDS), then ends on its own
-POLL = 0.1  # the daemons' status is the observable; this is how often it is read
+POLL = 0.1  # how often a node's log is read again (it has no other channel)
 
 FLEET = """\
 apiVersion: lksup/v1
@@ -106,19 +107,17 @@ class Host:
     async def wait(
         self, what: str, timeout: float, check: Callable[[AgentStatus], bool]
     ) -> AgentStatus:
-        """The agent's status once ``check(status)`` holds; ``what`` names it in a failure."""
+        """The agent's status once ``check(status)`` holds, read again at each of the
+        daemon's events; ``what`` names it in a failure."""
         last: AgentStatus | None = None
+
+        async def read() -> AgentStatus:
+            nonlocal last
+            last = await self.status()
+            return last
+
         try:
-            with anyio.fail_after(timeout):
-                while True:
-                    assert self.daemon.process.returncode is None, self.log()[-4000:]
-                    try:
-                        last = await self.status()
-                        if check(last):
-                            return last
-                    except DaemonUnreachable:
-                        pass
-                    await anyio.sleep(POLL)
+            return await self.daemon.until_read(read, check, timeout)
         except TimeoutError:
             raise AssertionError(
                 f"host {self.name}: not {what} after {timeout}s; last status: {last}\n"
@@ -141,17 +140,38 @@ async def assigned_by(node: real.RealServer, room: str) -> str:
 
     A node logs the assignments it made, to its own workers only, just after it sent them.
     """
-    with anyio.fail_after(20):
-        while True:
-            for line in node.log.read_text(errors="replace").splitlines():
-                if "\tassigned job to worker\t" in line:
-                    fields = json.loads(line.rsplit("\t", 1)[1])
-                    if fields.get("room") == room:
-                        return str(fields["workerID"])
-            await anyio.sleep(POLL)  # the node's log, read again
+
+    def logged() -> str | None:
+        for line in node.log.read_text(errors="replace").splitlines():
+            if "\tassigned job to worker\t" in line:
+                fields = json.loads(line.rsplit("\t", 1)[1])
+                if fields.get("room") == room:
+                    return str(fields["workerID"])
+        return None
+
+    return await eventually(logged, timeout=20, interval=POLL)
 
 
 _rooms = itertools.count(1)
+
+
+async def taker(hosts: Sequence[Host], room: str, timeout: float) -> Host | None:
+    """The host whose daemon records an event of the job in ``room`` within ``timeout``."""
+    took: list[Host] = []
+
+    async def watch(host: Host, scope: anyio.CancelScope) -> None:
+        def about_room(event: dict[str, Any]) -> bool:
+            return event["agent"] == AGENT and f"(room {room})" in event["message"]
+
+        await host.daemon.follow("events", about_room, timeout=timeout + 10)
+        took.append(host)
+        scope.cancel()
+
+    with anyio.move_on_after(timeout):
+        async with anyio.create_task_group() as tg:
+            for host in hosts:
+                tg.start_soon(watch, host, tg.cancel_scope)
+    return took[0] if took else None
 
 
 async def land(room_node: real.RealServer, hosts: Sequence[Host], prefix: str) -> tuple[Host, str]:
@@ -169,12 +189,9 @@ async def land(room_node: real.RealServer, hosts: Sequence[Host], prefix: str) -
             await client.agent_dispatch.create_dispatch(
                 api.CreateAgentDispatchRequest(agent_name=AGENT, room=room)
             )
-        with anyio.move_on_after(10):
-            while True:
-                for host in hosts:
-                    if room in await host.rooms():
-                        return host, room
-                await anyio.sleep(POLL)
+        host = await taker(hosts, room, timeout=10)
+        if host is not None:
+            return host, room
     raise AssertionError(
         f"no host took a job of {prefix}:\n" + "\n".join(h.log()[-3000:] for h in hosts)
     )

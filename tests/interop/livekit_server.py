@@ -27,8 +27,8 @@ import anyio
 import anyio.abc
 import httpx
 
+from tests.conftest import eventually, script_tool, stop_process
 from tests.conftest import free_port as shared_free_port
-from tests.conftest import script_tool, stop_process
 
 API_KEY = "devkey"
 API_SECRET = "interop-secret-0123456789abcdef0123456789"
@@ -71,20 +71,20 @@ class RealServer:
 
 async def _wait_ready(server: RealServer, timeout: float) -> None:
     async with httpx.AsyncClient() as client:
-        with anyio.fail_after(timeout):
-            while True:
-                if server.process.returncode is not None:
-                    raise RuntimeError(
-                        f"livekit-server exited ({server.process.returncode}):\n"
-                        + server.log.read_text()[-3000:]
-                    )
-                try:
-                    response = await client.get(server.http_url + "/", timeout=1.0)
-                    if response.status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await anyio.sleep(0.05)  # readiness probe interval, not synchronisation
+
+        async def answers() -> bool:  # before it serves, the server tells nothing: probe it
+            if server.process.returncode is not None:
+                raise RuntimeError(
+                    f"livekit-server exited ({server.process.returncode}):\n"
+                    + server.log.read_text()[-3000:]
+                )
+            try:
+                response = await client.get(server.http_url + "/", timeout=1.0)
+            except httpx.TransportError:
+                return False
+            return response.status_code == 200
+
+        await eventually(answers, timeout=timeout)
 
 
 async def kill(server: RealServer) -> None:

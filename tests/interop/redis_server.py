@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
-from tests.conftest import free_port, script_tool, stop_process
+from tests.conftest import eventually, free_port, script_tool, stop_process
 
 
 def redis_binary() -> Path:
@@ -51,14 +51,16 @@ async def _ping(port: int) -> bool:
 
 
 async def _wait_ready(server: RedisServer, timeout: float) -> None:
-    with anyio.fail_after(timeout):
-        while not await _ping(server.port):
-            if server.process.returncode is not None:
-                raise RuntimeError(
-                    f"redis-server exited ({server.process.returncode}):\n"
-                    + server.log.read_text()[-3000:]
-                )
-            await anyio.sleep(0.05)  # readiness probe interval, not synchronisation
+
+    async def answers() -> bool:  # before it serves, the server tells nothing: probe it
+        if server.process.returncode is not None:
+            raise RuntimeError(
+                f"redis-server exited ({server.process.returncode}):\n"
+                + server.log.read_text()[-3000:]
+            )
+        return await _ping(server.port)
+
+    await eventually(answers, timeout=timeout)
 
 
 @asynccontextmanager

@@ -10,6 +10,7 @@ import jwt
 
 from lksup.protocol.events import Accept, Decline, JobAssigned
 from lksup.transport.dispatch import delete_dispatch
+from tests.conftest import eventually
 from tests.interop.harness import (
     ScriptedAgent,
     ServerUnderTest,
@@ -46,10 +47,9 @@ async def job_runs_to_success(
         assert claims["attributes"]["lk.agent_name"] == "scenario-success"
         assert claims["exp"] - claims["nbf"] <= 3600 + 60
         agent.end(offer.job.id)
-        with anyio.fail_after(5):
-            while offer.job.id in session.machine.running_jobs:
-                await anyio.lowlevel.checkpoint()
-                await anyio.sleep(0.01)
+        await eventually(
+            lambda: offer.job.id not in session.machine.running_jobs, timeout=5, interval=0.01
+        )
         # the connection is still healthy: a second job goes through
         second, _, _ = await dispatch_until_offered(server, agent, "scenario-success")
         await next_item(agent.assignments)
@@ -101,9 +101,7 @@ async def delete_dispatch_terminates(server: ServerUnderTest, monkeypatch: Any) 
         offer, room, dispatch_id = await dispatch_until_offered(server, agent, "scenario-delete")
         await next_item(agent.assignments)
         await delete_dispatch(server.api, dispatch_id=dispatch_id, room=room)
-        with anyio.fail_after(10):
-            while offer.job.id not in agent.terminated:
-                await anyio.sleep(0.01)
+        await eventually(lambda: offer.job.id in agent.terminated, timeout=10, interval=0.01)
         assert agent.terminated == [offer.job.id]
 
 
@@ -115,9 +113,7 @@ async def reconnects_after_server_restart(server: ServerUnderTest, monkeypatch: 
     async with agent_session(server, agent, name="scenario-restart") as session:
         first = await session.wait_registered()
         await server.stop()
-        with anyio.fail_after(10):
-            while session.machine.worker_id is not None:
-                await anyio.sleep(0.01)
+        await eventually(lambda: session.machine.worker_id is None, timeout=10, interval=0.01)
         await server.restart()
         with anyio.fail_after(30):
             second = await session.wait_registered()

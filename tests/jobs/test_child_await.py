@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import anyio
 import psutil
 import pytest
 
 from lksup.jobs import ipc
+from tests.conftest import eventually
 
 from .harness import Child, initialize, job_wire, spawn, write_agent
 
@@ -35,17 +35,13 @@ def cpu_seconds(child: Child) -> float:
 
 async def wait_cpu(child: Child, *, above: float) -> None:
     """Until the process has used more than ``above`` CPU-seconds (only a poll burns that)."""
-    with anyio.fail_after(10):
-        while cpu_seconds(child) <= above:
-            await anyio.sleep(0.01)
+    await eventually(lambda: cpu_seconds(child) > above, timeout=10, interval=0.01)
 
 
 async def wait_asleep(child: Child) -> None:
     """Until the process's main thread sleeps (a polling process is running or runnable)."""
     process = psutil.Process(child.process.pid)
-    with anyio.fail_after(10):
-        while process.status() != psutil.STATUS_SLEEPING:
-            await anyio.sleep(0.01)
+    await eventually(lambda: process.status() == psutil.STATUS_SLEEPING, timeout=10, interval=0.01)
 
 
 async def idle_child(child: Child) -> float:

@@ -16,6 +16,7 @@ import pytest
 
 from lksup.pool.pool import ASSIGNMENT_POLL, AgentPool
 from lksup.protocol.events import Accept, JobAssigned, OfferReceived
+from tests.conftest import eventually
 from tests.pool.helpers import Reporter, make_job, running_pool, spec, wait_for
 
 pytestmark = pytest.mark.anyio
@@ -33,15 +34,15 @@ async def test_the_process_an_offer_was_accepted_for_polls_then_runs_the_job(
     process_spec = spec(agent_dir, request_fnc=request_fnc)
     async with running_pool(process_spec, launch=launch, assignment_poll=2.0) as pool:
         await wait_for(pool, lambda: len(pool.idle) == 1)
-        process = pool.idle[0]
-        assert process.pid is not None
-        await wait_asleep(process.pid)  # READY, and done walking its job-start path
-        before = cpu_seconds(process.pid)
+        pid = pool.idle[0].pid
+        assert pid is not None
+        await wait_asleep(pid)  # READY, and done walking its job-start path
+        before = cpu_seconds(pid)
         job = make_job("AJ_1", room="yes-1")  # the request function accepts "yes" rooms
         assert isinstance(await pool.decide(OfferReceived(job)), Accept)
-        with anyio.fail_after(10):  # an idle process burns no CPU; a polling one does
-            while cpu_seconds(process.pid) < before + 0.5:
-                await anyio.sleep(0.005)
+        await eventually(  # an idle process burns no CPU; a polling one does
+            lambda: cpu_seconds(pid) >= before + 0.5, timeout=10, interval=0.005
+        )
         reporter = Reporter()
         await pool.run_job(JobAssigned(job, token="jwt"), reporter)
         assert reporter.ended == {"AJ_1": None}
@@ -49,9 +50,7 @@ async def test_the_process_an_offer_was_accepted_for_polls_then_runs_the_job(
 
 async def wait_asleep(pid: int) -> None:
     process = psutil.Process(pid)
-    with anyio.fail_after(10):
-        while process.status() != psutil.STATUS_SLEEPING:
-            await anyio.sleep(0.005)
+    await eventually(lambda: process.status() == psutil.STATUS_SLEEPING, timeout=10, interval=0.005)
 
 
 def monitor_at(cpu: float) -> Any:

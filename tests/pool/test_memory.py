@@ -15,6 +15,7 @@ from lksup.monitors.memory_policy import MemoryPolicy
 from lksup.monitors.monitor import Monitor
 from lksup.pool.pool import AgentPool
 from lksup.protocol.events import Accept, Decline, JobAssigned, OfferReceived
+from tests.conftest import eventually
 from tests.pool.helpers import Reporter, make_job, running_pool, spec, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.process]
@@ -72,9 +73,11 @@ async def test_a_job_over_its_warning_keeps_running(
         await pool.decide(OfferReceived(job))
         async with anyio.create_task_group() as tg:
             tg.start_soon(pool.run_job, JobAssigned(job, token="jwt"), reporter)
-            with anyio.fail_after(30):
-                while not any("(warning above 60 MB)" in r.getMessage() for r in caplog.records):
-                    await anyio.sleep(0.02)  # the log is the observable here
+            await eventually(  # the log is the observable here
+                lambda: any("(warning above 60 MB)" in r.getMessage() for r in caplog.records),
+                timeout=30,
+                interval=0.02,
+            )
             pool.terminate("AJ_1")
         assert reporter.ended == {"AJ_1": None}
 
@@ -106,6 +109,4 @@ async def test_a_closed_pool_leaves_nothing_in_the_memory_sweep(agent_dir: Path)
         (warm,) = pool.idle
         assert monitor.watched == {warm.pid}
         await pool.aclose()
-        with anyio.fail_after(10):
-            while monitor.watched:
-                await anyio.sleep(0.05)  # the pool's tasks wind down: the observable
+        await eventually(lambda: not monitor.watched, timeout=10)  # the pool's tasks wind down

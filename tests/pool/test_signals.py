@@ -15,7 +15,7 @@ import anyio.abc
 import psutil
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.process]
 
@@ -97,6 +97,6 @@ async def test_no_job_process_outlives_a_killed_supervisor(agent_dir: Path, laun
         assert len(children) >= (3 if launch == "zygote" else 1)  # base and template too
         sup.process.send_signal(signal.SIGKILL)
         await sup.process.wait()
-        with anyio.fail_after(2):  # the acceptance bound: gone 2 s after the supervisor
-            while any(_alive(pid) for pid in children):
-                await anyio.sleep(0.02)
+        await eventually(  # the acceptance bound: gone 2 s after the supervisor
+            lambda: not any(_alive(pid) for pid in children), timeout=2, interval=0.02
+        )

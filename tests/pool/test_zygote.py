@@ -18,6 +18,7 @@ import pytest
 from lksup.jobs import ipc
 from lksup.pool.process import ProcessSpec
 from lksup.pool.zygote import LOCAL_MODELS, PRELOAD_VARIABLE, Zygotes, _base_environment
+from tests.conftest import eventually
 from tests.pool.helpers import (
     Reporter,
     make_job,
@@ -410,9 +411,9 @@ async def test_a_template_forked_from_the_base_another_agent_just_taught_is_repl
             running_pool(red, launcher=zygotes.launcher(red), num_idle=1) as red_pool,
             running_pool(blue, launcher=zygotes.launcher(blue), num_idle=1) as blue_pool,
         ):
-            with anyio.fail_after(60):  # both templates are forked from the first base
-                while forked_from_base(zygotes) != 2:
-                    await anyio.sleep(0.02)  # the process table is the observable
+            await eventually(  # both templates are forked from the first base
+                lambda: forked_from_base(zygotes) == 2, timeout=60, interval=0.02
+            )
             (old_base,) = zygotes.bases.values()
             await open_gate(red_gate)
             await wait_for(red_pool, lambda: len(red_pool.idle) == 1, timeout=60)

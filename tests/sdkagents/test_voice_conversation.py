@@ -23,7 +23,7 @@ from bench.processes import stop_worker
 
 from lksup.control.client import ControlClient
 from lksup.control.errors import DaemonUnreachable
-from tests.conftest import ROOT
+from tests.conftest import ROOT, eventually
 from tests.interop import livekit_server as real
 from tests.interop.harness import unique_room
 from tests.sdkagents.participant import ConversationStalled, run_conversation
@@ -167,17 +167,17 @@ async def lksup_daemon(server: real.RealServer, tmp_path: Path) -> AsyncIterator
             [sys.executable, "-m", "lksup", "run", str(fleet)], env=env, stdout=sink, stderr=sink
         )
     try:
-        with anyio.fail_after(START_TIMEOUT * 2):
-            while True:  # the status answer is the handshake
-                try:
-                    async with ControlClient(socket_path) as client:
-                        items = (await client.status()).items
-                    if items and all(i.ready and i.idle >= 1 for i in items):
-                        break
-                except DaemonUnreachable:
-                    pass
-                assert daemon.returncode is None, log.read_text()[-4000:]
-                await anyio.sleep(0.1)
+
+        async def warm() -> bool:  # up, then every agent ready with a warm process (no event)
+            assert daemon.returncode is None, log.read_text()[-4000:]
+            try:
+                async with ControlClient(socket_path) as client:
+                    items = (await client.status()).items
+            except DaemonUnreachable:
+                return False
+            return bool(items) and all(i.ready and i.idle >= 1 for i in items)
+
+        await eventually(warm, timeout=START_TIMEOUT * 2, interval=0.1)
         yield log
         daemon.send_signal(signal.SIGTERM)
         with anyio.fail_after(30):

@@ -3,8 +3,8 @@
 ``running_daemon`` starts the daemon with no fleet (``lksup apply`` gives it one) and no
 ``LIVEKIT_*`` variables, waits for its control socket, and on the way out stops it if it is still
 running (SIGQUIT, then SIGKILL), waits for the job processes it leaves and removes its scratch
-folder. Every wait is a status answer or a log line under ``fail_after``; the short
-sleeps inside are the polling interval of a subprocess's log or status, never a synchronisation.
+folder. Every wait is on what the daemon records (``DaemonWaits``: its log records and events
+through the control socket) under ``fail_after``.
 """
 
 from __future__ import annotations
@@ -27,21 +27,22 @@ import psutil
 
 from lksup.control.api import AgentStatus
 from lksup.control.client import ControlClient
-from lksup.control.errors import DaemonUnreachable
 from tests.conftest import ROOT
+from tests.daemon_waits import DaemonWaits
 
 POLL = 0.05
 
 Record = Mapping[str, Any]
 
 
-class Daemon:
+class Daemon(DaemonWaits):
     """One running ``lksup run`` and its JSON log."""
 
     def __init__(self, process: anyio.abc.Process, scratch: Path, env: Mapping[str, str]) -> None:
         self.process = process
         self.scratch = scratch
         self.env = env
+        self.socket = scratch / "ctl.sock"
         self.log = scratch / "daemon.log"
 
     def text(self) -> str:
@@ -63,14 +64,8 @@ class Daemon:
         return [str(r.get("msg", "")) for r in self.records()]
 
     async def wait_record(self, predicate: Callable[[Record], bool], timeout: float) -> Record:
-        """The first log record that ``predicate`` accepts, once it is written."""
-        with anyio.fail_after(timeout):
-            while True:
-                for record in self.records():
-                    if predicate(record):
-                        return record
-                assert self.process.returncode is None, self.text()[-4000:]
-                await anyio.sleep(POLL)
+        """The first log record that ``predicate`` accepts, once the daemon logs it."""
+        return await self.follow("logs", predicate, timeout=timeout)
 
     async def wait_message(self, message: str, timeout: float) -> Record:
         return await self.wait_record(lambda r: r.get("msg") == message, timeout)
@@ -86,19 +81,18 @@ class Daemon:
         return result.returncode, (result.stdout + result.stderr).decode()
 
     async def status(self) -> dict[str, AgentStatus]:
-        async with ControlClient(self.scratch / "ctl.sock") as client:
+        async with ControlClient(self.socket) as client:
             return {item.name: item for item in (await client.status()).items}
 
     async def wait_status(
         self, name: str, predicate: Callable[[AgentStatus], bool], timeout: float
     ) -> AgentStatus:
-        """The agent's status row once ``predicate`` holds for it."""
-        with anyio.fail_after(timeout):
-            while True:
-                item = (await self.status()).get(name)
-                if item is not None and predicate(item):
-                    return item
-                await anyio.sleep(POLL)
+        """The agent's status row once ``predicate`` holds for it (read again at each event)."""
+
+        def holds(agents: dict[str, AgentStatus]) -> bool:
+            return name in agents and predicate(agents[name])
+
+        return (await self.until_read(self.status, holds, timeout))[name]
 
 
 async def _stop(process: anyio.abc.Process) -> None:
@@ -139,14 +133,7 @@ async def running_daemon() -> AsyncIterator[Daemon]:
             )
         daemon = Daemon(process, scratch, env)
         try:
-            with anyio.fail_after(30):
-                while True:
-                    try:
-                        await daemon.status()
-                        break
-                    except DaemonUnreachable:
-                        assert process.returncode is None, daemon.text()[-3000:]
-                        await anyio.sleep(0.1)  # the control socket is the handshake
+            await daemon.connected(timeout=30)
             yield daemon
         finally:
             with anyio.CancelScope(shield=True):

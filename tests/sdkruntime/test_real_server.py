@@ -3,6 +3,7 @@ against the real livekit-server and met by a real participant."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import signal
@@ -15,6 +16,7 @@ import anyio
 import pytest
 from livekit import api, rtc
 
+from tests.conftest import eventually
 from tests.interop import livekit_server as real
 from tests.sdkruntime.daemon import POLL, Daemon, Record, running_daemon
 
@@ -153,8 +155,7 @@ async def dispatch(
         )
         marker = f"job started: room={room} "
         with anyio.move_on_after(5):
-            while not any(job_log(r, marker) for r in daemon.records()):
-                await anyio.sleep(POLL)
+            await daemon.wait_record(functools.partial(job_log, message=marker), timeout=10)
             return room, created.id
     raise AssertionError(f"{agent} never started a job:\n{daemon.text()[-4000:]}")
 
@@ -179,12 +180,14 @@ async def participant(server: real.RealServer, room: str) -> AsyncIterator[rtc.R
 
 async def agent_participant(room: rtc.Room, timeout: float) -> rtc.RemoteParticipant:
     """The agent's participant, once it has joined with its attributes."""
-    with anyio.fail_after(timeout):
-        while True:
-            for p in room.remote_participants.values():
-                if p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT and p.attributes:
-                    return p
-            await anyio.sleep(0.05)  # the rtc SDK's room state, polled
+
+    def joined() -> rtc.RemoteParticipant | None:  # the rtc SDK's room state, polled
+        for p in room.remote_participants.values():
+            if p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT and p.attributes:
+                return p
+        return None
+
+    return await eventually(joined, timeout=timeout)
 
 
 async def test_an_sdk_agent_serves_a_room_and_ends_with_it(tmp_path: Path) -> None:
@@ -317,14 +320,16 @@ async def job_ended(server: real.RealServer, room: str) -> tuple[str, str]:
     (for instance because the agent left the room first). The log is the only place the real
     server exposes it: its dispatch list keeps showing the job as running.
     """
-    with anyio.fail_after(20):
-        while True:
-            for line in server.log.read_text().splitlines():
-                if "\tjob ended\t" in line:
-                    fields = json.loads(line.rsplit("\t", 1)[1])
-                    if fields.get("jobID") in jobs_of(server, room):
-                        return fields["status"], fields.get("error", "")
-            await anyio.sleep(POLL)  # the server's log, read again
+
+    def logged() -> tuple[str, str] | None:  # the server's log, read again
+        for line in server.log.read_text().splitlines():
+            if "\tjob ended\t" in line:
+                fields = json.loads(line.rsplit("\t", 1)[1])
+                if fields.get("jobID") in jobs_of(server, room):
+                    return fields["status"], fields.get("error", "")
+        return None
+
+    return await eventually(logged, timeout=20, interval=POLL)
 
 
 def jobs_of(server: real.RealServer, room: str) -> set[str]:
