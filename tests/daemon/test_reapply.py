@@ -4,6 +4,7 @@ processes, no supervisor. The real checker and the real app are covered end to e
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,14 @@ def anyio_backend() -> str:
 @dataclass
 class FakeSupervisor:
     stopping: bool = False
+    changed: anyio.Event = field(default_factory=anyio.Event)
+
+    def change_event(self) -> anyio.Event:
+        return self.changed
+
+    def notify(self) -> None:
+        changed, self.changed = self.changed, anyio.Event()
+        changed.set()
 
 
 @dataclass
@@ -227,7 +236,8 @@ async def test_watch_applies_a_change_once_it_holds_still_and_not_a_failed_one_a
             await app.changed.wait()
             assert app.failures == [f"watch: {source} does not pass its checks: broken"]
             calls = len(checker.calls)
-            wanted = (reads + 3, anyio.Event())
+            wanted = (reads + 1, anyio.Event())
+            Path(source).write_text(FLEET.replace("m:e", "m:g"))  # the same broken content
             await wanted[1].wait()  # the watcher reads the failed content again...
             assert len(checker.calls) == calls  # ...and does not try it again
             app.changed = anyio.Event()
@@ -236,4 +246,47 @@ async def test_watch_applies_a_change_once_it_holds_still_and_not_a_failed_one_a
             await app.changed.wait()
             assert len(checker.calls) == calls + 1
             assert app.applied[-1].fleet["agents"]["a"]["entrypoint"] == "m:h"
+            tg.cancel_scope.cancel()
+
+
+async def test_watch_follows_a_configmap_update_and_an_apply_of_another_file(
+    tmp_path: Path,
+) -> None:
+    """A ConfigMap update swaps the ``..data`` link in the file's folder (the file itself is
+    a link that never changes); an ``lksup apply`` of another file moves the watch there."""
+    mount = tmp_path / "mount"
+    (mount / "..v1").mkdir(parents=True)
+    (mount / "..v1" / "fleet.yaml").write_text(FLEET)
+    (mount / "..data").symlink_to("..v1")
+    (mount / "fleet.yaml").symlink_to("..data/fleet.yaml")
+    source = str(mount / "fleet.yaml")
+    app, checker = FakeApp(source), FakeChecker()
+    reapplier = _reapplier(checker, watch_debounce=0.05)
+    reapplier.watched[source] = FLEET.encode()  # as applied at start
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reapplier.watch, app)
+            await anyio.wait_all_tasks_blocked()
+            (mount / "..v2").mkdir()  # what the kubelet does, in its order
+            (mount / "..v2" / "fleet.yaml").write_text(FLEET.replace("m:e", "m:v2"))
+            (mount / "..data_tmp").symlink_to("..v2")
+            (mount / "..data_tmp").rename(mount / "..data")
+            shutil.rmtree(mount / "..v1")
+            await app.changed.wait()
+            assert [r.fleet["agents"]["a"]["entrypoint"] for r in app.applied] == ["m:v2"]
+
+            other = tmp_path / "other.yaml"  # `lksup apply other.yaml`: it is the source now
+            other.write_text(FLEET.replace("m:e", "m:other"))
+            app.source = str(other)
+            reapplier.watched[app.source] = other.read_bytes()
+            app.supervisor.notify()
+            await anyio.wait_all_tasks_blocked()
+            app.changed = anyio.Event()
+            other.write_text(FLEET.replace("m:e", "m:edited"))
+            await app.changed.wait()
+            assert [r.fleet["agents"]["a"]["entrypoint"] for r in app.applied] == [
+                "m:v2",
+                "m:edited",
+            ]
+            assert all(call[0] != source for call in checker.calls[1:])
             tg.cancel_scope.cancel()

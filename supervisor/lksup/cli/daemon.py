@@ -106,8 +106,8 @@ def run(
     With FLEET it applies that file at start; without, it resumes the last applied fleet from
     the state directory. The first SIGTERM or SIGINT drains every agent against the fleet's
     drain_timeout (exit 0 when every job finished, 1 otherwise); a second one stops at once.
-    SIGHUP re-applies the fleet file (--watch: so does a change of its content, checked every
-    second and applied once it has held still for half a second); SIGQUIT stops at once;
+    SIGHUP re-applies the fleet file (--watch: so does a change of its content, seen as it
+    happens and applied once it has held still for half a second); SIGQUIT stops at once;
     SIGUSR1 dumps stacks. `lksup stop-budget FLEET` tells how long a stop can take.
 
     \b

@@ -235,6 +235,7 @@ class DaemonApp:
             + f": {plan_render.counts(document['summary'])}",
         )
         self.values = dict(request.values)
+        self.supervisor.notify()  # the applied source and revision are part of the state
         return {
             **document,
             "revision": applied.revision,

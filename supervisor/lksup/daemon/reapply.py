@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.abc
+from watchfiles._rust_notify import RustNotify
 
 from lksup.control.api import ApplyRequest
 from lksup.daemon import state
@@ -46,6 +47,9 @@ from lksup.reconcile import render as plan_render
 
 log = logging.getLogger("lksup.daemon")
 
+#: The longest a burst of changes is grouped before the file is looked at (milliseconds).
+_GROUP_MS = 5000
+
 #: Runs apply's checks on a fleet file with template values: the problems, or None.
 Checker = Callable[[str, dict[str, Any]], Awaitable[str | None]]
 
@@ -54,6 +58,10 @@ class _Stopping(Protocol):
     @property
     def stopping(self) -> bool:
         """Whether a coordinated drain or stop began."""
+        ...
+
+    def change_event(self) -> anyio.Event:
+        """The event the next change (an apply included) sets."""
         ...
 
 
@@ -166,6 +174,7 @@ class Reapplier:
         self.watched: dict[str, bytes | str] = {}
         """``--watch``: source -> the content last applied or tried."""
         self._running: anyio.CancelScope | None = None  # the re-apply in progress
+        self._finished = anyio.Event()  # set (and replaced) when a re-apply ends
 
     def initial(
         self, fleet: str | None, values: dict[str, Any], state_dir: Path
@@ -231,6 +240,8 @@ class Reapplier:
             app.reapply_failed(f"{trigger}: the re-apply failed: {describe(exc)}")
         finally:
             self._running = None
+            finished, self._finished = self._finished, anyio.Event()
+            finished.set()
 
     async def reapply(self, app: Target, trigger: str) -> None:
         """Re-apply ``app``'s fleet file now (see the module's invariants)."""
@@ -283,38 +294,97 @@ class Reapplier:
     async def watch(self, app: Target) -> None:
         """``--watch``: re-apply the applied fleet file whenever its content changes.
 
-        The file is read every ``watch_interval`` seconds (a Kubernetes ConfigMap is replaced
-        by swapping a ``..data`` symlink, which no single inotify watch sees; polling a small
-        file is cheap and sees every kind of update). A change is applied once the content has
-        stayed the same for ``watch_debounce`` seconds, so an editor's several writes make one
-        apply. Content that failed is not retried until it changes again (or SIGHUP).
+        The folders of the file and of what it links to are watched (inotify, through
+        ``watchfiles``; where the kernel cannot, the file system is polled every
+        ``watch_interval`` seconds): a Kubernetes ConfigMap is replaced by swapping a ``..data``
+        symlink in the file's folder, which a watch of the file alone never sees. Whatever
+        changes there, the file is read and compared with what was applied or tried: a change
+        is applied once the folder has been quiet for ``watch_debounce`` seconds, so an
+        editor's several writes make one apply, and content that failed is not tried again
+        until it changes (or SIGHUP). When an ``lksup apply`` makes another file the applied
+        one, that file is watched instead.
         """
-        seen = self.watched
         app.watching = True
-        log.info("watching the fleet file for changes (every %gs)", self.watch_interval)
+        log.info("watching the fleet file for changes")
         while True:
-            await anyio.sleep(self.watch_interval)
+            changed = app.supervisor.change_event()  # before reading: no apply slips past
             source = app.source
-            if source is None or app.supervisor.stopping:
+            if source is None:
+                await changed.wait()
                 continue
-            content = await read_quietly(source)
-            if source not in seen:
-                seen[source] = content  # what was applied from it (at start, or by apply)
+            await self._watch_file(app, source)
+
+    async def _watch_file(self, app: Target, source: str) -> None:
+        """Follow ``source`` until another file is the applied one."""
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._follow, app, source, stop)
+            try:
+                while True:
+                    changed = app.supervisor.change_event()
+                    if app.source != source:
+                        break
+                    await changed.wait()
+            finally:
+                stop.set()  # the watching thread ends at its next step (a cancel included)
+
+    async def _follow(self, app: Target, source: str, stop: anyio.Event) -> None:
+        polling = False
+        while not stop.is_set():
+            folders = watched_folders(source)
+            try:
+                # watching starts here, before the first look: no change slips in between
+                watcher = RustNotify(
+                    list(folders),
+                    False,  # debug
+                    polling,  # force_polling
+                    max(1, round(self.watch_interval * 1000)),  # poll_delay_ms
+                    False,  # recursive
+                    False,  # ignore_permission_denied
+                )
+            except OSError as exc:
+                if not polling:  # no inotify here (or no watch left): poll instead
+                    log.warning("watch: cannot watch %s (%s); polling it", source, exc)
+                    polling = True
+                    continue
+                log.warning("watch: cannot watch %s (%s); trying again", source, exc)
+                with anyio.move_on_after(self.watch_interval):  # a retry delay, or stopped
+                    await stop.wait()
                 continue
-            if content == seen[source] or self.running:
-                continue
-            while True:  # debounce: until it holds still
-                await anyio.sleep(self.watch_debounce)
-                again = await read_quietly(source)
-                if again == content:
-                    break
-                content = again
-            if content == seen[source] or self.running or app.source != source:
-                continue
-            seen[source] = content
-            log.info("watch: %s changed; re-applying", source)
-            self._running = anyio.CancelScope()
-            await self._guarded(app, self._running, "watch")
+            with watcher:
+                await self._look(app, source)
+                while watched_folders(source) == folders:
+                    step = max(1, round(self.watch_debounce * 1000))
+                    result = await anyio.to_thread.run_sync(watcher.watch, _GROUP_MS, step, 0, stop)
+                    if result == "stop":
+                        return
+                    await self._look(app, source)
+                # it links elsewhere now (a ConfigMap update): watch there
+
+    async def _look(self, app: Target, source: str) -> None:
+        """Apply ``source`` if its content is not what was applied or tried from it."""
+        while self._running is not None:  # a SIGHUP's re-apply: then look again
+            await self._finished.wait()
+        if app.supervisor.stopping or app.source != source:
+            return
+        content = await read_quietly(source)
+        seen = self.watched
+        if source not in seen:
+            seen[source] = content  # what was applied from it (at start, or by apply)
+            return
+        if content == seen[source]:
+            return
+        seen[source] = content
+        log.info("watch: %s changed; re-applying", source)
+        self._running = anyio.CancelScope()
+        await self._guarded(app, self._running, "watch")
+
+
+def watched_folders(source: str) -> tuple[str, ...]:
+    """The folder of ``source`` and the folder of the file it resolves to (symlinks)."""
+    path = Path(source)
+    folders = [path.parent, path.resolve().parent]
+    return tuple(dict.fromkeys(str(folder) for folder in folders))
 
 
 async def read_quietly(path: str) -> bytes | str:
