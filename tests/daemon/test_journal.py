@@ -8,7 +8,8 @@ import threading
 import anyio
 import pytest
 
-from lksup.daemon.journal import Event, EventRecorder, Journal, LogBuffer, Snapshot
+from lksup.daemon.journal import Event, EventRecorder, Journal, LogBuffer, RunningJob, Snapshot
+from lksup.pool.ended import EndedJob
 
 pytestmark = pytest.mark.anyio
 
@@ -65,6 +66,11 @@ async def test_a_reader_waits_for_the_next_item_and_gives_up_in_time() -> None:
         assert later == [(2, "second")]
 
 
+def ended(job_id: str, room: str, error: str | None, reason: str = "") -> EndedJob:
+    kind = "memory" if error and "memory" in error else None
+    return EndedJob(job_id, room, 1, error, reason, 0.0, 1.0, kind, worker_id="AW_1")
+
+
 def snapshot(state: str = "running", **changes: object) -> Snapshot:
     fields: dict[str, object] = {
         "state": state,
@@ -84,8 +90,8 @@ def test_events_are_the_differences_between_observations() -> None:
     recorder = EventRecorder(journal, clock=lambda: 1_700_000_000.0)
     recorder.observe({"sales": snapshot("starting", worker_id=None)})
     recorder.observe({"sales": snapshot("starting", worker_id=None)})  # nothing new
-    recorder.observe({"sales": snapshot(running={"AJ_1": ("room-1", False)})})
-    recorder.observe({"sales": snapshot(running={"AJ_1": ("room-1", True)})})
+    recorder.observe({"sales": snapshot(running={"AJ_1": RunningJob("room-1", False, "AW_1")})})
+    recorder.observe({"sales": snapshot(running={"AJ_1": RunningJob("room-1", True, "AW_1")})})
     recorder.observe(
         {
             "sales": snapshot(
@@ -94,8 +100,8 @@ def test_events_are_the_differences_between_observations() -> None:
                 restarts=1,
                 drained=True,
                 ended={
-                    "AJ_1": ("room-1", "memory limit exceeded (300 MB > 120 MB)", "", "memory"),
-                    "AJ_2": ("room-2", None, "user ended", None),
+                    "AJ_1": ended("AJ_1", "room-1", "memory limit exceeded (300 MB > 120 MB)"),
+                    "AJ_2": ended("AJ_2", "room-2", None, reason="user ended"),
                 },
             )
         }
@@ -120,6 +126,14 @@ def test_events_are_the_differences_between_observations() -> None:
         ),
         ("Normal", "JobSucceeded", "sales", "AJ_2", "job succeeded (room room-2): user ended"),
         ("Normal", "AgentRemoved", "sales", None, "agent sales removed"),
+    ]
+    # job events name their room and the worker given the job, as fields of their own
+    jobs = [e for _, e in journal.since(0) if e.job_id is not None]
+    assert [(e.room, e.worker_id) for e in jobs] == [
+        ("room-1", "AW_1"),
+        ("room-1", "AW_1"),
+        ("room-1", "AW_1"),
+        ("room-2", "AW_1"),
     ]
     document = journal.since(0)[0][1].document(1)
     assert document["time"] == "2023-11-14T22:13:20.000+00:00"

@@ -669,7 +669,10 @@ async def test_version_typos_missing_daemon_yaml_watch_stream_and_render_applied
         # dispatch --wait: which worker took the job; or why none did, with the local agents
         code, out, err = await d.cli("dispatch", "survey", "--room", "survey-waited", "--wait")
         assert code == 0, err
-        assert re.search(r"job AJ_\w+ assigned to worker AW_\w+ \(\w+\)", out), out
+        # this host's supervisor runs survey: it says which of its workers took the job
+        assert re.search(
+            r"job AJ_\w+ assigned to worker AW_\w+ \(agent 'survey' on this host\): \w+", out
+        ), out
         # the job's own log line carries where it runs
         started = await d.wait_log("survey job started: room=survey-waited", timeout=20)
         assert started["room"] == "survey-waited"

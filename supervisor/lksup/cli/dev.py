@@ -97,13 +97,24 @@ def dispatch(
             _print_dispatches([deleted], output, verb="deleted")
             return
         assert agent is not None
-        created = asyncio.run(
-            api.create_dispatch(settings, agent_name=agent, room=room, metadata=metadata)
-        )
         if not wait:
+            created = asyncio.run(
+                api.create_dispatch(settings, agent_name=agent, room=room, metadata=metadata)
+            )
             _print_dispatches([created], output, verb="created")
             return
-        taken = asyncio.run(_taken(api, settings, created, timeout))
+        here = _LocalJobs(_socket(socket_path), agent)
+        created, taken = asyncio.run(
+            _create_and_wait(api, settings, here, agent, room, metadata, timeout)
+        )
+        if isinstance(taken, dict):  # this host's supervisor ran it: what it says of the job
+            _print_dispatches([created], output, verb="created", local=taken)
+            if output == "text":
+                click.echo(
+                    f"job {taken['jobId']} assigned to worker {taken['workerId']} "
+                    f"(agent {agent!r} on this host): {taken['status']}"
+                )
+            return
         _print_dispatches([taken or created], output, verb="created")
         if taken is _GONE:
             fail(
@@ -127,6 +138,108 @@ def dispatch(
 
 #: ``_taken``: the dispatch left its room's list before a worker showed on it.
 _GONE = object()
+#: How long ``dispatch --wait`` still listens to this host's supervisor once the dispatch left
+#: the server's list (its job event is normally there first).
+_LOCAL_GRACE = 2.0
+
+#: A job event of this host's supervisor -> what ``dispatch --wait`` says of the job.
+_JOB_STATUS = {
+    "JobAssigned": "assigned",
+    "JobStarted": "running",
+    "JobSucceeded": "succeeded",
+    "JobFailed": "failed",
+    "MemoryKill": "failed",
+}
+
+
+class _LocalJobs:
+    """This host's supervisor's job events of one agent, for ``dispatch --wait``.
+
+    A job that ends at once closes its room, and the dispatch leaves the server's list before
+    a poll of it sees a worker; when the agent runs here, its supervisor saw the job anyway.
+    """
+
+    def __init__(self, path: Any, agent: str) -> None:
+        self.path, self.agent = path, agent
+        self.after: int | None = None  # None: no supervisor here runs the agent
+
+    async def mark(self) -> None:
+        """Remember where the events are now (before the dispatch: nothing slips past)."""
+        from lksup.control.api import JournalQuery
+        from lksup.control.client import ControlClient
+        from lksup.control.errors import ControlError, DaemonUnreachable
+
+        try:
+            async with ControlClient(self.path, timeout=5.0) as client:
+                found = await client.journal("events", JournalQuery(agent=self.agent, tail=0))
+        except (DaemonUnreachable, ControlError):
+            return  # none, or it has no such agent: the server's list alone says
+        self.after = int(found["last"])
+
+    async def job_in(self, room: str) -> dict[str, Any] | None:
+        """The first job of the agent in ``room`` since ``mark``; None if none runs here."""
+        from lksup.control.api import MAX_WAIT, JournalQuery
+        from lksup.control.client import ControlClient
+        from lksup.control.errors import ControlError, DaemonUnreachable
+
+        after = self.after
+        if after is None:
+            await anyio.sleep_forever()  # the server's list decides
+            return None
+        try:
+            async with ControlClient(self.path) as client:
+                while True:
+                    query = JournalQuery(after=after, wait=MAX_WAIT, agent=self.agent)
+                    found = await client.journal("events", query)
+                    for item in found["items"]:
+                        if item.get("room") == room and item["reason"] in _JOB_STATUS:
+                            return {
+                                "jobId": item["job_id"],
+                                "workerId": item.get("worker_id"),
+                                "status": _JOB_STATUS[item["reason"]],
+                            }
+                    after = int(found["last"])
+        except (DaemonUnreachable, ControlError):
+            await anyio.sleep_forever()  # it went away: the server's list decides
+            return None
+
+
+async def _create_and_wait(
+    api: Any,
+    settings: Any,
+    here: _LocalJobs,
+    agent: str,
+    room: str,
+    metadata: str,
+    timeout: float,
+) -> tuple[Any, Any]:
+    """Create the dispatch, then learn who took its job.
+
+    Whichever says first: the server's dispatch list, or this host's supervisor (when it runs
+    the agent).
+    """
+    await here.mark()
+    created = await api.create_dispatch(settings, agent_name=agent, room=room, metadata=metadata)
+    result: Any = None
+
+    async with anyio.create_task_group() as tg:
+
+        async def from_server() -> None:
+            nonlocal result
+            found = await _taken(api, settings, created, timeout)
+            if found is _GONE and here.after is not None:
+                await anyio.sleep(_LOCAL_GRACE)  # the supervisor here may say who had it
+            result = found
+            tg.cancel_scope.cancel()
+
+        async def from_here() -> None:
+            nonlocal result
+            result = await here.job_in(room)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(from_server)
+        tg.start_soon(from_here)
+    return created, result
 
 
 async def _taken(api: Any, settings: Any, created: Any, timeout: float) -> Any:
@@ -258,7 +371,14 @@ def dev_server(
     anyio.run(run)
 
 
-def _print_dispatches(dispatches: list[Any], output: str, *, verb: str | None = None) -> None:
+def _print_dispatches(
+    dispatches: list[Any],
+    output: str,
+    *,
+    verb: str | None = None,
+    local: dict[str, Any] | None = None,
+) -> None:
+    """``local``: the job as this host's supervisor saw it (``dispatch --wait``)."""
     from lksup.transport.dispatch import dispatch_to_dict
 
     if output == "json":
@@ -266,7 +386,8 @@ def _print_dispatches(dispatches: list[Any], output: str, *, verb: str | None = 
         if verb is None:
             _emit({"apiVersion": API_VERSION, "kind": "AgentDispatchList", "items": items})
         else:
-            _emit({"apiVersion": API_VERSION, "kind": "AgentDispatch", **items[0]})
+            extra = {"localJob": local} if local is not None else {}
+            _emit({"apiVersion": API_VERSION, "kind": "AgentDispatch", **items[0], **extra})
         return
     if verb is not None:
         (item,) = dispatches

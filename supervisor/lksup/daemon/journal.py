@@ -31,6 +31,7 @@ from typing import Any, Generic, Literal, TypeVar
 import anyio
 
 from lksup.logs import record_fields
+from lksup.pool.ended import EndedJob
 
 __all__ = ["Event", "EventRecorder", "Journal", "LogBuffer", "Snapshot"]
 
@@ -149,6 +150,10 @@ class Event:
     message: str
     agent: str | None = None
     job_id: str | None = None
+    room: str | None = None
+    """The job's room (job events)."""
+    worker_id: str | None = None
+    """The worker given the job (job events), or the one registered (Registered)."""
 
     def document(self, seq: int) -> dict[str, Any]:
         """The event on the wire: its fields, ``seq``, and ``time`` in RFC 3339."""
@@ -162,6 +167,15 @@ class Event:
 
 
 @dataclass(frozen=True)
+class RunningJob:
+    """A running job, as the event recorder sees it."""
+
+    room: str
+    entered: bool  # its entrypoint was called
+    worker_id: str | None  # the worker given the job
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """What ``EventRecorder`` compares from one observation of an agent to the next."""
 
@@ -170,10 +184,10 @@ class Snapshot:
     worker_id: str | None
     restarts: int
     drained: bool
-    running: dict[str, tuple[str, bool]]
-    """Running jobs: id -> (room, whether its entrypoint was called)."""
-    ended: dict[str, tuple[str, str | None, str, str | None]]
-    """Recently ended jobs: id -> (room, error, reason, failure kind)."""
+    running: dict[str, RunningJob]
+    """Running jobs by id."""
+    ended: dict[str, EndedJob]
+    """Recently ended jobs by id."""
 
 
 class EventRecorder:
@@ -191,11 +205,14 @@ class EventRecorder:
         *,
         agent: str | None = None,
         job_id: str | None = None,
+        room: str | None = None,
+        worker_id: str | None = None,
         warning: bool = False,
     ) -> None:
         """Record one event now."""
         kind: Literal["Normal", "Warning"] = "Warning" if warning else "Normal"
-        self.journal.append(Event(self._clock(), kind, reason, message, agent, job_id))
+        event = Event(self._clock(), kind, reason, message, agent, job_id, room, worker_id)
+        self.journal.append(event)
 
     def observe(self, snapshots: dict[str, Snapshot]) -> None:
         """Record what changed since the last observation."""
@@ -221,7 +238,9 @@ class EventRecorder:
                 warning=warning,
             )
         if now.worker_id and now.worker_id != before.worker_id:
-            self.record("Registered", f"registered as {now.worker_id}", agent=name)
+            self.record(
+                "Registered", f"registered as {now.worker_id}", agent=name, worker_id=now.worker_id
+            )
         if now.restarts > before.restarts:
             self.record(
                 "Restarted",
@@ -232,25 +251,42 @@ class EventRecorder:
             )
         if now.drained != before.drained:
             self.record("Drained" if now.drained else "Undrained", "by an operator", agent=name)
-        for job_id, (room, started) in sorted(now.running.items()):
+        for job_id, job in sorted(now.running.items()):
             was = before.running.get(job_id)
             if was is None:
-                self.record("JobAssigned", f"job assigned (room {room})", agent=name, job_id=job_id)
-            if started and not (was and was[1]):
-                self.record("JobStarted", f"job started (room {room})", agent=name, job_id=job_id)
+                self._job("JobAssigned", f"job assigned (room {job.room})", name, job_id, job)
+            if job.entered and not (was and was.entered):
+                self._job("JobStarted", f"job started (room {job.room})", name, job_id, job)
         for job_id in sorted(now.ended.keys() - before.ended.keys()):
-            room, error, reason, kind = now.ended[job_id]
-            if error is None:
-                message = f"job succeeded (room {room})" + (f": {reason}" if reason else "")
-                self.record("JobSucceeded", message, agent=name, job_id=job_id)
+            ended = now.ended[job_id]
+            if ended.error is None:
+                message = f"job succeeded (room {ended.room})"
+                message += f": {ended.reason}" if ended.reason else ""
+                self._job("JobSucceeded", message, name, job_id, ended)
             else:
-                self.record(
-                    "MemoryKill" if kind == "memory" else "JobFailed",
-                    f"job failed (room {room}): {error}",
-                    agent=name,
-                    job_id=job_id,
-                    warning=True,
-                )
+                reason = "MemoryKill" if ended.kind == "memory" else "JobFailed"
+                message = f"job failed (room {ended.room}): {ended.error}"
+                self._job(reason, message, name, job_id, ended, warning=True)
+
+    def _job(
+        self,
+        reason: str,
+        message: str,
+        agent: str,
+        job_id: str,
+        job: RunningJob | EndedJob,
+        *,
+        warning: bool = False,
+    ) -> None:
+        self.record(
+            reason,
+            message,
+            agent=agent,
+            job_id=job_id,
+            room=job.room,
+            worker_id=job.worker_id,
+            warning=warning,
+        )
 
 
 class LogBuffer(logging.Handler):

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import anyio
 
 from lksup.control.api import AgentStatus, Condition, InferenceStatus, JobRow, TemplateStatus
-from lksup.daemon.journal import Snapshot
+from lksup.daemon.journal import RunningJob, Snapshot
 from lksup.daemon.status import AgentSnapshot, Derived, RuntimeSnapshot, derive
 from lksup.daemon.supervisor import AgentSlot, Supervisor
 from lksup.pool.ended import ENDED_FOR, EndedJob
@@ -50,10 +50,6 @@ def _ended_status(ended: EndedJob) -> JobRow:
         ended_at=wall(ended.ended_at),
         reason=ended.error or ended.reason,
     )
-
-
-def _ended_fields(job: EndedJob) -> tuple[str, str | None, str, str | None]:
-    return job.room, job.error, job.reason, job.kind
 
 
 def _later_failure(latest: EndedJob | None, ended: list[EndedJob]) -> EndedJob | None:
@@ -160,15 +156,12 @@ def agent_status(supervisor: Supervisor, slot: AgentSlot) -> AgentStatus:
 
 def journal_snapshot(slot: AgentSlot, view: AgentSnapshot, derived: Derived) -> Snapshot:
     """What the event recorder compares from one observation to the next."""
-    ended: dict[str, tuple[str, str | None, str, str | None]] = {}
-    running: dict[str, tuple[str, bool]] = {}
-    for ended_job in slot.retired_ended:
-        ended[ended_job.job_id] = _ended_fields(ended_job)
+    ended = {job.job_id: job for job in slot.retired_ended}
+    running: dict[str, RunningJob] = {}
     for live in live_runtimes(slot, view):
         for job in live.running:
-            running[job.job_id] = (job.room, job.entered)
-        for ended_job in live.ended:
-            ended[ended_job.job_id] = _ended_fields(ended_job)
+            running[job.job_id] = RunningJob(job.room, job.entered, live.worker_id)
+        ended.update((job.job_id, job) for job in live.ended)
     return Snapshot(
         state=derived.state.value,
         message=derived.message,

@@ -25,3 +25,5 @@ class EndedJob:
     ended_at: float
     kind: str | None = None
     """Why it failed, as a class (``JobOutcome.kind``); None when it succeeded."""
+    worker_id: str | None = None
+    """The worker (registration) that was given the job."""

@@ -648,7 +648,12 @@ class AgentPool:
         return failed[-1] if failed else None
 
     def _log_end(
-        self, job: Job, process: JobProcessHandle, outcome: JobOutcome, duration: float
+        self,
+        job: Job,
+        process: JobProcessHandle,
+        outcome: JobOutcome,
+        duration: float,
+        worker_id: str,
     ) -> None:
         """One line per job end: where it ran, how it ended and why, and how long it took."""
         failed = outcome.error is not None
@@ -663,6 +668,7 @@ class AgentPool:
                 started_at=now - duration,
                 ended_at=now,
                 kind=outcome.kind or ("exception" if failed else None),
+                worker_id=worker_id or None,
             )
         )
         log.log(
@@ -693,6 +699,7 @@ class AgentPool:
         """Run an assigned job in its reserved process (``Hooks.run_job``)."""
         job = assignment.job
         assigned_at = time.time()
+        worker_id = session.worker_id  # the registration given the job (a reconnect changes it)
         accepted = self._accepted.pop(job.id, None)
         if accepted is not None:
             self._assignment_delays.append(assigned_at - accepted.accepted_at)
@@ -722,7 +729,7 @@ class AgentPool:
                 participant_name=accept.name if accept else "",
                 participant_metadata=accept.metadata if accept else "",
                 participant_attributes=dict(accept.attributes) if accept else {},
-                worker_id=session.worker_id,
+                worker_id=worker_id,
                 received_at=accepted.received_at if accepted else 0.0,
                 accepted_at=accepted.accepted_at if accepted else 0.0,
                 assigned_at=assigned_at,
@@ -751,7 +758,7 @@ class AgentPool:
                 kind = outcome.kind or "exception"
                 self.stats.failures[kind] = self.stats.failures.get(kind, 0) + 1
             session.job_ended(job.id, error=outcome.error)
-            self._log_end(job, process, outcome, anyio.current_time() - began)
+            self._log_end(job, process, outcome, anyio.current_time() - began, worker_id)
             if process.awaits_outcome_ack(job.id):  # once the status is written, leave the room
                 with anyio.move_on_after(OUTCOME_FLUSH_TIMEOUT):
                     await session.flushed()

@@ -1,0 +1,79 @@
+"""``lksup dispatch --wait`` hears who took the job from this host's supervisor too: a job that
+ends at once closes its room, and the dispatch leaves the server's list before a poll of it
+sees a worker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any, cast
+
+import anyio
+import pytest
+
+from lksup.cli import dev
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@dataclass
+class FakeApi:
+    """A dispatch API whose list shows the dispatch once, without a worker, then never."""
+
+    listed: int = 0
+    gone: anyio.Event = field(default_factory=anyio.Event)
+
+    async def create_dispatch(self, settings: Any, **fields: str) -> Any:
+        return SimpleNamespace(id="AD_1", room=fields["room"], state=SimpleNamespace(jobs=[]))
+
+    async def list_dispatches(self, settings: Any, room: str) -> list[Any]:
+        self.listed += 1
+        if self.listed == 1:
+            return [SimpleNamespace(id="AD_1", room=room, state=SimpleNamespace(jobs=[]))]
+        self.gone.set()
+        return []
+
+
+@dataclass
+class FakeHere:
+    """This host's supervisor: it saw the job end, and says so once the dispatch is gone."""
+
+    api: FakeApi
+    after: int | None = 0
+    marked: bool = False
+
+    async def mark(self) -> None:
+        self.marked = True
+
+    async def job_in(self, room: str) -> dict[str, Any] | None:
+        assert self.marked  # before the dispatch was created: no event slips past
+        if self.after is None:  # no supervisor here runs the agent
+            await anyio.sleep_forever()
+        await self.api.gone.wait()
+        return {"jobId": "AJ_1", "workerId": "AW_1", "status": "succeeded"}
+
+
+async def test_a_job_that_ended_at_once_is_reported_from_this_hosts_supervisor() -> None:
+    api = FakeApi()
+    here = FakeHere(api)
+    with anyio.fail_after(10):
+        created, taken = await dev._create_and_wait(
+            api, None, cast(dev._LocalJobs, here), "survey", "survey-1", "", 30.0
+        )
+    assert created.id == "AD_1"
+    assert taken == {"jobId": "AJ_1", "workerId": "AW_1", "status": "succeeded"}
+
+
+async def test_without_a_supervisor_here_the_servers_list_says_the_dispatch_left() -> None:
+    api = FakeApi()
+    here = FakeHere(api, after=None)
+    with anyio.fail_after(10):
+        _, taken = await dev._create_and_wait(
+            api, None, cast(dev._LocalJobs, here), "survey", "survey-1", "", 30.0
+        )
+    assert taken is dev._GONE
