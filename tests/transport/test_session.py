@@ -269,18 +269,19 @@ async def test_a_server_that_stops_answering_pings_is_left_and_reconnected() -> 
             timeouts=Timeouts(open_timeout=2, ping_interval=0.05, ping_timeout=0.2),
             rand=lambda: 0.0,
         )
-        async with anyio.create_task_group() as tg:
-            await tg.start(session.run)
-            peer = await server.accept()
-            await peer.register("AW_1")
-            await session.wait_registered()
-            peer.connection.transport.pause_reading()  # frozen: reads nothing, answers nothing
-            again = await server.accept()
-            await again.register("AW_2")
-            assert await session.wait_registered() == "AW_2"
-            assert session.reconnects == 1
-            peer.drop()  # the frozen server side would otherwise hold the teardown
-            session.stop()
+        with anyio.fail_after(20):  # a hang fails here, saying where it hung
+            async with anyio.create_task_group() as tg:
+                await tg.start(session.run)
+                peer = await server.accept()
+                await peer.register("AW_1")
+                await session.wait_registered()
+                peer.connection.transport.pause_reading()  # frozen: reads and answers nothing
+                again = await server.accept()
+                await again.register("AW_2")
+                assert await session.wait_registered() == "AW_2"
+                assert session.reconnects == 1
+                peer.drop()  # the frozen server side would otherwise hold the teardown
+                session.stop()
 
 
 async def test_protocol_violations_are_logged_once_with_the_agent_name(
