@@ -11,7 +11,7 @@ from typing import Any, cast
 import anyio
 import pytest
 
-from lksup.cli import dev
+from lksup.cli import dispatch
 
 pytestmark = pytest.mark.anyio
 
@@ -62,8 +62,8 @@ async def test_a_job_that_ended_at_once_is_reported_from_this_hosts_supervisor()
     api = FakeApi()
     here = FakeHere(api)
     with anyio.fail_after(10):
-        created, taken = await dev._create_and_wait(
-            api, None, cast(dev._LocalJobs, here), "survey", "survey-1", "", 30.0
+        created, taken = await dispatch._create_and_wait(
+            api, None, cast(dispatch._LocalJobs, here), "survey", "survey-1", "", 30.0
         )
     assert created.id == "AD_1"
     assert taken == {"jobId": "AJ_1", "workerId": "AW_1", "status": "succeeded"}
@@ -73,7 +73,7 @@ async def test_without_a_supervisor_here_the_servers_list_says_the_dispatch_left
     api = FakeApi()
     here = FakeHere(api, after=None)
     with anyio.fail_after(10):
-        _, taken = await dev._create_and_wait(
-            api, None, cast(dev._LocalJobs, here), "survey", "survey-1", "", 30.0
+        _, taken = await dispatch._create_and_wait(
+            api, None, cast(dispatch._LocalJobs, here), "survey", "survey-1", "", 30.0
         )
-    assert taken is dev._GONE
+    assert taken is dispatch._GONE

@@ -14,6 +14,7 @@ from lksup.cli import (  # each registers its commands on ``main``
     agents,
     daemon,
     dev,
+    dispatch,
     fleet,
     journal,
     migrate,
@@ -21,4 +22,14 @@ from lksup.cli import (  # each registers its commands on ``main``
 from lksup.cli.common import main
 from lksup.cli.fleet import rendered_document
 
-__all__ = ["agents", "daemon", "dev", "fleet", "journal", "main", "migrate", "rendered_document"]
+__all__ = [
+    "agents",
+    "daemon",
+    "dev",
+    "dispatch",
+    "fleet",
+    "journal",
+    "main",
+    "migrate",
+    "rendered_document",
+]
