@@ -57,6 +57,9 @@ def dev_defaults(fleet: Fleet) -> Fleet:
     return fleet.model_copy(update={"agents": agents})
 
 
+#: Seconds between a change and its observation (``DaemonApp.observe_forever``).
+OBSERVE_SETTLE = 0.02
+
 #: ``(source, values) -> problems or None``: apply's checks, run where the agents run.
 Checker: TypeAlias = Callable[[str, dict[str, Any]], Awaitable[str | None]]
 
@@ -122,12 +125,18 @@ class DaemonApp:
             snapshots[name] = report.journal_snapshot(slot, view, derived)
         self.recorder.observe(snapshots)
 
-    async def observe_forever(self) -> None:
-        """``observe`` now and whenever the supervisor or one of its runtimes changes."""
+    async def observe_forever(self, settle: float = OBSERVE_SETTLE) -> None:
+        """``observe`` now, and ``settle`` seconds after the supervisor or a runtime changes.
+
+        The changes of one moment (an offer's reservation, its answer, the job's start) are
+        observed together, after the work they belong to: never on an offer's way to its
+        answer.
+        """
         while True:
             changed = self.supervisor.change_event()
             self.observe()
             await changed.wait()
+            await anyio.sleep(settle)
 
     async def status(self, agent: str | None) -> StatusList:
         """Every agent's status, or one agent's."""
