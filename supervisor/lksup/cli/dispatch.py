@@ -136,8 +136,8 @@ def dispatch(
 
 #: ``_taken``: the dispatch left its room's list before a worker showed on it.
 _GONE = object()
-#: How long ``dispatch --wait`` still listens to this host's supervisor once the dispatch left
-#: the server's list (its job event is normally there first).
+#: How long ``dispatch --wait`` still listens to this host's supervisor once the server's list
+#: answered (the dispatch is gone, or its job is this host's worker's).
 _LOCAL_GRACE = 2.0
 
 #: A job event of this host's supervisor -> what ``dispatch --wait`` says of the job.
@@ -160,6 +160,14 @@ class _LocalJobs:
     def __init__(self, path: Any, agent: str) -> None:
         self.path, self.agent = path, agent
         self.after: int | None = None  # None: no supervisor here runs the agent
+        self.worker_id: str | None = None  # the agent's worker here, when registered
+
+    def ours(self, taken: Any) -> bool:
+        """Whether a dispatch the server's list shows taken went to this host's worker."""
+        jobs = getattr(getattr(taken, "state", None), "jobs", [])
+        return self.worker_id is not None and any(
+            job.state.worker_id == self.worker_id for job in jobs
+        )
 
     async def mark(self) -> None:
         """Remember where the events are now (before the dispatch: nothing slips past)."""
@@ -170,9 +178,10 @@ class _LocalJobs:
         try:
             async with ControlClient(self.path, timeout=5.0) as client:
                 found = await client.journal("events", JournalQuery(agent=self.agent, tail=0))
+                (status,) = (await client.status(self.agent)).items
         except (DaemonUnreachable, ControlError):
             return  # none, or it has no such agent: the server's list alone says
-        self.after = int(found["last"])
+        self.after, self.worker_id = int(found["last"]), status.worker_id
 
     async def job_in(self, room: str) -> dict[str, Any] | None:
         """The first job of the agent in ``room`` since ``mark``; None if none runs here."""
@@ -214,7 +223,9 @@ async def _create_and_wait(
     """Create the dispatch, then learn who took its job.
 
     Whichever says first: the server's dispatch list, or this host's supervisor (when it runs
-    the agent).
+    the agent). When the list names this host's worker, or says the dispatch is gone, the
+    supervisor here gets ``_LOCAL_GRACE`` more to say it (how the job stands, too): which
+    source answers first must not change what is printed.
     """
     await here.mark()
     created = await api.create_dispatch(settings, agent_name=agent, room=room, metadata=metadata)
@@ -225,8 +236,8 @@ async def _create_and_wait(
         async def from_server() -> None:
             nonlocal result
             found = await _taken(api, settings, created, timeout)
-            if found is _GONE and here.after is not None:
-                await anyio.sleep(_LOCAL_GRACE)  # the supervisor here may say who had it
+            if here.after is not None and (found is _GONE or here.ours(found)):
+                await anyio.sleep(_LOCAL_GRACE)  # the supervisor here says more, and first
             result = found
             tg.cancel_scope.cancel()
 
